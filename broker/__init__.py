@@ -1,0 +1,1 @@
+"""repedge broker tooling: the project's Mosquitto configuration and users."""

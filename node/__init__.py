@@ -1,0 +1,1 @@
+"""repedge edge node: classifies tweets from MQTT with a quantized TFLite model."""

@@ -1,0 +1,1 @@
+"""repedge provisioning: signed model bundles, carried to air-gapped nodes on USB."""
