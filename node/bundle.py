@@ -155,7 +155,8 @@ class ModelBundle:
         if not manifest_path.is_file():
             raise BundleError(
                 f"{root} is not a model bundle: {MANIFEST_FILE} is missing "
-                f"(a bare .tflite needs {MANIFEST_FILE}, {LABELS_FILE} and {TOKENIZER_FILE} beside it)"
+                f"(a bare .tflite needs {MANIFEST_FILE}, {LABELS_FILE} and {TOKENIZER_FILE} "
+                "beside it)"
             )
         manifest = Manifest.from_json(_read_json(manifest_path))
         labels = _read_json(root / LABELS_FILE)

@@ -89,7 +89,10 @@ class Classifier:
 
     @classmethod
     def from_path(
-        cls, path: str | os.PathLike[str], variant: str | None = None, num_threads: int | None = None
+        cls,
+        path: str | os.PathLike[str],
+        variant: str | None = None,
+        num_threads: int | None = None,
     ) -> Classifier:
         return cls(ModelBundle.load(path, variant=variant), num_threads=num_threads)
 

@@ -1,4 +1,4 @@
-"""repedge trainer: fine-tune, export quantized FlatBuffer variants, evaluate (offline, TensorFlow)."""
+"""repedge trainer: fine-tune, export quantized FlatBuffers, evaluate (offline, TensorFlow)."""
 
 import os
 

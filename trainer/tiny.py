@@ -12,7 +12,7 @@ from node.bundle import ModelBundle, write_bundle
 from node.inference import Encoded
 from trainer.encoders import minilm_folder
 from trainer.encoders.bert import tiny_bert
-from trainer.export import ALL_VARIANTS, export_variants
+from trainer.export import export_variants
 from trainer.model import build_classifier
 
 LABELS = ["negative", "neutral", "positive"]
