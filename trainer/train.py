@@ -1,0 +1,294 @@
+"""Fine-tuning: tweets in, a Keras polarity classifier out (best dev checkpoint).
+
+Batches are length-bucketed (tweets do not pay for padding to max_length), classes are
+re-weighted, the learning rate warms up then decays linearly, dev is scored every
+``eval_every`` steps with early stopping, and a run resumes from its backup folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from node.inference import EmptyTextError, Encoded, TweetEncoder, pad_batch
+from node.textclean import CleaningConfig
+from trainer.data import FILTER_LABELS, POLARITY_LABELS, Example
+from trainer.metrics import classification_report
+from trainer.model import build_classifier
+
+
+@dataclass
+class TrainConfig:
+    base: str = "all-MiniLM-L6-v2"
+    num_layers: int | None = None
+    max_length: int = 64
+    batch_size: int = 32
+    epochs: float = 3.0
+    learning_rate: float = 6e-5
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    dropout: float = 0.1
+    # "none", "sqrt" (inverse square-root frequency) or "balanced" (inverse frequency).
+    class_weighting: str = "sqrt"
+    entity_input: bool = True
+    filter_head: bool = False
+    # How many times each RepLab tweet is repeated per epoch (RepLab is ~1/5 of SemEval).
+    replab_repeat: int = 2
+    eval_every: int = 500
+    patience: int = 4
+    time_budget_min: float | None = None
+    seed: int = 13
+
+
+@dataclass
+class EncodedSet:
+    inputs: list[Encoded]
+    polarity: np.ndarray  # label index, -1 where the example has no polarity
+    related: np.ndarray  # 1/0, -1 where the source has no filtering label
+    source: list[str]
+
+
+def encode_examples(encoder: TweetEncoder, examples: Sequence[Example]) -> EncodedSet:
+    """Encode with the node's own encoder; tweets that tokenize to nothing are dropped."""
+    inputs, polarity, related, source = [], [], [], []
+    for e in examples:
+        try:
+            inputs.append(encoder.encode(e.text, e.entity))
+        except EmptyTextError:
+            continue
+        polarity.append(POLARITY_LABELS.index(e.label) if e.label else -1)
+        related.append(-1 if e.related is None else int(e.related))
+        source.append(e.source)
+    return EncodedSet(inputs, np.asarray(polarity), np.asarray(related), source)
+
+
+def class_weights(labels: np.ndarray, scheme: str) -> np.ndarray:
+    counts = np.bincount(labels[labels >= 0], minlength=len(POLARITY_LABELS)).astype(float)
+    if scheme == "none":
+        return np.ones(len(POLARITY_LABELS))
+    power = {"sqrt": 0.5, "balanced": 1.0}[scheme]
+    weights = (counts.sum() / np.maximum(counts, 1)) ** power
+    return weights / (weights * counts).sum() * counts.sum()  # mean weight 1 per example
+
+
+def bucketed_batches(
+    lengths: Sequence[int], batch_size: int, rng: random.Random, window: int = 50
+) -> list[list[int]]:
+    """Shuffle, sort by length within windows of ``window`` batches, shuffle the batches."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches = []
+    span = batch_size * window
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start : start + span], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int) -> None:
+        self.peak, self.warmup_steps, self.total_steps = peak, warmup_steps, total_steps
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        warm = step / max(1, self.warmup_steps)
+        decay = (self.total_steps - step) / max(1, self.total_steps - self.warmup_steps)
+        return self.peak * keras.ops.maximum(0.0, keras.ops.minimum(warm, decay))
+
+    def get_config(self):
+        return {
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+        }
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, backbone: keras.Model, encoder: TweetEncoder) -> None:
+        self.config = config
+        self.encoder = encoder
+        keras.utils.set_random_seed(config.seed)
+        self.model = build_classifier(
+            backbone,
+            num_labels=len(POLARITY_LABELS),
+            dropout=config.dropout,
+            num_filter_labels=len(FILTER_LABELS) if config.filter_head else 0,
+        )
+
+    def _training_stream(self, data: EncodedSet, weights: np.ndarray) -> Iterator[tuple]:
+        rng = random.Random(self.config.seed)
+        index = [
+            i
+            for i, s in enumerate(data.source)
+            for _ in range(self.config.replab_repeat if s == "replab" else 1)
+        ]
+        while True:
+            lengths = [len(data.inputs[i]) for i in index]
+            for batch in bucketed_batches(lengths, self.config.batch_size, rng):
+                rows = [index[b] for b in batch]
+                x = pad_batch([data.inputs[r] for r in rows], self.encoder.pad_id)
+                pol = data.polarity[rows]
+                y = {"logits": np.maximum(pol, 0)}
+                sw = {"logits": np.where(pol >= 0, weights[np.maximum(pol, 0)], 0.0)}
+                if self.config.filter_head:
+                    rel = data.related[rows]
+                    y["filter_logits"] = np.maximum(rel, 0)
+                    sw["filter_logits"] = (rel >= 0).astype("float64")
+                yield (x["input_ids"], x["segment_ids"], x["attention_mask"]), y, sw
+
+    def _dataset(self, data: EncodedSet, weights: np.ndarray) -> tf.data.Dataset:
+        seq = tf.TensorSpec((None, None), tf.int32)
+        outputs = ["logits"] + (["filter_logits"] if self.config.filter_head else [])
+        signature = (
+            (seq, seq, seq),
+            {k: tf.TensorSpec((None,), tf.int64) for k in outputs},
+            {k: tf.TensorSpec((None,), tf.float64) for k in outputs},
+        )
+        return tf.data.Dataset.from_generator(
+            lambda: self._training_stream(data, weights), output_signature=signature
+        ).prefetch(4)
+
+    def predict_logits(self, inputs: Sequence[Encoded], batch_size: int = 128) -> np.ndarray:
+        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
+        out = np.zeros((len(inputs), len(POLARITY_LABELS)), np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            x = pad_batch([inputs[r] for r in rows], self.encoder.pad_id)
+            pred = self.model(
+                [x["input_ids"], x["segment_ids"], x["attention_mask"]], training=False
+            )
+            out[rows] = keras.ops.convert_to_numpy(pred["logits"])
+        return out
+
+    def fit(self, train: EncodedSet, dev: EncodedSet, run_dir: Path) -> dict:
+        cfg = self.config
+        run_dir.mkdir(parents=True, exist_ok=True)
+        weights = class_weights(train.polarity, cfg.class_weighting)
+        per_epoch = sum(cfg.replab_repeat if s == "replab" else 1 for s in train.source)
+        steps_per_epoch = math.ceil(per_epoch / cfg.batch_size)
+        total = max(1, int(steps_per_epoch * cfg.epochs))
+        eval_every = min(cfg.eval_every, total)
+        schedule = WarmupLinearDecay(cfg.learning_rate, int(total * cfg.warmup_ratio), total)
+        optimizer = keras.optimizers.AdamW(
+            learning_rate=schedule, weight_decay=cfg.weight_decay, clipnorm=1.0
+        )
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "layer_norm"])
+        losses = {"logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}
+        if cfg.filter_head:
+            losses["filter_logits"] = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self.model.compile(optimizer=optimizer, loss=losses)
+
+        dev_eval = DevEvaluation(self, dev, run_dir, cfg.patience, cfg.time_budget_min)
+        callbacks = [
+            keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False),
+            dev_eval,
+        ]
+        self.model.fit(
+            self._dataset(train, weights),
+            epochs=math.ceil(total / eval_every),
+            steps_per_epoch=eval_every,
+            callbacks=callbacks,
+            verbose=2,
+        )
+        self.model.load_weights(dev_eval.best_path)
+        summary = {
+            "config": asdict(cfg),
+            "class_weights": dict(zip(POLARITY_LABELS, weights.round(4).tolist(), strict=True)),
+            "steps_total_planned": total,
+            "train_examples_per_epoch": per_epoch,
+            "history": dev_eval.history,
+            "best": dev_eval.best,
+            "stopped_by": dev_eval.stopped_by,
+        }
+        (run_dir / "training.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+def dev_score(metrics_by_source: dict[str, dict]) -> float:
+    """Model selection: mean of SemEval AvgRec and RepLab accuracy (what issue 4 targets)."""
+    parts = []
+    if "semeval" in metrics_by_source:
+        parts.append(metrics_by_source["semeval"]["macro_recall"])
+    if "replab" in metrics_by_source:
+        parts.append(metrics_by_source["replab"]["accuracy"])
+    if not parts:  # other sources: macro recall over everything
+        parts = [m["macro_recall"] for m in metrics_by_source.values()]
+    return float(np.mean(parts))
+
+
+class DevEvaluation(keras.callbacks.Callback):
+    """Scores dev after every block of steps, keeps the best weights, stops early."""
+
+    def __init__(
+        self,
+        trainer: Trainer,
+        dev: EncodedSet,
+        run_dir: Path,
+        patience: int,
+        time_budget_min: float | None,
+    ) -> None:
+        super().__init__()
+        self.trainer, self.dev, self.patience = trainer, dev, patience
+        self.best_path = str(run_dir / "best.weights.h5")
+        self.history_path = run_dir / "dev_history.json"
+        self.history: list[dict] = (
+            json.loads(self.history_path.read_text()) if self.history_path.exists() else []
+        )
+        self.best = max(self.history, key=lambda h: h["score"]) if self.history else None
+        self.deadline = time.monotonic() + time_budget_min * 60 if time_budget_min else None
+        self.stopped_by = "schedule"
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Dev holds polarity-labeled tweets only (see pipeline).
+        pred = self.trainer.predict_logits(self.dev.inputs).argmax(axis=1)
+        gold = self.dev.polarity
+        sources = np.asarray(self.dev.source)
+        names = np.asarray(POLARITY_LABELS)
+        by_source = {
+            s: classification_report(
+                names[gold[sources == s]].tolist(),
+                names[pred[sources == s]].tolist(),
+                POLARITY_LABELS,
+            )
+            for s in sorted(set(sources))
+        }
+        score = dev_score(by_source)
+        entry = {
+            "block": epoch + 1,
+            "loss": float((logs or {}).get("loss", float("nan"))),
+            "score": round(score, 4),
+            **{f"{s}_{k}": round(m[k], 4) for s, m in by_source.items() for k in _SHOWN},
+        }
+        self.history.append(entry)
+        self.history_path.write_text(json.dumps(self.history, indent=2))
+        print(f"dev {json.dumps(entry)}", flush=True)
+        if self.best is None or score > self.best["score"]:
+            self.best = entry
+            self.model.save_weights(self.best_path)
+        elif entry["block"] - self.best["block"] >= self.patience:
+            self.stopped_by = f"early stopping (no dev gain in {self.patience} evaluations)"
+            self.model.stop_training = True
+        if self.deadline and time.monotonic() > self.deadline:
+            self.stopped_by = "time budget"
+            self.model.stop_training = True
+
+
+_SHOWN = ("accuracy", "macro_recall", "macro_f1")
+
+
+def make_encoder(
+    tokenizer_file: Path, config: TrainConfig, cleaning: CleaningConfig | None = None
+) -> TweetEncoder:
+    return TweetEncoder(
+        tokenizer_file, config.max_length, cleaning or CleaningConfig(), config.entity_input
+    )
