@@ -15,7 +15,9 @@ _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _MENTION = re.compile(r"(?<!\w)@\w{1,15}")
 # Three or more of the same character ("sooooo", "!!!!") carry emphasis, not meaning;
 # keeping two preserves the emphasis signal while mapping every length to one token form.
-_REPEAT = re.compile(r"(.)\1{2,}", re.DOTALL)
+# Digits are left alone by default: "1000" is not "100".
+_REPEAT = re.compile(r"([^\d\s])\1{2,}")
+_REPEAT_ANY = re.compile(r"(\S)\1{2,}")
 _SPACE = re.compile(r"\s+")
 
 
@@ -27,6 +29,8 @@ class CleaningConfig:
     urls: bool = True
     mentions: bool = True
     repeats: bool = True
+    # Also collapse repeated digits ("1000" -> "100"): how the first default model was trained.
+    repeat_digits: bool = False
     # The uncased BERT vocabulary has almost no emoji: without this they become [UNK].
     emoji_names: bool = True
 
@@ -63,5 +67,5 @@ def clean_tweet(text: str, config: CleaningConfig | None = None) -> str:
     if config.emoji_names:
         text = _emoji_to_words(text)
     if config.repeats:
-        text = _REPEAT.sub(r"\1\1", text)
+        text = (_REPEAT_ANY if config.repeat_digits else _REPEAT).sub(r"\1\1", text)
     return _SPACE.sub(" ", text).strip()

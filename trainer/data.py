@@ -171,11 +171,10 @@ def read_labeled(
     path = Path(path)
     if fmt == "auto":
         head = _read_lines(path)[0].lower()
+        first = head.split("\t")
         if head.startswith("entity_id\t"):
             fmt = "replab"
-        elif head.startswith("tweet_id\t") or (
-            path.suffix.lower() == ".tsv" and len(head.split("\t")) == 3 and "text" not in head
-        ):
+        elif len(first) == 3 and (first[0] == "tweet_id" or first[0].isdigit()):
             fmt = "semeval"
         else:
             fmt = "table"

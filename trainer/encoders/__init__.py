@@ -11,10 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+from tokenizers import Tokenizer
 
 from trainer.encoders.hf_folder import ensure_tokenizer_json
 
 DEFAULT_BASE = "all-MiniLM-L6-v2"
+# A randomly initialised two-layer BERT on MiniLM's vocabulary: fast pipeline tests.
+TINY_BASE = "tiny-bert"
 
 
 @dataclass
@@ -53,6 +56,12 @@ def load_encoder(spec: str = DEFAULT_BASE, num_layers: int | None = None) -> Enc
 
     ``num_layers`` keeps only the first N transformer layers (a smaller, faster model).
     """
+    if spec == TINY_BASE:
+        from trainer.encoders.bert import tiny_bert
+
+        tokenizer_file = minilm_folder() / "tokenizer.json"
+        vocab_size = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size()
+        return Encoder(tiny_bert(vocab_size), tokenizer_file, TINY_BASE, "bert")
     folder = resolve_base(spec)
     model_type = json.loads((folder / "config.json").read_text())["model_type"]
     name = DEFAULT_BASE if spec in (DEFAULT_BASE, "minilm") else folder.name

@@ -7,13 +7,17 @@ from pathlib import Path
 import keras
 import keras_hub
 
+from trainer.encoders.hf_folder import safetensors_view
+
 
 def load_bert(folder: Path, num_layers: int | None = None) -> keras.Model:
     """KerasHub's BertBackbone with a Hugging Face folder's weights.
 
-    With ``num_layers`` the first N layers are kept (a pruned, faster encoder).
+    With ``num_layers`` the first N layers are kept (a pruned, faster encoder). A folder
+    with only ``pytorch_model.bin`` is converted to safetensors on the fly (without torch).
     """
-    full = keras_hub.models.BertBackbone.from_preset(str(folder))
+    with safetensors_view(Path(folder)) as source:  # KerasHub reads safetensors only
+        full = keras_hub.models.BertBackbone.from_preset(str(source))
     if num_layers is None or num_layers >= full.num_layers:
         return full
     config = full.get_config() | {"num_layers": num_layers}

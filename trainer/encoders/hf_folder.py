@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import pickle
 import shutil
 import struct
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, ClassVar
@@ -74,17 +76,20 @@ def read_state_dict(folder: Path) -> dict[str, np.ndarray]:
     raise FileNotFoundError(f"{folder} has neither {SAFETENSORS} nor {TORCH_BIN}")
 
 
-def safetensors_folder(folder: Path) -> Path:
-    """``folder`` itself if it has ``model.safetensors``, else a temporary copy of its
-    config.json with the ``pytorch_model.bin`` tensors rewritten as safetensors
-    (for loaders such as KerasHub's that read safetensors only)."""
+@contextlib.contextmanager
+def safetensors_view(folder: Path) -> Iterator[Path]:
+    """``folder`` itself if it has ``model.safetensors``; else, for the ``with`` block, a
+    temporary folder with its config.json and its ``pytorch_model.bin`` tensors rewritten
+    as safetensors (for loaders such as KerasHub's that read safetensors only)."""
     if (folder / SAFETENSORS).is_file():
-        return folder
+        yield folder
+        return
     tensors = read_state_dict(folder)
-    out = Path(tempfile.mkdtemp(prefix="repedge-hf-"))
-    shutil.copy2(folder / "config.json", out / "config.json")
-    safetensors.numpy.save_file(tensors, str(out / SAFETENSORS))
-    return out
+    with tempfile.TemporaryDirectory(prefix="repedge-hf-") as tmp:
+        out = Path(tmp)
+        shutil.copy2(folder / "config.json", out / "config.json")
+        safetensors.numpy.save_file(tensors, str(out / SAFETENSORS))
+        yield out
 
 
 def read_torch_bin(path: Path) -> dict[str, np.ndarray]:

@@ -64,7 +64,9 @@ def make_norm(normalization_type: str, epsilon: float, name: str, dtype=None) ->
         return NoNorm(name=name, dtype=dtype)
     if normalization_type == "layer_norm":
         return keras.layers.LayerNormalization(epsilon=epsilon, name=name, dtype=dtype)
-    raise ValueError(f"normalization_type must be 'no_norm' or 'layer_norm', not {normalization_type!r}")
+    raise ValueError(
+        f"normalization_type must be 'no_norm' or 'layer_norm', not {normalization_type!r}"
+    )
 
 
 def _dense(units: int, name: str, dtype=None) -> keras.layers.Dense:
@@ -216,6 +218,15 @@ class MobileBertTransformerLayer(keras.layers.Layer):
             raise ValueError(f"width {self.true_hidden_dim} is not divisible by {num_heads} heads")
         self._build_sublayers()
 
+    @property
+    def _uses_shared_bottleneck(self) -> bool:
+        # use_bottleneck_attention overrides the shared query/key bottleneck.
+        return (
+            self.use_bottleneck
+            and self.key_query_shared_bottleneck
+            and not self.use_bottleneck_attention
+        )
+
     def _norm(self, name: str, epsilon: float | None = None) -> keras.layers.Layer:
         eps = self.layer_norm_epsilon if epsilon is None else epsilon
         return make_norm(self.normalization_type, eps, name, self.dtype_policy)
@@ -223,12 +234,13 @@ class MobileBertTransformerLayer(keras.layers.Layer):
     def _build_sublayers(self) -> None:
         width, policy = self.true_hidden_dim, self.dtype_policy
         if self.use_bottleneck:
-            self.bottleneck_input_dense = _dense(self.intra_bottleneck_dim, "bottleneck_input_dense")
+            self.bottleneck_input_dense = _dense(
+                self.intra_bottleneck_dim, "bottleneck_input_dense", policy
+            )
             self.bottleneck_input_norm = self._norm("bottleneck_input_norm")
-            # HF creates the shared bottleneck whenever the flag is set, used or not.
-            if self.key_query_shared_bottleneck:
+            if self._uses_shared_bottleneck:
                 self.bottleneck_attention_dense = _dense(
-                    self.intra_bottleneck_dim, "bottleneck_attention_dense"
+                    self.intra_bottleneck_dim, "bottleneck_attention_dense", policy
                 )
                 self.bottleneck_attention_norm = self._norm("bottleneck_attention_norm")
         self.self_attention = MobileBertSelfAttention(
@@ -252,7 +264,9 @@ class MobileBertTransformerLayer(keras.layers.Layer):
         self.output_dense = _dense(width, "output_dense", policy)
         self.output_norm = self._norm("output_norm", _TORCH_LAYER_NORM_EPS)
         if self.use_bottleneck:
-            self.output_bottleneck_dense = _dense(self.hidden_dim, "output_bottleneck_dense")
+            self.output_bottleneck_dense = _dense(
+                self.hidden_dim, "output_bottleneck_dense", policy
+            )
             self.output_bottleneck_norm = self._norm("output_bottleneck_norm")
         self.dropout_layer = keras.layers.Dropout(self.dropout, name="dropout", dtype=policy)
 
@@ -264,16 +278,15 @@ class MobileBertTransformerLayer(keras.layers.Layer):
             bottleneck = (*hidden[:-1], self.intra_bottleneck_dim)
             self.bottleneck_input_dense.build(hidden)
             self.bottleneck_input_norm.build(bottleneck)
-            if self.key_query_shared_bottleneck:
+            if self._uses_shared_bottleneck:
                 self.bottleneck_attention_dense.build(hidden)
                 self.bottleneck_attention_norm.build(bottleneck)
             self.output_bottleneck_dense.build(inner)
             self.output_bottleneck_norm.build(hidden)
-        qk = inner if self.use_bottleneck_attention or self.key_query_shared_bottleneck else hidden
-        if not self.use_bottleneck:
-            qk = hidden
+        # Input widths as HF defines them: values skip the bottleneck unless
+        # use_bottleneck_attention (without bottlenecks inner == hidden).
         value = inner if self.use_bottleneck_attention else hidden
-        self.self_attention.build(qk, qk, value)
+        self.self_attention.build(inner, inner, value)
         for layer, shape in (
             (self.attention_output_dense, inner),
             (self.attention_output_norm, inner),
@@ -297,7 +310,7 @@ class MobileBertTransformerLayer(keras.layers.Layer):
         residual = self.bottleneck_input_norm(self.bottleneck_input_dense(hidden))
         if self.use_bottleneck_attention:
             return residual, residual, residual, residual
-        if self.key_query_shared_bottleneck:
+        if self._uses_shared_bottleneck:
             shared = self.bottleneck_attention_norm(self.bottleneck_attention_dense(hidden))
             return shared, shared, hidden, residual
         return hidden, hidden, hidden, residual
@@ -441,7 +454,11 @@ class MobileBertBackbone(keras.Model):
         first = x[:, 0, :]
         pooled = self.pooled_dense(first) if self.pooled_dense is not None else first
         super().__init__(
-            inputs={"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask},
+            inputs={
+                "token_ids": token_ids,
+                "segment_ids": segment_ids,
+                "padding_mask": padding_mask,
+            },
             outputs={"sequence_output": x, "pooled_output": pooled},
             dtype=dtype,
             **kwargs,
@@ -550,7 +567,9 @@ def _layer_params(prefix: str, layer: keras.layers.Layer) -> Iterator[tuple[str,
         raise TypeError(f"no weight map for {type(layer).__name__}")
 
 
-def _block_params(prefix: str, block: MobileBertTransformerLayer) -> Iterator[tuple[str, object, bool]]:
+def _block_params(
+    prefix: str, block: MobileBertTransformerLayer
+) -> Iterator[tuple[str, object, bool]]:
     modules = [
         ("attention.self.query", block.self_attention.query_dense),
         ("attention.self.key", block.self_attention.key_dense),
@@ -568,7 +587,7 @@ def _block_params(prefix: str, block: MobileBertTransformerLayer) -> Iterator[tu
             ("output.bottleneck.dense", block.output_bottleneck_dense),
             ("output.bottleneck.LayerNorm", block.output_bottleneck_norm),
         ]
-        if block.key_query_shared_bottleneck:
+        if block._uses_shared_bottleneck:
             modules += [
                 ("bottleneck.attention.dense", block.bottleneck_attention_dense),
                 ("bottleneck.attention.LayerNorm", block.bottleneck_attention_norm),
@@ -601,6 +620,9 @@ def hf_weight_map(backbone: MobileBertBackbone) -> Iterator[tuple[str, object, b
         yield from _layer_params("pooler.dense", backbone.pooled_dense)
 
 
+_TF_NAMES = {".gamma": ".weight", ".beta": ".bias"}
+
+
 def _normalize_keys(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Bare ``MobileBertModel`` names: drop the ``mobilebert.`` prefix of task checkpoints
     and their heads (``cls.*``, ``classifier.*``, ...), and rename TF-era gamma/beta."""
@@ -613,8 +635,9 @@ def _normalize_keys(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             key = key[len("mobilebert.") :]
         if key.endswith("position_ids"):
             continue  # a non-persistent buffer some older checkpoints saved
-        key = key.removesuffix(".gamma") + ".weight" if key.endswith(".gamma") else key
-        key = key.removesuffix(".beta") + ".bias" if key.endswith(".beta") else key
+        for old, new in _TF_NAMES.items():
+            if key.endswith(old):
+                key = key[: -len(old)] + new
         out[key] = value
     return out
 
@@ -635,7 +658,14 @@ def assign_hf_weights(
     if pooler_missing:
         warnings.warn(f"{source} has no pooler weights; pooled_output is random", stacklevel=2)
     missing = sorted(set(missing) - set(pooler_missing))
-    unknown = sorted(n for n in state if n not in names and not _beyond(n, backbone.num_layers))
+    unused = _unused_hf_modules(backbone)
+    unknown = sorted(
+        n
+        for n in state
+        if n not in names
+        and not _beyond(n, backbone.num_layers)
+        and not n.startswith(tuple(unused))
+    )
     if missing or unknown:
         raise CheckpointError(
             f"{source} does not fit MobileBERT: missing {missing[:8]} ({len(missing)} in all), "
@@ -650,6 +680,18 @@ def assign_hf_weights(
                 f"{source}: {name} has shape {value.shape}, the model expects {variable.shape}"
             )
         variable.assign(value.astype(variable.dtype))
+
+
+def _unused_hf_modules(backbone: MobileBertBackbone) -> list[str]:
+    """Modules HF creates but never calls under this config; their tensors are skipped."""
+    unused = []
+    if backbone.embedding_projection is None:
+        unused.append("embeddings.embedding_transformation.")
+    for i, block in enumerate(backbone.transformer_layers):
+        shared = block.use_bottleneck and block.key_query_shared_bottleneck
+        if shared and block.use_bottleneck_attention:
+            unused.append(f"encoder.layer.{i}.bottleneck.attention.")
+    return unused
 
 
 def _beyond(name: str, num_layers: int) -> bool:

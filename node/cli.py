@@ -1,0 +1,228 @@
+"""`node`: run a repedge edge node."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import typer
+
+app = typer.Typer(
+    help=(
+        "repedge edge node: classifies the reputation polarity of tweets it receives over\n"
+        "MQTT with a quantized model bundle, and publishes one JSON record per tweet.\n\n"
+        "Quick start:  broker start  &  node start --model models/BUNDLE\n"
+        "then:  mosquitto_pub -t repedge/tweets -q 1 -m 'I love my new car'\n"
+        "and:   mosquitto_sub -t repedge/labels -v"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+@app.callback()
+def _main() -> None:
+    """Keeps `start` a named sub-command (`node start`), room for more later."""
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    """``mqtt://host:port``, ``host:port`` or ``host`` -> (host, port)."""
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    if parts.scheme not in ("mqtt", "tcp"):
+        raise typer.BadParameter(f"only mqtt:// brokers are supported, not {parts.scheme}://")
+    try:
+        port = parts.port or 1883
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return parts.hostname or "localhost", port
+
+
+@app.command()
+def start(
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Model bundle folder, or a .tflite file with its bundle files beside it. "
+            "Optional with --watch-mount: then the last installed model is served.",
+            show_default=False,
+        ),
+    ] = None,
+    variant: Annotated[
+        str | None,
+        typer.Option(
+            help="Variant of a bundle folder (int8, fp16, ...); default: the bundle's.",
+            show_default=False,
+        ),
+    ] = None,
+    broker: Annotated[str, typer.Option(help="MQTT broker, mqtt://host:port.")] = (
+        "mqtt://localhost:1883"
+    ),
+    node_id: Annotated[
+        str | None,
+        typer.Option(
+            help="Name of this node: its MQTT client id, topics and state folder. "
+            "Default: the host name.",
+            show_default=False,
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="Interpreter threads (default: min(4, CPU cores)).", show_default=False),
+    ] = None,
+    username: Annotated[str | None, typer.Option(help="Broker user name.")] = None,
+    password: Annotated[
+        str | None, typer.Option(help="Broker password.", envvar="REPEDGE_MQTT_PASSWORD")
+    ] = None,
+    tweets_topic: Annotated[str, typer.Option(help="Topic tweets arrive on.")] = "repedge/tweets",
+    labels_topic: Annotated[str, typer.Option(help="Topic label records go to.")] = (
+        "repedge/labels"
+    ),
+    errors_topic: Annotated[str, typer.Option(help="Topic error records go to.")] = (
+        "repedge/errors"
+    ),
+    telemetry_interval: Annotated[
+        float, typer.Option(help="Seconds between telemetry reports.")
+    ] = 5.0,
+    max_batch: Annotated[int, typer.Option(help="Most tweets per inference batch.")] = 32,
+    max_wait_ms: Annotated[
+        float,
+        typer.Option(
+            help="Longest a growing batch waits for more tweets (a lone tweet never waits)."
+        ),
+    ] = 5.0,
+    queue_size: Annotated[
+        int,
+        typer.Option(
+            help="Tweets held in memory; also the MQTT Receive Maximum, so the "
+            "broker holds the rest."
+        ),
+    ] = 256,
+    max_bytes: Annotated[int, typer.Option(help="Largest accepted payload, in bytes.")] = 4096,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for the record store that makes redeliveries repeat the "
+            "same record. Default: ~/.local/state/repedge/NODE_ID.",
+            show_default=False,
+        ),
+    ] = None,
+    session_expiry: Annotated[
+        int,
+        typer.Option(
+            help="Seconds the broker keeps queueing tweets for this node while it is offline."
+        ),
+    ] = 7 * 24 * 3600,
+    drain_timeout: Annotated[
+        float, typer.Option(help="Seconds to finish queued work on SIGTERM/Ctrl-C.")
+    ] = 10.0,
+    watch_mount: Annotated[
+        Path | None,
+        typer.Option(
+            help="Watch this folder (e.g. a USB stick mount point) for signed model "
+            "updates and hot-swap them in.",
+            show_default=False,
+        ),
+    ] = None,
+    trust_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Public key trusted to sign model updates (repeatable).", show_default=False
+        ),
+    ] = None,
+    provision_state: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder where installed models and provisioning state live. "
+            "Default: STATE_DIR/provisioning.",
+            show_default=False,
+        ),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve a model: read tweets from MQTT, publish labels, until SIGTERM or Ctrl-C."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # Imported here so that `node --help` stays fast (no numpy / LiteRT import).
+    from node.bundle import BundleError
+    from node.inference import Classifier
+    from node.service import NodeConfig, NodeService, default_state_dir
+
+    host, port = parse_broker_url(broker)
+    node_id = node_id or socket.gethostname()
+    state_dir = state_dir or default_state_dir(node_id)
+    try:
+        config = NodeConfig(
+            node_id=node_id,
+            host=host,
+            port=port,
+            username=username,
+            password=password,
+            tweets_topic=tweets_topic,
+            labels_topic=labels_topic,
+            errors_topic=errors_topic,
+            telemetry_interval_s=telemetry_interval,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            queue_size=queue_size,
+            max_bytes=max_bytes,
+            state_dir=state_dir,
+            session_expiry_s=session_expiry,
+            drain_timeout_s=drain_timeout,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+    installer = None
+    if watch_mount is not None:
+        from provisioning.install import Installer
+
+        installer = Installer(
+            state_dir=provision_state or state_dir / "provisioning",
+            trusted_keys=list(trust_key or []),
+        )
+        if model is None:
+            model = installer.active_model()
+    elif model is None:
+        raise typer.BadParameter("give --model (or --watch-mount to wait for an installed model)")
+
+    classifier = None
+    if model is not None:
+        try:
+            classifier = Classifier.from_path(model, variant=variant, num_threads=threads)
+        except BundleError as exc:
+            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(2) from None
+
+    service = NodeService(config, classifier)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    service.start()
+
+    watcher = None
+    if watch_mount is not None:
+        from provisioning.watch import MountWatcher
+
+        watcher = MountWatcher(
+            mount=watch_mount,
+            installer=installer,
+            on_installed=lambda new, result: service.swap_classifier(new),
+            on_event=service.record_event,
+        )
+        watcher.start()
+    if classifier is None:
+        logging.getLogger("repedge.node").warning(
+            "no model installed yet: tweets wait with the broker until one is provisioned"
+        )
+
+    stop.wait()
+    if watcher is not None:
+        watcher.stop()
+    service.stop()

@@ -1,0 +1,72 @@
+"""The whole offline pipeline on a tiny config and a slice of the shared data.
+
+Train a few steps, export all four FlatBuffer variants, evaluate them through the node's
+inference code, and check what the bundle and the reports say.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from node.bundle import ModelBundle
+from node.inference import Classifier
+from trainer.pipeline import DataSources, run_training
+from trainer.train import TrainConfig
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SEMEVAL = SHARED / "semeval2017" / "train_2013-2016.tsv"
+REPLAB = SHARED / "replab2013" / "automotive_en.tsv"
+
+pytestmark = pytest.mark.skipif(
+    not (SEMEVAL.exists() and REPLAB.exists()), reason="needs ../shared/data"
+)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    config = TrainConfig(
+        base="tiny-bert", epochs=1, batch_size=16, eval_every=4, max_length=48, filter_head=True
+    )
+    run_training(config, DataSources(semeval=SEMEVAL, replab=REPLAB, limit=48), out)
+    return out
+
+
+def test_bundle_has_all_variants_with_matching_hashes(trained):
+    bundle = ModelBundle.load(trained / "bundle")  # verifies the default variant's sha256
+    assert set(bundle.manifest.variants) == {"fp32", "fp16", "int8", "int8-full"}
+    for variant in bundle.manifest.variants:
+        ModelBundle.load(trained / "bundle", variant=variant).verify()
+    sizes = {v: i.size_bytes for v, i in bundle.manifest.variants.items()}
+    assert sizes["int8"] < sizes["fp16"] < sizes["fp32"]
+    assert bundle.manifest.entity_input
+    assert bundle.manifest.training["config"]["base"] == "tiny-bert"
+    assert bundle.labels == ["negative", "neutral", "positive"]
+
+
+def test_every_variant_is_evaluated_on_both_held_out_sets(trained):
+    metrics = ModelBundle.load(trained / "bundle").manifest.metrics
+    assert set(metrics) == {"semeval", "replab"}
+    for source in metrics.values():
+        assert set(source["variants"]) == {"fp32", "fp16", "int8", "int8-full"}
+        for scores in source["variants"].values():
+            assert 0.0 <= scores["accuracy"] <= 1.0
+            assert 0.0 <= scores["macro_recall"] <= 1.0
+    reports = trained / "reports"
+    assert json.loads((reports / "test_replab.json").read_text())["dataset"]["size"] > 0
+    assert "| int8 |" in (reports / "test_semeval.md").read_text()
+
+
+def test_training_history_and_dev_selection_are_recorded(trained):
+    summary = json.loads((trained / "checkpoints" / "training.json").read_text())
+    assert summary["history"], "dev was never scored"
+    assert summary["best"]["score"] == max(h["score"] for h in summary["history"])
+    assert (trained / "checkpoints" / "best.weights.h5").exists()
+
+
+def test_exported_int8_runs_in_the_node_classifier(trained):
+    clf = Classifier.from_path(trained / "bundle" / "int8.tflite")
+    [pred] = clf.classify(["my new bmw is amazing"], ["BMW"])
+    assert pred.label in clf.labels
+    assert sum(pred.scores.values()) == pytest.approx(1.0, abs=1e-4)

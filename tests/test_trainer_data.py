@@ -1,0 +1,101 @@
+import re
+from pathlib import Path
+
+import pytest
+
+from trainer.data import DataError, read_labeled, read_replab, read_semeval, read_table
+from trainer.splits import entity_split, stratified_split
+
+SEMEVAL = "tweet_id\tlabel\ttext\n1\tpositive\tgreat car\n2\tnegative\tawful dealer\n"
+REPLAB = (
+    "entity_id\tentity\ttweet_id\tfiltering\tpolarity\ttext\n"
+    "E1\tBMW\t10\tRELATED\tPOSITIVE\tlove my bmw\n"
+    "E1\tBMW\t11\tUNRELATED\t\tbmw is my dog's name\n"
+    "E2\tAudi\t12\tRELATED\tNEGATIVE\taudi recall again\n"
+)
+
+
+def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+def test_semeval_reader_and_auto_detection(tmp_path):
+    path = write(tmp_path, "s.tsv", SEMEVAL)
+    examples = read_semeval(path)
+    assert [(e.tweet_id, e.label, e.text) for e in examples] == [
+        ("1", "positive", "great car"),
+        ("2", "negative", "awful dealer"),
+    ]
+    assert read_labeled(path) == examples
+
+
+def test_replab_keeps_entity_and_filtering(tmp_path):
+    examples = read_labeled(write(tmp_path, "r.tsv", REPLAB))
+    assert [(e.entity, e.related, e.label) for e in examples] == [
+        ("BMW", True, "positive"),
+        ("BMW", False, None),
+        ("Audi", True, "negative"),
+    ]
+
+
+def test_tweet_text_with_unicode_line_separator_stays_one_row(tmp_path):
+    path = write(tmp_path, "s.tsv", "1\tneutral\tfirst\u2028second\n")
+    assert read_semeval(path)[0].text == "first\u2028second"
+
+
+def test_csv_and_jsonl_with_custom_columns(tmp_path):
+    csv_path = write(tmp_path, "d.csv", 'body,y,brand\n"nice, really",POSITIVE,Ford\n')
+    [e] = read_table(csv_path, "body", "y", "brand")
+    assert (e.text, e.label, e.entity) == ("nice, really", "positive", "Ford")
+    jsonl = write(tmp_path, "d.jsonl", '{"t": "meh", "l": "neutral"}\n')
+    assert read_labeled(jsonl, text_column="t", label_column="l")[0].label == "neutral"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("d.csv", "text,other\nx,y\n", "missing column(s) ['label']"),
+        ("s.tsv", "1\tgreat\ttext\n", "unknown label 'great'"),
+        ("e.csv", "\n\n", "file is empty"),
+        ("b.tsv", b"1\tpositive\t\xff\xfe bad\n", "not UTF-8"),
+        ("j.jsonl", '{"text": "x"\n', "invalid JSON"),
+        ("j2.jsonl", '{"text": "x"}\n', "missing field(s) ['label']"),
+    ],
+)
+def test_clear_errors(tmp_path, name, content, message):
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_labeled(write(tmp_path, name, content))
+
+
+def test_missing_file_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        read_labeled(tmp_path / "absent.tsv")
+
+
+def test_stratified_split_is_seeded_and_keeps_label_shares(tmp_path):
+    rows = "".join(
+        f"{i}\t{['negative', 'neutral', 'positive'][i % 3]}\ttweet {i}\n" for i in range(300)
+    )
+    examples = read_semeval(write(tmp_path, "s.tsv", rows))
+    a, b = stratified_split(examples, seed=1), stratified_split(examples, seed=1)
+    assert [e.tweet_id for e in a.test] == [e.tweet_id for e in b.test]
+    assert a.sizes() == {"train": 240, "dev": 30, "test": 30}
+    assert sorted(e.label for e in a.test).count("negative") == 10
+
+
+def test_entity_split_holds_out_brands_and_removes_cross_listed_tweets(tmp_path):
+    rows = REPLAB + (
+        "E3\tFord\t13\tRELATED\tNEUTRAL\tsame text everywhere\n"
+        "E1\tBMW\t13\tRELATED\tNEUTRAL\tsame text everywhere\n"
+    )
+    split = entity_split(read_replab(write(tmp_path, "r.tsv", rows)), ["Audi"], ["BMW"])
+    assert {e.entity for e in split.test} == {"BMW"}
+    assert {e.entity for e in split.dev} == {"Audi"}
+    assert {e.entity for e in split.train} == set()  # Ford's copy of a BMW test tweet is gone
+    with pytest.raises(ValueError, match="Tesla"):
+        entity_split(read_replab(write(tmp_path, "r2.tsv", rows)), ["Tesla"], ["BMW"])
