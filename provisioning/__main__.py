@@ -1,0 +1,3 @@
+from provisioning.cli import app
+
+app(prog_name="provision")

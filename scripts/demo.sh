@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Set up (if needed), then run the whole edge loop locally: a Mosquitto broker with
+# repedge's configuration, a node serving the committed default model, sample tweets
+# published with mosquitto_pub, and the labels shown live. Ctrl-C stops everything;
+# --once stops after the sample tweets.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPEDGE_EXTRAS="${REPEDGE_EXTRAS:-test}" bash scripts/setup.sh
+. .venv/bin/activate
+
+PORT="${REPEDGE_DEMO_PORT:-18830}"
+STATE=".demo"
+mkdir -p "$STATE"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+python -m broker start --port "$PORT" --data-dir "$STATE/broker" > "$STATE/broker.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do mosquitto_sub -p "$PORT" -t '$SYS/#' -C 1 -W 1 >/dev/null 2>&1 && break; done
+
+# `python -m node` rather than `node`: inside a venv `node` may be Node.js (see README).
+python -m node start --model models/default --broker "mqtt://localhost:$PORT" \
+    --node-id demo --state-dir "$STATE/node" > "$STATE/node.log" 2>&1 &
+pids+=($!)
+
+echo "labels (repedge/labels), Ctrl-C to stop:"
+mosquitto_sub -p "$PORT" -t repedge/labels -t repedge/errors -v &
+pids+=($!)
+sleep 3
+
+while IFS= read -r tweet; do
+    [ -n "$tweet" ] && mosquitto_pub -p "$PORT" -q 1 -t repedge/tweets -m "$tweet"
+    sleep 0.3
+done < scripts/demo_tweets.txt
+echo "(published $(grep -c . scripts/demo_tweets.txt) tweets; node log: $STATE/node.log;" \
+    "telemetry: mosquitto_sub -p $PORT -t 'repedge/nodes/#' -v)"
+if [ "${1:-}" = "--once" ]; then sleep 3; exit 0; fi
+wait
