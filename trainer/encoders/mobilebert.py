@@ -150,7 +150,7 @@ class MobileBertSelfAttention(keras.layers.Layer):
         k = self._split_heads(self.key_dense(key))
         v = self._split_heads(self.value_dense(value))
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) / np.sqrt(self.key_dim)
-        probs = ops.softmax(scores + attention_bias, axis=-1)
+        probs = ops.softmax(scores + ops.cast(attention_bias, scores.dtype), axis=-1)
         probs = self.dropout_layer(probs, training=training)
         context = ops.transpose(ops.matmul(probs, v), (0, 2, 1, 3))
         return ops.reshape(context, (ops.shape(context)[0], -1, self.num_heads * self.key_dim))
