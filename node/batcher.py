@@ -65,11 +65,23 @@ class Batcher(Generic[T]):
         return batch
 
 
-def bucket_by_length(items: Sequence[T], length: Callable[[T], int]) -> list[list[T]]:
-    """Split items into groups of similar token length, shortest first."""
+def bucket_by_length(
+    items: Sequence[T], length: Callable[[T], int], max_tokens: int | None = None
+) -> list[list[T]]:
+    """Split items into groups of similar token length, shortest first.
+
+    With ``max_tokens`` a group is cut further so that rows x padded length stays within
+    it (at least one item per group): the interpreter's working memory grows with the
+    padded batch, and this bound keeps the node's RSS flat under load.
+    """
     groups: dict[int, list[T]] = {}
     for item in items:
         n = length(item)
         bound = next((b for b in LENGTH_BUCKETS if n <= b), n)
         groups.setdefault(bound, []).append(item)
-    return [groups[b] for b in sorted(groups)]
+    out: list[list[T]] = []
+    for bound in sorted(groups):
+        group = groups[bound]
+        rows = max(1, max_tokens // bound) if max_tokens else len(group)
+        out.extend(group[i : i + rows] for i in range(0, len(group), rows))
+    return out

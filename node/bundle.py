@@ -5,7 +5,7 @@ A bundle is a folder::
     manifest.json      identity, preprocessing, variants with their sha256, metrics
     labels.json        class names, in the order of the model's logits
     tokenizer.json     Hugging Face `tokenizers` file (WordPiece for the BERT family)
-    <variant>.tflite   one or more FlatBuffer variants: fp32, fp16, int8, int8-full
+    <variant>.tflite   one or more FlatBuffer variants: fp32, fp16, int8, int8-full, int4
 
 The trainer writes bundles with :func:`write_bundle`; the node and provisioning read them
 with :meth:`ModelBundle.load`. Nothing else in the code base knows these file names.
@@ -38,6 +38,10 @@ VARIANT_FILES: dict[str, tuple[str, str]] = {
     "fp16": ("fp16.tflite", "float16 weights"),
     "fp32": ("fp32.tflite", "float32"),
     "int8-full": ("int8-full.tflite", "full-integer int8, calibrated on unpadded tweets"),
+    "int4": (
+        "int4.tflite",
+        "int4 dense weights (dynamic range), int4 token table with per-row scales",
+    ),
 }
 
 # The FlatBuffer's signature: every variant takes these int32 [batch, seq] inputs and

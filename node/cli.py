@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-import signal
+import os
 import socket
-import threading
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -73,7 +71,9 @@ def start(
     ] = None,
     threads: Annotated[
         int | None,
-        typer.Option(help="Interpreter threads (default: min(4, CPU cores)).", show_default=False),
+        typer.Option(
+            help="Interpreter threads (default: CPU cores - 1, from 1 to 4).", show_default=False
+        ),
     ] = None,
     username: Annotated[str | None, typer.Option(help="Broker user name.")] = None,
     password: Annotated[
@@ -90,6 +90,13 @@ def start(
         float, typer.Option(help="Seconds between telemetry reports.")
     ] = 5.0,
     max_batch: Annotated[int, typer.Option(help="Most tweets per inference batch.")] = 32,
+    max_batch_tokens: Annotated[
+        int,
+        typer.Option(
+            help="Most tokens (rows x padded length) per interpreter call; bounds "
+            "the interpreter's working memory."
+        ),
+    ] = 256,
     max_wait_ms: Annotated[
         float,
         typer.Option(
@@ -146,83 +153,45 @@ def start(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve a model: read tweets from MQTT, publish labels, until SIGTERM or Ctrl-C."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # Imported here so that `node --help` stays fast (no numpy / LiteRT import).
-    from node.bundle import BundleError
-    from node.inference import Classifier
-    from node.service import NodeConfig, NodeService, default_state_dir
-
+    if model is None and watch_mount is None:
+        raise typer.BadParameter("give --model (or --watch-mount to wait for an installed model)")
     host, port = parse_broker_url(broker)
     node_id = node_id or socket.gethostname()
-    state_dir = state_dir or default_state_dir(node_id)
-    try:
-        config = NodeConfig(
-            node_id=node_id,
-            host=host,
-            port=port,
-            username=username,
-            password=password,
-            tweets_topic=tweets_topic,
-            labels_topic=labels_topic,
-            errors_topic=errors_topic,
-            telemetry_interval_s=telemetry_interval,
-            max_batch=max_batch,
-            max_wait_ms=max_wait_ms,
-            queue_size=queue_size,
-            max_bytes=max_bytes,
-            state_dir=state_dir,
-            session_expiry_s=session_expiry,
-            drain_timeout_s=drain_timeout,
-        )
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    state_dir = state_dir or _default_state_dir(node_id)
+    spec = {
+        "config": {
+            "node_id": node_id,
+            "host": host,
+            "port": port,
+            "username": username,
+            "password": password,
+            "tweets_topic": tweets_topic,
+            "labels_topic": labels_topic,
+            "errors_topic": errors_topic,
+            "telemetry_interval_s": telemetry_interval,
+            "max_batch": max_batch,
+            "max_batch_tokens": max_batch_tokens,
+            "max_wait_ms": max_wait_ms,
+            "queue_size": queue_size,
+            "max_bytes": max_bytes,
+            "state_dir": str(state_dir.absolute()),
+            "session_expiry_s": session_expiry,
+            "drain_timeout_s": drain_timeout,
+        },
+        "model": str(model.absolute()) if model else None,
+        "variant": variant,
+        "threads": threads,
+        "watch_mount": str(watch_mount.absolute()) if watch_mount else None,
+        "trust_keys": [str(k.absolute()) for k in trust_key or []],
+        "provision_state": str((provision_state or state_dir / "provisioning").absolute()),
+        "log_level": log_level,
+    }
+    from node.serve import exec_serve
 
-    installer = None
-    if watch_mount is not None:
-        from provisioning.install import Installer
+    exec_serve(spec)
 
-        installer = Installer(
-            state_dir=provision_state or state_dir / "provisioning",
-            trusted_keys=list(trust_key or []),
-        )
-        if model is None:
-            model = installer.active_model()
-    elif model is None:
-        raise typer.BadParameter("give --model (or --watch-mount to wait for an installed model)")
 
-    classifier = None
-    if model is not None:
-        try:
-            classifier = Classifier.from_path(model, variant=variant, num_threads=threads)
-        except BundleError as exc:
-            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-            raise typer.Exit(2) from None
-
-    service = NodeService(config, classifier)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    service.start()
-
-    watcher = None
-    if watch_mount is not None:
-        from provisioning.watch import MountWatcher
-
-        watcher = MountWatcher(
-            mount=watch_mount,
-            installer=installer,
-            on_installed=lambda new, result: service.swap_classifier(new),
-            on_event=service.record_event,
-        )
-        watcher.start()
-    if classifier is None:
-        logging.getLogger("repedge.node").warning(
-            "no model installed yet: tweets wait with the broker until one is provisioned"
-        )
-
-    stop.wait()
-    if watcher is not None:
-        watcher.stop()
-    service.stop()
+def _default_state_dir(node_id: str) -> Path:
+    # Same rule as node.service.default_state_dir, without importing the serving stack.
+    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(state) / "repedge" / node_id

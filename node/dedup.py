@@ -38,11 +38,22 @@ class RecordStore:
         self._count = self._db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
 
     def get(self, tweet_id: str) -> tuple[str, str] | None:
+        return self.get_many([tweet_id]).get(tweet_id)
+
+    def get_many(self, ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """Stored ``(topic, payload)`` for those of ``ids`` that have a record."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT topic, payload FROM records WHERE id = ?", (tweet_id,)
-            ).fetchone()
-        return (row[0], row[1]) if row else None
+            return self._select(list(set(ids)))
+
+    def _select(self, ids: list[str]) -> dict[str, tuple[str, str]]:
+        found: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(ids), 500):  # SQLite caps the number of parameters
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT id, topic, payload FROM records WHERE id IN ({marks})"
+            for tweet_id, topic, payload in self._db.execute(query, chunk):
+                found[tweet_id] = (topic, payload)
+        return found
 
     def put_if_absent(self, items: Iterable[tuple[str, str, str]]) -> dict[str, tuple[str, str]]:
         """Store ``(id, topic, payload)`` items in one transaction, keeping earlier records.
@@ -50,26 +61,23 @@ class RecordStore:
         Returns what is stored for each id afterwards: the new record, or the one an
         earlier delivery of the same id produced.
         """
-        items = list(items)
-        if not items:
+        first: dict[str, tuple[str, str]] = {}
+        for tweet_id, topic, payload in items:
+            first.setdefault(tweet_id, (topic, payload))
+        if not first:
             return {}
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 before = self._db.total_changes
                 self._db.executemany(
-                    "INSERT OR IGNORE INTO records (id, topic, payload) VALUES (?, ?, ?)", items
+                    "INSERT OR IGNORE INTO records (id, topic, payload) VALUES (?, ?, ?)",
+                    ((i, t, p) for i, (t, p) in first.items()),
                 )
-                count = self._count + self._db.total_changes - before
-                ids = list({i for i, _, _ in items})
-                stored: dict[str, tuple[str, str]] = {}
-                for start in range(0, len(ids), 500):
-                    chunk = ids[start : start + 500]
-                    marks = ",".join("?" * len(chunk))
-                    for tweet_id, topic, payload in self._db.execute(
-                        f"SELECT id, topic, payload FROM records WHERE id IN ({marks})", chunk
-                    ):
-                        stored[tweet_id] = (topic, payload)
+                inserted = self._db.total_changes - before
+                # Only when some ids were already there does the answer differ from `first`.
+                stored = first if inserted == len(first) else {**first, **self._select(list(first))}
+                count = self._count + inserted
                 if count > self.max_records * (1 + _PRUNE_SLACK):
                     self._db.execute(
                         "DELETE FROM records WHERE seq IN"

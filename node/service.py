@@ -30,6 +30,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from node.batcher import Batcher, bucket_by_length
 from node.dedup import DEFAULT_MAX_RECORDS, RecordStore
 from node.inference import Classifier, EmptyTextError
+from node.memory import release_file_pages
 from node.messages import (
     DEFAULT_MAX_BYTES,
     BadInput,
@@ -66,6 +67,8 @@ class NodeConfig:
     errors_topic: str = "repedge/errors"
     telemetry_interval_s: float = 5.0
     max_batch: int = 32
+    # Rows x padded length per interpreter call; see batcher.bucket_by_length.
+    max_batch_tokens: int = 256
     max_wait_ms: float = 5.0
     queue_size: int = 256
     max_bytes: int = DEFAULT_MAX_BYTES
@@ -153,6 +156,8 @@ class NodeService:
             old = self._classifier
             self._classifier = classifier
         self._classifier_ready.set()
+        if self._connected.is_set():  # the retained status names the serving model
+            self._publish(self.config.node_topic("status"), self._status("online"), 1, True)
         log.info(
             "model swapped: %s -> %s",
             old.bundle.identity() if old else None,
@@ -162,7 +167,7 @@ class NodeService:
     def record_event(self, event: dict[str, Any]) -> None:
         """Publish a provisioning event and keep it for telemetry's "provisioning" list."""
         self._events.append(event)
-        self._publish(self.config.node_topic("events"), json.dumps(event), qos=1)
+        self._publish(self.config.node_topic("events"), json.dumps(event, default=str), qos=1)
 
     def model_identity(self) -> dict[str, str] | None:
         with self._classifier_lock:
@@ -338,6 +343,7 @@ class NodeService:
     # -- inference --------------------------------------------------------------------
 
     def _work(self) -> None:
+        trimmed: Classifier | None = None
         while not (self._stop_worker.is_set() and self._batcher.depth() == 0):
             if not self._classifier_ready.wait(0.2):
                 if self._stop_worker.is_set():
@@ -348,26 +354,34 @@ class NodeService:
                 continue
             with self._classifier_lock:
                 classifier = self._classifier
+            ran_inference = False
             try:
-                self._process(batch, classifier)
+                ran_inference = self._process(batch, classifier)
             except Exception:
                 # Unacknowledged, these tweets come back after the next reconnect.
                 log.exception("batch of %d failed; left to redelivery", len(batch))
+            if ran_inference and classifier is not trimmed:
+                # The first inference has packed the weights; the mapped file is dead weight.
+                release_file_pages(classifier.bundle.model_path)
+                trimmed = classifier
 
-    def _process(self, batch: list[_Inbound], classifier: Classifier) -> None:
+    def _process(self, batch: list[_Inbound], classifier: Classifier) -> bool:
+        """Classify, store, publish one batch; True if the interpreter ran."""
         cfg = self.config
         store = self._store
         assert store is not None
         out: list[_Outbound] = []
         to_classify: list[tuple[_Inbound, Tweet, Any]] = []
         duplicates = 0
+        parsed: list[tuple[_Inbound, Tweet]] = []
         for item in batch:
             try:
-                tweet = parse_tweet(item.payload, cfg.max_bytes)
+                parsed.append((item, parse_tweet(item.payload, cfg.max_bytes)))
             except BadInput as exc:
                 out.append(self._error(item, exc.tweet_id, exc.reason, exc.detail))
-                continue
-            stored = store.get(tweet.id)
+        known = store.get_many(tweet.id for _, tweet in parsed)
+        for item, tweet in parsed:
+            stored = known.get(tweet.id)
             if stored is not None:
                 duplicates += 1
                 out.append(_Outbound(item, tweet.id, stored[0], stored[1], "duplicate"))
@@ -380,7 +394,8 @@ class NodeService:
             to_classify.append((item, tweet, encoded))
 
         model = classifier.bundle.identity()
-        for group in bucket_by_length(to_classify, lambda entry: len(entry[2])):
+        groups = bucket_by_length(to_classify, lambda entry: len(entry[2]), cfg.max_batch_tokens)
+        for group in groups:
             try:
                 predictions = classifier.predict([encoded for _, _, encoded in group])
             except Exception as exc:  # a broken model must not stop the node
@@ -412,6 +427,7 @@ class NodeService:
                 latencies.append((time.monotonic() - o.inbound.received) * 1000)
         errors = sum(1 for o in out if o.kind == "error")
         self.stats.add_batch(len(latencies), errors, duplicates, latencies)
+        return bool(groups)
 
     def _error(self, item: _Inbound, tweet_id: str | None, reason: str, detail: str) -> _Outbound:
         record = error_record(tweet_id, reason, detail, self.config.node_id, len(item.payload))
