@@ -51,6 +51,16 @@ OUTPUT_NAME = "logits"
 
 _CHUNK = 1 << 20
 
+# The product's default model, committed with the code (see models/default/MODEL_CARD.md);
+# REPEDGE_MODEL points elsewhere.
+DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parents[1] / "models" / "default"
+
+
+def default_bundle_path() -> Path | None:
+    """The bundle `node start` serves when no --model is given, if there is one."""
+    chosen = Path(os.environ.get("REPEDGE_MODEL") or DEFAULT_BUNDLE_DIR)
+    return chosen if (chosen / MANIFEST_FILE).is_file() or chosen.is_file() else None
+
 
 class BundleError(Exception):
     """A bundle is missing, incomplete, corrupt or of an unknown format."""
@@ -213,6 +223,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that a reader sees the old file or the new one, never half of one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; bundle files are meant to be shared
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2, sort_keys=False)
             f.write("\n")

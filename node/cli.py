@@ -14,7 +14,7 @@ app = typer.Typer(
     help=(
         "repedge edge node: classifies the reputation polarity of tweets it receives over\n"
         "MQTT with a quantized model bundle, and publishes one JSON record per tweet.\n\n"
-        "Quick start:  broker start  &  node start --model models/BUNDLE\n"
+        "Quick start:  broker start  &  node start   (serves the shipped models/default)\n"
         "then:  mosquitto_pub -t repedge/tweets -q 1 -m 'I love my new car'\n"
         "and:   mosquitto_sub -t repedge/labels -v"
     ),
@@ -47,7 +47,8 @@ def start(
         Path | None,
         typer.Option(
             help="Model bundle folder, or a .tflite file with its bundle files beside it. "
-            "Optional with --watch-mount: then the last installed model is served.",
+            "Default: $REPEDGE_MODEL, else the shipped models/default; with --watch-mount, "
+            "the last installed model wins over the default.",
             show_default=False,
         ),
     ] = None,
@@ -154,7 +155,14 @@ def start(
 ) -> None:
     """Serve a model: read tweets from MQTT, publish labels, until SIGTERM or Ctrl-C."""
     if model is None and watch_mount is None:
-        raise typer.BadParameter("give --model (or --watch-mount to wait for an installed model)")
+        from node.bundle import default_bundle_path
+
+        model = default_bundle_path()
+        if model is None:
+            raise typer.BadParameter(
+                "give --model (no default model found: set REPEDGE_MODEL or restore "
+                "models/default), or --watch-mount to wait for an installed model"
+            )
     host, port = parse_broker_url(broker)
     node_id = node_id or socket.gethostname()
     state_dir = state_dir or _default_state_dir(node_id)

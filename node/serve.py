@@ -46,7 +46,7 @@ def run(spec: dict[str, Any]) -> int:
     from node.memory import return_freed_memory_to_os
 
     return_freed_memory_to_os()
-    from node.bundle import BundleError
+    from node.bundle import BundleError, default_bundle_path
     from node.inference import Classifier
     from node.service import NodeConfig, NodeService
 
@@ -60,13 +60,20 @@ def run(spec: dict[str, Any]) -> int:
     installer = None
     if spec.get("watch_mount"):
         from provisioning.install import Installer
+        from provisioning.keys import KeyFileError
 
-        installer = Installer(
-            state_dir=Path(spec["provision_state"]),
-            trusted_keys=[Path(k) for k in spec.get("trust_keys", [])],
-        )
+        try:
+            installer = Installer(
+                state_dir=Path(spec["provision_state"]),
+                trusted_keys=[Path(k) for k in spec.get("trust_keys", [])],
+                num_threads=spec.get("threads") or default_interpreter_threads(),
+            )
+        except KeyFileError as exc:
+            print(f"error: --trust-key: {exc}", file=sys.stderr)
+            return 2
         if model is None:
-            model = installer.active_model()
+            # The last installed model, else the shipped default until one is installed.
+            model = installer.active_model() or default_bundle_path()
 
     classifier = None
     if model is not None:

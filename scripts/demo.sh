@@ -20,7 +20,10 @@ trap cleanup EXIT INT TERM
 
 python -m broker start --port "$PORT" --data-dir "$STATE/broker" > "$STATE/broker.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 50); do mosquitto_sub -p "$PORT" -t '$SYS/#' -C 1 -W 1 >/dev/null 2>&1 && break; done
+for _ in $(seq 100); do
+    mosquitto_pub -p "$PORT" -t repedge/demo/ping -n >/dev/null 2>&1 && break
+    sleep 0.1
+done
 
 # `python -m node` rather than `node`: inside a venv `node` may be Node.js (see README).
 python -m node start --model models/default --broker "mqtt://localhost:$PORT" \

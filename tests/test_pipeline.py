@@ -5,12 +5,14 @@ inference code, and check what the bundle and the reports say.
 """
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
 
 from node.bundle import ModelBundle
 from node.inference import Classifier
+from tests.conftest import Collector, NodeProcess, Topics, publish
 from trainer.pipeline import DataSources, run_training
 from trainer.train import TrainConfig
 
@@ -70,3 +72,37 @@ def test_exported_int8_runs_in_the_node_classifier(trained):
     [pred] = clf.classify(["my new bmw is amazing"], ["BMW"])
     assert pred.label in clf.labels
     assert sum(pred.scores.values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_trained_int8_served_by_the_node_through_mosquitto(trained, mosquitto, tmp_path):
+    """`node start --model .../int8.tflite` labels tweets published to a real broker, and
+    its labels are the ones the trainer's evaluation path (the same Classifier) gives."""
+    node_id = f"p{uuid.uuid4().hex[:8]}"
+    topics = Topics(f"test/pipeline/{node_id}")
+    node = NodeProcess(
+        model=trained / "bundle" / "int8.tflite",
+        broker=mosquitto,
+        node_id=node_id,
+        topics=topics,
+        state_dir=tmp_path / "state",
+    )
+    watcher = Collector(mosquitto, [topics.labels, topics.errors, f"repedge/nodes/{node_id}/#"])
+    tweets = [
+        {"id": "a", "text": "my new bmw is amazing", "entity": "BMW"},
+        {"id": "b", "text": "worst customer service ever, avoid this dealer"},
+        {"id": "c", "text": "Volvo recalls 50,000 cars", "entity": "Volvo"},
+    ]
+    try:
+        node.start_and_wait_online(watcher)
+        publish(mosquitto, topics.tweets, [json.dumps(t) for t in tweets])
+        records = {m.json()["id"]: m.json() for m in watcher.wait_count(topics.labels, 3)}
+    finally:
+        watcher.close()
+        node.kill()
+    clf = Classifier.from_path(trained / "bundle" / "int8.tflite")
+    expected = clf.classify([t["text"] for t in tweets], [t.get("entity") for t in tweets])
+    for tweet, pred in zip(tweets, expected, strict=True):
+        record = records[tweet["id"]]
+        assert record["label"] == pred.label
+        assert record["scores"] == pytest.approx(pred.scores, abs=1e-5)
+        assert record["model"]["variant"] == "int8"

@@ -34,6 +34,9 @@ def train(
     epochs: Annotated[float, Opt(help="Passes over the training data (fractions allowed).")] = 3.0,
     learning_rate: float = 6e-5,
     class_weighting: Annotated[str, Opt(help="none | sqrt | balanced")] = "sqrt",
+    unweighted_source: Annotated[
+        list[str] | None, Opt(help="Source left out of class weighting (e.g. replab).")
+    ] = None,
     entity_input: Annotated[bool, Opt(help="Feed the entity as a second segment.")] = True,
     filter_head: Annotated[bool, Opt(help="Also train RepLab related/unrelated.")] = False,
     replab_repeat: Annotated[int, Opt(help="Repeat RepLab tweets N times per epoch.")] = 2,
@@ -41,6 +44,9 @@ def train(
     patience: Annotated[int, Opt(help="Stop after N dev scores without gain.")] = 4,
     time_budget_min: Annotated[float | None, Opt(help="Stop training after N minutes.")] = None,
     limit: Annotated[int | None, Opt(help="At most N examples per source and split.")] = None,
+    init_weights: Annotated[
+        Path | None, Opt(help="Start from these weights (a run's checkpoints/best.weights.h5).")
+    ] = None,
     variants: Annotated[str, Opt(help="Comma-separated variants to export.")] = (
         "fp32,fp16,int8,int8-full"
     ),
@@ -64,12 +70,14 @@ def train(
         epochs=epochs,
         learning_rate=learning_rate,
         class_weighting=class_weighting,
+        unweighted_sources=tuple(unweighted_source or ()),
         entity_input=entity_input,
         filter_head=filter_head,
         replab_repeat=replab_repeat,
         eval_every=eval_every,
         patience=patience,
         time_budget_min=time_budget_min,
+        init_weights=str(init_weights) if init_weights else None,
         seed=seed,
     )
     sources = DataSources(semeval=semeval, replab=replab, tables=data or [], limit=limit)
@@ -152,6 +160,53 @@ def copy_bundle(
         training=m.training,
     )
     typer.echo(f"wrote {dst} ({', '.join(keep)})")
+
+
+@app.command()
+def compress(
+    run: Annotated[Path, Opt(help="Finished run folder: checkpoints/ and bundle/.")],
+    out: Annotated[Path, Opt(help="Folder for the new bundle.")],
+    corpus: Annotated[
+        list[Path], Opt(help="Tweets whose tokens to keep (the training data); repeatable.")
+    ],
+    min_count: Annotated[int, Opt(help="Keep tokens used N+ times; 0 keeps all.")] = 1,
+    keep: Annotated[
+        list[str] | None, Opt(help="Words always kept, e.g. each entity nodes will monitor.")
+    ] = None,
+    num_layers: Annotated[int | None, Opt(help="Keep only the first N layers.")] = None,
+    variants: Annotated[str, Opt(help="Comma-separated variants to export.")] = "int8,int4",
+    int4_granularity: Annotated[
+        str | None,
+        Opt(help="int4 weight scales: CHANNELWISE or BLOCKWISE_32/64/128/256 (default 32)."),
+    ] = None,
+) -> None:
+    """Shrink a trained model without retraining: prune its vocabulary to the tokens the
+    corpus uses (single characters always stay, so every word still tokenizes), cut position
+    embeddings to max_length, optionally drop layers; export the variants as a new bundle.
+
+    Give only training tweets as --corpus: held-out tweets would make later scores optimistic.
+    """
+    from trainer.compress import CompressOptions, compress_run
+    from trainer.data import DataError, read_labeled
+    from trainer.int4 import DEFAULT_GRANULARITY
+
+    try:
+        examples = [e for path in corpus for e in read_labeled(path)]
+    except DataError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--corpus") from exc
+    options = CompressOptions(
+        min_count=min_count,
+        num_layers=num_layers,
+        variants=tuple(variants.split(",")),
+        int4_granularity=int4_granularity or DEFAULT_GRANULARITY,
+        keep_texts=tuple(keep or ()),
+    )
+    bundle = compress_run(run, examples, out, options)
+    info = bundle.manifest.training["compression"]["vocabulary"]
+    sizes = ", ".join(
+        f"{k} {v.size_bytes / 1e6:.1f} MB" for k, v in bundle.manifest.variants.items()
+    )
+    typer.echo(f"wrote {bundle.root}: vocabulary {info['kept']}/{info['original']}; {sizes}")
 
 
 @app.command()

@@ -39,6 +39,9 @@ class TrainConfig:
     dropout: float = 0.1
     # "none", "sqrt" (inverse square-root frequency) or "balanced" (inverse frequency).
     class_weighting: str = "sqrt"
+    # Sources whose tweets keep weight 1: RepLab is scored by accuracy, where up-weighting
+    # its rare negative class costs more than it gains (SemEval's AvgRec rewards it).
+    unweighted_sources: tuple[str, ...] = ()
     entity_input: bool = True
     filter_head: bool = False
     # How many times each RepLab tweet is repeated per epoch (RepLab is ~1/5 of SemEval).
@@ -46,6 +49,9 @@ class TrainConfig:
     eval_every: int = 500
     patience: int = 4
     time_budget_min: float | None = None
+    # Start from a previous run's weights (OUT/checkpoints/best.weights.h5), e.g. a second,
+    # RepLab-heavy stage after a first run on everything.
+    init_weights: str | None = None
     seed: int = 13
 
 
@@ -124,9 +130,18 @@ class Trainer:
             dropout=config.dropout,
             num_filter_labels=len(FILTER_LABELS) if config.filter_head else 0,
         )
+        if config.init_weights:
+            self.model.load_weights(config.init_weights)
+
+    def _example_weights(self, data: EncodedSet, weights: np.ndarray) -> np.ndarray:
+        """Loss weight per example: its class weight, 1 for unweighted sources, 0 unlabeled."""
+        per_class = weights[np.maximum(data.polarity, 0)]
+        unweighted = np.isin(np.asarray(data.source), self.config.unweighted_sources)
+        return np.where(data.polarity >= 0, np.where(unweighted, 1.0, per_class), 0.0)
 
     def _training_stream(self, data: EncodedSet, weights: np.ndarray) -> Iterator[tuple]:
         rng = random.Random(self.config.seed)
+        example_weights = self._example_weights(data, weights)
         index = [
             i
             for i, s in enumerate(data.source)
@@ -139,7 +154,7 @@ class Trainer:
                 x = pad_batch([data.inputs[r] for r in rows], self.encoder.pad_id)
                 pol = data.polarity[rows]
                 y = {"logits": np.maximum(pol, 0)}
-                sw = {"logits": np.where(pol >= 0, weights[np.maximum(pol, 0)], 0.0)}
+                sw = {"logits": example_weights[rows]}
                 if self.config.filter_head:
                     rel = data.related[rows]
                     y["filter_logits"] = np.maximum(rel, 0)
@@ -173,7 +188,8 @@ class Trainer:
     def fit(self, train: EncodedSet, dev: EncodedSet, run_dir: Path) -> dict:
         cfg = self.config
         run_dir.mkdir(parents=True, exist_ok=True)
-        weights = class_weights(train.polarity, cfg.class_weighting)
+        weighted = ~np.isin(np.asarray(train.source), cfg.unweighted_sources)
+        weights = class_weights(train.polarity[weighted], cfg.class_weighting)
         per_epoch = sum(cfg.replab_repeat if s == "replab" else 1 for s in train.source)
         steps_per_epoch = math.ceil(per_epoch / cfg.batch_size)
         total = max(1, int(steps_per_epoch * cfg.epochs))
