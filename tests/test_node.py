@@ -142,12 +142,14 @@ def test_retained_status_is_online(serving, mosquitto) -> None:
     assert status.json()["node_id"] == node.node_id
 
 
-def node_cli(*args: str) -> subprocess.CompletedProcess:
+def node_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    import os
     import sys
 
     return subprocess.run(
         [sys.executable, "-m", "node", *args],
         capture_output=True, text=True, timeout=WAIT_S, check=False,
+        env={**os.environ, **(env or {})},
     )  # fmt: skip
 
 
@@ -158,7 +160,27 @@ def test_help_and_argument_errors(tmp_path) -> None:
     assert start.returncode == 0
     for option in ("--model", "--broker", "--node-id", "--max-batch", "--watch-mount"):
         assert option in start.stdout
-    no_model = node_cli("start", "--node-id", "x", "--state-dir", str(tmp_path))
+    # Without --model the node serves $REPEDGE_MODEL or the shipped models/default;
+    # with neither it says what to give.
+    no_model = node_cli(
+        "start", "--node-id", "x", "--state-dir", str(tmp_path),
+        env={"REPEDGE_MODEL": str(tmp_path / "no-bundle-here")},
+    )  # fmt: skip
     assert no_model.returncode == 2 and "--model" in no_model.stderr
     missing = node_cli("start", "--model", str(tmp_path / "nothing"), "--state-dir", str(tmp_path))
     assert missing.returncode == 2 and "no model at" in missing.stderr
+
+
+def test_default_model_is_the_shipped_bundle() -> None:
+    """`node start` with no --model serves models/default, which must load and classify."""
+    from node.bundle import DEFAULT_BUNDLE_DIR, default_bundle_path
+    from node.inference import Classifier
+
+    assert default_bundle_path() == DEFAULT_BUNDLE_DIR
+    clf = Classifier.from_path(DEFAULT_BUNDLE_DIR)
+    assert clf.bundle.variant == "int8"
+    negative, positive = clf.classify(
+        ["worst car i ever owned, the engine died twice and the dealer laughed at me",
+         "absolutely love my new car, best purchase ever"],
+    )  # fmt: skip
+    assert (negative.label, positive.label) == ("negative", "positive")
