@@ -25,7 +25,7 @@ from trainer import metrics
 
 REPORT_FORMAT = "repedge-eval/1"
 # Table order: the reference first, then smaller and smaller.
-_VARIANT_ORDER = ("fp32", "fp16", "int8", "int8-full")
+_VARIANT_ORDER = ("fp32", "fp16", "int8", "int8-full", "int4")
 _WARMUP_CALLS = 5
 _SAMPLE_SEED = 0
 
@@ -40,11 +40,14 @@ def evaluate_bundle(
     threads: int | None = None,
     latency_samples: int = 100,
     dataset: str = "unnamed",
+    with_predictions: bool = False,
 ) -> dict[str, Any]:
     """Score each variant (default: all in the bundle) on labeled tweets; a JSON-ready dict.
 
     ``labels`` must use the bundle's class names. Texts the node cannot read
     (:class:`EmptyTextError`) count as wrong predictions and are reported as ``unreadable``.
+    ``with_predictions`` adds each variant's class index per text (-1: unreadable) under
+    ``"predictions"``, to compare models across bundles.
     """
     if len(texts) != len(labels) or (entities is not None and len(entities) != len(texts)):
         raise ValueError("texts, labels and entities must have the same length")
@@ -74,7 +77,7 @@ def evaluate_bundle(
         )
     _add_agreement(results, predictions)
 
-    return {
+    report = {
         "format": REPORT_FORMAT,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": {
@@ -95,6 +98,9 @@ def evaluate_bundle(
         "encode_ms": _latency_summary(encode_ms),
         "variants": results,
     }
+    if with_predictions:
+        report["predictions"] = {v: p.tolist() for v, p in predictions.items()}
+    return report
 
 
 def _check_inputs(bundle: ModelBundle, variants: Sequence[str], labels: Sequence[str]) -> None:

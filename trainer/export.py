@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from node.bundle import INPUT_NAMES, OUTPUT_NAME, VARIANT_FILES
 from node.inference import Encoded
+from trainer.int4 import DEFAULT_GRANULARITY, quantize_int4
 
 ALL_VARIANTS = ("fp32", "fp16", "int8", "int8-full")
 
@@ -70,7 +71,14 @@ def _representative(samples: Iterable[Encoded]) -> Callable[[], Iterable[dict]]:
     return gen
 
 
-def convert(saved_model: Path, variant: str, calibration: Sequence[Encoded] = ()) -> bytes:
+def convert(
+    saved_model: Path,
+    variant: str,
+    calibration: Sequence[Encoded] = (),
+    int4_granularity: str = DEFAULT_GRANULARITY,
+) -> bytes:
+    """One variant's FlatBuffer; ``int4_granularity`` is ai-edge-quantizer's name for the
+    int4 dense weights' scale groups (CHANNELWISE, BLOCKWISE_32/64/128/256)."""
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if variant == "fp16":
@@ -89,8 +97,11 @@ def convert(saved_model: Path, variant: str, calibration: Sequence[Encoded] = ()
             tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
             tf.lite.OpsSet.TFLITE_BUILTINS,
         ]
+    elif variant == "int4":
+        # ai-edge-quantizer works on the float FlatBuffer.
+        return quantize_int4(convert(saved_model, "fp32"), granularity=int4_granularity)
     elif variant != "fp32":
-        raise ValueError(f"unknown variant {variant!r}; known: {ALL_VARIANTS}")
+        raise ValueError(f"unknown variant {variant!r}; known: {sorted(VARIANT_FILES)}")
     return converter.convert()
 
 
@@ -99,6 +110,7 @@ def export_variants(
     out_dir: Path,
     variants: Sequence[str] = ALL_VARIANTS,
     calibration: Sequence[Encoded] = (),
+    int4_granularity: str = DEFAULT_GRANULARITY,
 ) -> dict[str, Path]:
     """Write each requested variant to ``out_dir/<canonical name>``; return the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -107,6 +119,6 @@ def export_variants(
         saved = save_serving_model(model, Path(tmp) / "saved")
         for variant in variants:
             path = out_dir / VARIANT_FILES[variant][0]
-            path.write_bytes(convert(saved, variant, calibration))
+            path.write_bytes(convert(saved, variant, calibration, int4_granularity))
             paths[variant] = path
     return paths

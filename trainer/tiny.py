@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import keras
 from tokenizers import Tokenizer
 
 from node.bundle import ModelBundle, write_bundle
@@ -21,16 +22,23 @@ _CALIBRATION_TEXT = (
 )
 
 
+def tiny_classifier(seed: int = 0) -> keras.Model:
+    """The random two-layer classifier over the MiniLM vocabulary."""
+    vocab_size = Tokenizer.from_file(str(minilm_folder() / "tokenizer.json")).get_vocab_size()
+    return build_classifier(tiny_bert(vocab_size, seed=seed), num_labels=len(LABELS))
+
+
 def build_tiny_bundle(
     out_dir: Path,
     variants: Sequence[str] = ("int8",),
     version: str = "0.0.1",
     seed: int = 0,
     max_length: int = 64,
+    model: keras.Model | None = None,
 ) -> ModelBundle:
+    """Export ``model`` (default: :func:`tiny_classifier`) as a bundle in ``out_dir``."""
     tokenizer_file = minilm_folder() / "tokenizer.json"
-    vocab_size = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size()
-    model = build_classifier(tiny_bert(vocab_size, seed=seed), num_labels=len(LABELS))
+    model = tiny_classifier(seed) if model is None else model
     ids = Tokenizer.from_file(str(tokenizer_file)).encode(_CALIBRATION_TEXT).ids
     calibration = [Encoded(ids, [0] * len(ids))] * 8
     staging = out_dir.parent / f".{out_dir.name}.flatbuffers"
