@@ -29,8 +29,9 @@ def main(paths: list[str]) -> None:
     texts = [e.text for p in paths for e in read_labeled(Path(p))]
     tokenizer = minilm_folder() / "tokenizer.json"
     print(f"{len(texts)} tweets\n")
-    print("| setting | [UNK] tokens | tweets with [UNK] | unreadable | truncated at 64 | mean tokens |")
-    print("|---|---|---|---|---|---|")
+    columns = ["setting", "[UNK] tokens", "tweets with [UNK]", "unreadable", "truncated at 64"]
+    print("| " + " | ".join([*columns, "mean tokens"]) + " |")
+    print("|---" * (len(columns) + 1) + "|")
     for name, config in SETTINGS.items():
         encoder = TweetEncoder(tokenizer, 64, config, entity_input=False)
         unk = total = with_unk = unreadable = truncated = 0
