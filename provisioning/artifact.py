@@ -38,6 +38,7 @@ from provisioning.fsutil import (
     is_regular_file,
     read_bounded,
     sha256_uncached,
+    write_new_durable,
 )
 from provisioning.keys import SIGNATURE_BYTES, TrustedKey, find_signer, sign
 from provisioning.selftest import Canary
@@ -309,11 +310,8 @@ def build_artifact(
         data = manifest.to_bytes()
         signature = sign(key, data)
         key.public_key().verify(signature, data)  # never ship a signature we cannot check
-        for name, content in ((MANIFEST_NAME, data), (SIGNATURE_NAME, signature)):
-            with open(staging / name, "xb") as f:
-                f.write(content)
-                f.flush()
-                os.fsync(f.fileno())
+        write_new_durable(staging / MANIFEST_NAME, data)
+        write_new_durable(staging / SIGNATURE_NAME, signature)
         fsync_dir(staging / BUNDLE_DIR)
         fsync_dir(staging)
         staging.chmod(0o755)  # mkdtemp makes 0700; the artifact is not secret

@@ -24,6 +24,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_new_durable(path: Path, content: bytes) -> None:
+    """Create ``path`` (it must not exist) with ``content``, flushed to the device."""
+    with open(path, "xb") as f:
+        f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def is_regular_file(path: Path) -> bool:
     """True for a plain file; False for symlinks, devices, FIFOs (a crafted stick may hold them)."""
     try:

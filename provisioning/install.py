@@ -42,7 +42,13 @@ from provisioning.artifact import (
     VerifiedArtifact,
     read_verified,
 )
-from provisioning.fsutil import CopyError, copy_durable, fsync_dir, is_regular_file
+from provisioning.fsutil import (
+    CopyError,
+    copy_durable,
+    fsync_dir,
+    is_regular_file,
+    write_new_durable,
+)
 from provisioning.keys import load_trusted_keys
 from provisioning.selftest import check_canaries
 from provisioning.usb import find_artifacts
@@ -290,14 +296,8 @@ class Installer:
                     f"{BUNDLE_DIR}/{name} does not match its sha256 in the signed manifest "
                     "(corrupted or tampered)"
                 )
-        for name, content in (
-            (MANIFEST_NAME, artifact.manifest_bytes),
-            (SIGNATURE_NAME, artifact.signature),
-        ):
-            with open(staging / name, "xb") as f:
-                f.write(content)
-                f.flush()
-                os.fsync(f.fileno())
+        write_new_durable(staging / MANIFEST_NAME, artifact.manifest_bytes)
+        write_new_durable(staging / SIGNATURE_NAME, artifact.signature)
         fsync_dir(staging / BUNDLE_DIR)
         fsync_dir(staging)
 
