@@ -1,0 +1,59 @@
+import random
+
+import numpy as np
+import pytest
+
+from node.inference import Encoded
+from trainer.train import (
+    EncodedSet,
+    TrainConfig,
+    WarmupLinearDecay,
+    bucketed_batches,
+    class_weights,
+)
+
+
+def test_bucketed_batches_cover_every_example_once_with_little_padding():
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 64) for _ in range(3000)]
+    batches = bucketed_batches(lengths, batch_size=32, rng=random.Random(1))
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(3000))
+    padding = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+    random_order = list(range(3000))
+    random.Random(1).shuffle(random_order)
+    chunks = [random_order[i : i + 32] for i in range(0, 3000, 32)]
+    unbucketed = sum(
+        max(lengths[i] for i in c) * len(c) - sum(lengths[i] for i in c) for c in chunks
+    )
+    assert padding < unbucketed / 10
+
+
+@pytest.mark.parametrize("scheme", ["sqrt", "balanced"])
+def test_class_weights_favour_rare_classes_and_average_one(scheme):
+    labels = np.array([0] * 10 + [1] * 60 + [2] * 30 + [-1] * 5)
+    w = class_weights(labels, scheme)
+    assert w[0] > w[2] > w[1]
+    assert np.mean(w[labels[labels >= 0]]) == pytest.approx(1.0)
+    assert (class_weights(labels, "none") == 1).all()
+
+
+def test_unweighted_sources_keep_weight_one():
+    from trainer.train import Trainer
+
+    data = EncodedSet(
+        inputs=[Encoded([101, 5, 102], [0, 0, 0])] * 4,
+        polarity=np.array([0, 0, 2, -1]),
+        related=np.array([-1, 1, 1, 0]),
+        source=["semeval", "replab", "replab", "replab"],
+    )
+    trainer = Trainer.__new__(Trainer)
+    trainer.config = TrainConfig(unweighted_sources=("replab",))
+    weights = trainer._example_weights(data, np.array([3.0, 0.5, 1.0]))
+    assert weights.tolist() == [3.0, 1.0, 1.0, 0.0]
+
+
+def test_warmup_then_linear_decay():
+    schedule = WarmupLinearDecay(peak=1e-4, warmup_steps=10, total_steps=110)
+    values = [float(schedule(s)) for s in (0, 5, 10, 60, 110, 200)]
+    assert values == pytest.approx([0.0, 5e-5, 1e-4, 5e-5, 0.0, 0.0])
