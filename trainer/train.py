@@ -214,7 +214,7 @@ class Trainer:
             epochs=math.ceil(total / eval_every),
             steps_per_epoch=eval_every,
             callbacks=callbacks,
-            verbose=2,
+            verbose="auto",  # a progress bar per block of eval_every steps
         )
         self.model.load_weights(dev_eval.best_path)
         summary = {
