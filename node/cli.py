@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
 import typer
+
+from node.paths import default_state_dir
 
 app = typer.Typer(
     help=(
@@ -165,7 +166,7 @@ def start(
             )
     host, port = parse_broker_url(broker)
     node_id = node_id or socket.gethostname()
-    state_dir = state_dir or _default_state_dir(node_id)
+    state_dir = state_dir or default_state_dir(node_id)
     spec = {
         "config": {
             "node_id": node_id,
@@ -197,9 +198,3 @@ def start(
     from node.serve import exec_serve
 
     exec_serve(spec)
-
-
-def _default_state_dir(node_id: str) -> Path:
-    # Same rule as node.service.default_state_dir, without importing the serving stack.
-    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-    return Path(state) / "repedge" / node_id

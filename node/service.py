@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import threading
 import time
@@ -41,6 +40,7 @@ from node.messages import (
     now_iso,
     parse_tweet,
 )
+from node.paths import default_state_dir
 from node.telemetry import Stats
 
 log = logging.getLogger("repedge.node")
@@ -48,11 +48,6 @@ log = logging.getLogger("repedge.node")
 EVENTS_KEPT = 20
 # MQTT 5 caps Receive Maximum at 65,535.
 _MAX_RECEIVE_MAXIMUM = 65_535
-
-
-def default_state_dir(node_id: str) -> Path:
-    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-    return Path(state) / "repedge" / node_id
 
 
 @dataclass
