@@ -9,7 +9,7 @@ REPEDGE_EXTRAS="${REPEDGE_EXTRAS:-test}" bash scripts/setup.sh
 . .venv/bin/activate
 
 PORT="${REPEDGE_DEMO_PORT:-18830}"
-STATE=".demo"
+STATE="${REPEDGE_DEMO_STATE:-.demo}"
 mkdir -p "$STATE"
 pids=()
 cleanup() {
