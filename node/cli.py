@@ -48,8 +48,8 @@ def start(
         Path | None,
         typer.Option(
             help="Model bundle folder, or a .tflite file with its bundle files beside it. "
-            "Default: $REPEDGE_MODEL, else the shipped models/default; with --watch-mount, "
-            "the last installed model wins over the default.",
+            "Default: the model last installed into --provision-state (provision install "
+            "or --watch-mount), else $REPEDGE_MODEL, else the shipped models/default.",
             show_default=False,
         ),
     ] = None,
@@ -155,18 +155,12 @@ def start(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve a model: read tweets from MQTT, publish labels, until SIGTERM or Ctrl-C."""
-    if model is None and watch_mount is None:
-        from node.bundle import default_bundle_path
-
-        model = default_bundle_path()
-        if model is None:
-            raise typer.BadParameter(
-                "give --model (no default model found: set REPEDGE_MODEL or restore "
-                "models/default), or --watch-mount to wait for an installed model"
-            )
     host, port = parse_broker_url(broker)
     node_id = node_id or socket.gethostname()
     state_dir = state_dir or default_state_dir(node_id)
+    provision_state = provision_state or state_dir / "provisioning"
+    if model is None and watch_mount is None:
+        model = _installed_or_default_model(provision_state)
     spec = {
         "config": {
             "node_id": node_id,
@@ -192,9 +186,27 @@ def start(
         "threads": threads,
         "watch_mount": str(watch_mount.absolute()) if watch_mount else None,
         "trust_keys": [str(k.absolute()) for k in trust_key or []],
-        "provision_state": str((provision_state or state_dir / "provisioning").absolute()),
+        "provision_state": str(provision_state.absolute()),
         "log_level": log_level,
     }
     from node.serve import exec_serve
 
     exec_serve(spec)
+
+
+def _installed_or_default_model(provision_state: Path) -> Path:
+    """Without --model: a model installed with `provision install`, else the shipped one."""
+    from node.bundle import default_bundle_path
+    from provisioning.install import StateError, installed_model
+
+    try:
+        installed = installed_model(provision_state)
+    except StateError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--provision-state") from None
+    model = installed or default_bundle_path()
+    if model is None:
+        raise typer.BadParameter(
+            "give --model (no installed model in --provision-state, no default model: set "
+            "REPEDGE_MODEL or restore models/default), or --watch-mount to wait for one"
+        )
+    return model

@@ -15,7 +15,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from node.bundle import INPUT_NAMES, OUTPUT_NAME, BundleError, ModelBundle
-from node.textclean import CleaningConfig, clean_tweet
+from node.textclean import CleaningConfig, clean_tweet, mask_entity
 
 
 def load_interpreter_class() -> tuple[type, str]:
@@ -86,6 +86,8 @@ class TweetEncoder:
         """Clean and tokenize one tweet; raise :class:`EmptyTextError` if nothing is left."""
         cleaned = clean_tweet(text, self.cleaning)
         if self.entity_input and entity:
+            if self.cleaning.mask_entity:
+                cleaned = mask_entity(cleaned, clean_tweet(entity, self.cleaning))
             enc = self._tokenizer.encode(cleaned, clean_tweet(entity, self.cleaning))
             first_segment = [t for t, s in zip(enc.ids, enc.type_ids, strict=True) if s == 0]
         else:

@@ -33,6 +33,10 @@ class CleaningConfig:
     repeat_digits: bool = False
     # The uncased BERT vocabulary has almost no emoji: without this they become [UNK].
     emoji_names: bool = True
+    # Replace the entity's name inside the tweet by "brand" (the entity itself still goes in
+    # as the second segment), so that words of one brand cannot serve as a label prior
+    # for it; meant to help on brands the model has not seen.
+    mask_entity: bool = False
 
 
 def _is_emoji(ch: str) -> bool:
@@ -53,6 +57,14 @@ def _emoji_to_words(text: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def mask_entity(text: str, entity: str) -> str:
+    """``text`` with whole-word (or hashtag) mentions of ``entity`` replaced by "brand"."""
+    if not entity.strip():
+        return text
+    pattern = rf"(?<!\w)#?{re.escape(entity.strip())}(?!\w)"
+    return re.sub(pattern, "brand", text, flags=re.IGNORECASE)
 
 
 def clean_tweet(text: str, config: CleaningConfig | None = None) -> str:

@@ -86,6 +86,33 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+def read_state(state_dir: Path) -> dict[str, Any]:
+    """The node's provisioning state (active.json); {} before the first install."""
+    path = Path(state_dir) / STATE_FILE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise StateError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(state, dict):
+        raise StateError(f"{path} is not a JSON object")
+    return state
+
+
+def installed_model(state_dir: Path) -> Path | None:
+    """The active slot's bundle folder, or None before the first install.
+
+    Needs no keys: what is in a slot was verified when it was installed, and the node
+    checks the bundle's hashes again when it loads it.
+    """
+    active = read_state(state_dir).get("active")
+    if not active:
+        return None
+    folder = Path(state_dir) / SLOTS_DIR / active / BUNDLE_DIR
+    return folder if folder.is_dir() else None
+
+
 class Installer:
     def __init__(
         self, state_dir: Path, trusted_keys: list[Path], num_threads: int | None = None
@@ -100,24 +127,11 @@ class Installer:
     # -- state ---------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        path = self.state_dir / STATE_FILE
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise StateError(f"cannot read {path}: {exc}") from exc
-        if not isinstance(state, dict):
-            raise StateError(f"{path} is not a JSON object")
-        return state
+        return read_state(self.state_dir)
 
     def active_model(self) -> Path | None:
         """The active slot's bundle folder, or None before the first install."""
-        active = self.state().get("active")
-        if not active:
-            return None
-        folder = self.slots / active / BUNDLE_DIR
-        return folder if folder.is_dir() else None
+        return installed_model(self.state_dir)
 
     def _write_state(self, state: dict[str, Any]) -> None:
         write_json_atomic(self.state_dir / STATE_FILE, state)

@@ -29,3 +29,11 @@ def test_email_addresses_are_not_mentions_and_whitespace_collapses():
 def test_digits_are_not_collapsed_unless_the_bundle_says_so():
     assert clean_tweet("only $1000 sooo cheap") == "only $1000 soo cheap"
     assert clean_tweet("only $1000", CleaningConfig(repeat_digits=True)) == "only $100"
+
+
+def test_entity_masking_replaces_whole_word_mentions_only():
+    from node.textclean import mask_entity
+
+    text = "love my #BMW, bmw rocks; bmwfan and subaru stay"
+    assert mask_entity(text, "BMW") == "love my brand, brand rocks; bmwfan and subaru stay"
+    assert mask_entity(text, " ") == text

@@ -38,6 +38,9 @@ def train(
         list[str] | None, Opt(help="Source left out of class weighting (e.g. replab).")
     ] = None,
     entity_input: Annotated[bool, Opt(help="Feed the entity as a second segment.")] = True,
+    mask_entity: Annotated[
+        bool, Opt(help="Replace the entity's name in the tweet by 'brand'.")
+    ] = False,
     filter_head: Annotated[bool, Opt(help="Also train RepLab related/unrelated.")] = False,
     replab_repeat: Annotated[int, Opt(help="Repeat RepLab tweets N times per epoch.")] = 2,
     eval_every: Annotated[int, Opt(help="Score dev every N steps.")] = 500,
@@ -72,6 +75,7 @@ def train(
         class_weighting=class_weighting,
         unweighted_sources=tuple(unweighted_source or ()),
         entity_input=entity_input,
+        mask_entity=mask_entity,
         filter_head=filter_head,
         replab_repeat=replab_repeat,
         eval_every=eval_every,

@@ -43,6 +43,8 @@ class TrainConfig:
     # its rare negative class costs more than it gains (SemEval's AvgRec rewards it).
     unweighted_sources: tuple[str, ...] = ()
     entity_input: bool = True
+    # Replace the entity's name in the tweet by "brand" (see CleaningConfig.mask_entity).
+    mask_entity: bool = False
     filter_head: bool = False
     # How many times each RepLab tweet is repeated per epoch (RepLab is ~1/5 of SemEval).
     replab_repeat: int = 2
@@ -306,5 +308,8 @@ def make_encoder(
     tokenizer_file: Path, config: TrainConfig, cleaning: CleaningConfig | None = None
 ) -> TweetEncoder:
     return TweetEncoder(
-        tokenizer_file, config.max_length, cleaning or CleaningConfig(), config.entity_input
+        tokenizer_file,
+        config.max_length,
+        cleaning or CleaningConfig(mask_entity=config.mask_entity),
+        config.entity_input,
     )
