@@ -298,6 +298,36 @@ def write_bundle(
     return ModelBundle.load(root)
 
 
+def write_derived_bundle(
+    parent: ModelBundle,
+    root: str | os.PathLike[str],
+    *,
+    variant_files: Mapping[str, str | os.PathLike[str]],
+    tokenizer_file: str | os.PathLike[str] | None = None,
+    **changes: Any,
+) -> ModelBundle:
+    """A new bundle that keeps ``parent``'s identity and preprocessing; ``changes``
+    overrides any :func:`write_bundle` argument (version, metrics, training, ...)."""
+    m = parent.manifest
+    fields: dict[str, Any] = {
+        "labels": parent.labels,
+        "name": m.name,
+        "version": m.version,
+        "base_model": m.base_model,
+        "architecture": m.architecture,
+        "max_length": m.max_length,
+        "entity_input": m.entity_input,
+        "cleaning": m.cleaning,
+        "training": m.training,
+    }
+    return write_bundle(
+        root,
+        variant_files=variant_files,
+        tokenizer_file=tokenizer_file or parent.tokenizer_path,
+        **(fields | changes),
+    )
+
+
 def update_manifest(root: str | os.PathLike[str], **changes: Any) -> Manifest:
     """Rewrite fields of an existing manifest (e.g. metrics after evaluation)."""
     root = Path(root)

@@ -142,26 +142,17 @@ def copy_bundle(
     variants: Annotated[str, Opt(help="Comma-separated variants to keep.")] = "int8",
 ) -> None:
     """Copy a bundle keeping only some FlatBuffer variants (e.g. the int8 one to ship)."""
-    from node.bundle import ModelBundle, write_bundle
+    from node.bundle import ModelBundle, write_derived_bundle
 
     bundle = ModelBundle.load(src)
     m = bundle.manifest
     keep = variants.split(",")
-    write_bundle(
+    write_derived_bundle(
+        bundle,
         dst,
         variant_files={v: src / m.variants[v].file for v in keep},
-        tokenizer_file=bundle.tokenizer_path,
-        labels=bundle.labels,
-        name=m.name,
-        version=m.version,
-        base_model=m.base_model,
-        architecture=m.architecture,
-        max_length=m.max_length,
-        entity_input=m.entity_input,
-        cleaning=m.cleaning,
         default_variant=keep[0],
         metrics=m.metrics,
-        training=m.training,
     )
     typer.echo(f"wrote {dst} ({', '.join(keep)})")
 

@@ -25,7 +25,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from node.bundle import ModelBundle, write_bundle
+from node.bundle import ModelBundle, write_derived_bundle
 from node.inference import EmptyTextError, Encoded, TweetEncoder
 from trainer.data import FILTER_LABELS, Example
 from trainer.export import calibration_samples, export_variants
@@ -261,18 +261,12 @@ def compress_bundle(
             "max_positions": m.max_length,
             "int4_granularity": options.int4_granularity,
         }
-        return write_bundle(
+        return write_derived_bundle(
+            parent,
             out_dir,
             variant_files=paths,
             tokenizer_file=tokenizer,
-            labels=parent.labels,
-            name=m.name,
             version=f"{m.version}+{options.version_suffix}",
-            base_model=m.base_model,
-            architecture=m.architecture,
-            max_length=m.max_length,
-            entity_input=m.entity_input,
-            cleaning=m.cleaning,
             training={**m.training, "compression": compression},
         )
     finally:
