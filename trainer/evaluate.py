@@ -12,7 +12,7 @@ import importlib.metadata
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -179,16 +179,26 @@ def _evaluate_variant(
 
 
 def predict_sorted(clf: Classifier, inputs: Sequence[Encoded], batch_size: int) -> np.ndarray:
-    """Logits in input order, computed on length-sorted batches.
+    """The FlatBuffer's logits in input order, computed on length-sorted batches."""
+    return predict_in_length_order(clf.predict_logits, inputs, batch_size, len(clf.labels))
+
+
+def predict_in_length_order(
+    predict: Callable[[Sequence[Encoded]], np.ndarray],
+    inputs: Sequence[Encoded],
+    batch_size: int,
+    num_labels: int,
+) -> np.ndarray:
+    """``predict`` over length-sorted batches, logits returned in input order.
 
     Sorting puts tweets of similar length together, so a batch pads to little more
     than its own length instead of to the longest tweet in the data set.
     """
     order = np.argsort([len(e) for e in inputs], kind="stable")
-    logits = np.zeros((len(inputs), len(clf.labels)), np.float32)
+    logits = np.zeros((len(inputs), num_labels), np.float32)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        logits[rows] = clf.predict_logits([inputs[i] for i in rows])
+        logits[rows] = predict([inputs[i] for i in rows])
     return logits
 
 

@@ -22,6 +22,7 @@ import tensorflow as tf
 from node.inference import EmptyTextError, Encoded, TweetEncoder, pad_batch
 from node.textclean import CleaningConfig
 from trainer.data import FILTER_LABELS, POLARITY_LABELS, Example
+from trainer.evaluate import predict_in_length_order
 from trainer.metrics import classification_report
 from trainer.model import build_classifier
 
@@ -176,16 +177,16 @@ class Trainer:
         ).prefetch(4)
 
     def predict_logits(self, inputs: Sequence[Encoded], batch_size: int = 128) -> np.ndarray:
-        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
-        out = np.zeros((len(inputs), len(POLARITY_LABELS)), np.float32)
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            x = pad_batch([inputs[r] for r in rows], self.encoder.pad_id)
+        """The Keras model's logits (dev scoring), same batching as the evaluation."""
+
+        def predict(batch: Sequence[Encoded]) -> np.ndarray:
+            x = pad_batch(batch, self.encoder.pad_id)
             pred = self.model(
                 [x["input_ids"], x["segment_ids"], x["attention_mask"]], training=False
             )
-            out[rows] = keras.ops.convert_to_numpy(pred["logits"])
-        return out
+            return keras.ops.convert_to_numpy(pred["logits"])
+
+        return predict_in_length_order(predict, inputs, batch_size, len(POLARITY_LABELS))
 
     def fit(self, train: EncodedSet, dev: EncodedSet, run_dir: Path) -> dict:
         cfg = self.config
@@ -304,12 +305,10 @@ class DevEvaluation(keras.callbacks.Callback):
 _SHOWN = ("accuracy", "macro_recall", "macro_f1")
 
 
-def make_encoder(
-    tokenizer_file: Path, config: TrainConfig, cleaning: CleaningConfig | None = None
-) -> TweetEncoder:
+def make_encoder(tokenizer_file: Path, config: TrainConfig) -> TweetEncoder:
     return TweetEncoder(
         tokenizer_file,
         config.max_length,
-        cleaning or CleaningConfig(mask_entity=config.mask_entity),
+        CleaningConfig(mask_entity=config.mask_entity),
         config.entity_input,
     )
