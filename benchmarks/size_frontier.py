@@ -33,13 +33,15 @@ sys.path.insert(0, str(REPO))
 from node.bundle import ModelBundle  # noqa: E402
 from trainer.compress import CompressOptions, compress_bundle, load_run_model  # noqa: E402
 from trainer.data import Example  # noqa: E402
-from trainer.evaluate import evaluate_bundle, machine_info  # noqa: E402
+from trainer.evaluate import (  # noqa: E402
+    evaluate_bundle,
+    machine_info,
+    write_markdown_keeping_notes,
+)
 from trainer.pipeline import DataSources  # noqa: E402
 
 BERT_LARGE_FP32_BYTES = 1.34e9
 PAPER_TARGET_MB = 8.4
-# Hand-written analysis below this line in the Markdown survives a rerun.
-NOTES_MARKER = "<!-- notes: kept when the table is regenerated -->"
 # A recommended point must stay within this of the fp32 parent on both tasks.
 MAX_DROP = 0.01
 SEED = 13  # the pipeline's split seed
@@ -341,12 +343,6 @@ def _verdict(result: dict) -> list[str]:
     return lines
 
 
-def write_markdown(path: Path, table: str) -> None:
-    old = path.read_text(encoding="utf-8") if path.is_file() else ""
-    notes = old[old.index(NOTES_MARKER) :] if NOTES_MARKER in old else NOTES_MARKER + "\n"
-    path.write_text(table + "\n" + notes, encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="finished run folder")
@@ -391,7 +387,7 @@ def main() -> int:
     result["smallest_within_target"] = smallest(result["points"], "within_target")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "size_frontier.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_markdown(args.out / "size_frontier.md", render_markdown(result))
+    write_markdown_keeping_notes(args.out / "size_frontier.md", render_markdown(result))
     print(render_markdown(result))
     return 0
 
