@@ -15,10 +15,12 @@ import pytest
 from node.bundle import BundleError, ModelBundle, update_manifest
 from node.inference import Classifier
 from trainer.evaluate import (
+    NOTES_MARKER,
     evaluate_bundle,
     manifest_metrics,
     predict_sorted,
     render_markdown,
+    write_markdown_keeping_notes,
     write_report,
 )
 from trainer.tiny import build_tiny_bundle
@@ -191,6 +193,17 @@ def test_write_report(report: dict, tmp_path: Path) -> None:
         assert f"## {variant}" in md
     assert "unreadable" in md
     assert "1 thread" in md
+
+
+def test_regenerated_markdown_keeps_hand_written_notes(tmp_path: Path) -> None:
+    doc = tmp_path / "frontier.md"
+    write_markdown_keeping_notes(doc, "| table | v1 |")
+    doc.write_text(doc.read_text() + "The v1 point is shipped because ...\n")
+    write_markdown_keeping_notes(doc, "| table | v2 |")
+    text = doc.read_text()
+    assert text.startswith("| table | v2 |\n" + NOTES_MARKER)
+    assert "v1 |" not in text
+    assert text.endswith("The v1 point is shipped because ...\n")
 
 
 def test_manifest_metrics_fit_the_manifest(report: dict, bundle: ModelBundle) -> None:
