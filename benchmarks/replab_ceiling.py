@@ -79,6 +79,38 @@ def fitted_prior_shift(train_logits, train_y: np.ndarray, test_logits) -> np.nda
     return (test_logits + best).argmax(1)
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def em_prior_adaptation(
+    logits: np.ndarray, train_prior: np.ndarray, steps: int = 100
+) -> np.ndarray:
+    """Predictions after re-estimating the label prior of unlabelled tweets by EM.
+
+    Saerens, Latinne & Decaestecker (2002): posteriors are re-weighted by new/old prior and
+    the new prior is the mean re-weighted posterior, until it settles. Uses no labels, so
+    a node could do it on the stream of a brand it has never seen.
+    """
+    posterior = softmax(logits)
+    prior = train_prior.copy()
+    for _ in range(steps):
+        adjusted = posterior * (prior / train_prior)
+        adjusted /= adjusted.sum(axis=1, keepdims=True)
+        prior = adjusted.mean(axis=0)
+    return adjusted.argmax(1)
+
+
+def per_brand(brands: np.ndarray, predict: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``predict(rows)`` run brand by brand, stitched back into one prediction vector."""
+    predicted = np.zeros(len(brands), np.int64)
+    for brand in set(brands):
+        rows = np.flatnonzero(brands == brand)
+        predicted[rows] = predict(rows)
+    return predicted
+
+
 def in_brand(features, y: np.ndarray, groups: Sequence[str], fit: Fit) -> np.ndarray:
     """Out-of-fold predictions when training on the brand's own labels."""
     folds = StratifiedGroupKFold(n_splits=FOLDS, shuffle=True, random_state=SEED)
@@ -111,15 +143,22 @@ def evaluate(model: Path, replab: Path) -> dict[str, Any]:
     def targets(examples: Sequence[Example]) -> np.ndarray:
         return np.array([labels.index(e.label) for e in examples])
 
-    train_y, test_y = targets(split.train), targets(split.test)
+    train_y, dev_y, test_y = targets(split.train), targets(split.dev), targets(split.test)
     train_text = [clean_tweet(e.text) for e in split.train]
     test_text = [clean_tweet(e.text) for e in split.test]
     brands = np.array([e.entity for e in split.test])
+    dev_brands = np.array([e.entity for e in split.dev])
 
     clf = Classifier.from_path(model)
     if clf.labels != labels:
         raise SystemExit(f"{model}: labels {clf.labels}, expected {labels}")
-    logits = predict_sorted(clf, [clf.encode(e.text, e.entity) for e in split.test], 64)
+
+    def model_logits(examples: Sequence[Example]) -> np.ndarray:
+        return predict_sorted(clf, [clf.encode(e.text, e.entity) for e in examples], 64)
+
+    logits, dev_logits = model_logits(split.test), model_logits(split.dev)
+    # The prior the model has learnt for RepLab: its mean posterior on the training brands.
+    train_prior = softmax(model_logits(split.train)).mean(axis=0)
 
     tfidf = tfidf_features(train_text + test_text)
     train_tfidf, test_tfidf = tfidf[: len(train_text)], tfidf[len(train_text) :]
@@ -132,6 +171,15 @@ def evaluate(model: Path, replab: Path) -> dict[str, Any]:
         ),
         "TF-IDF + logistic regression, training brands": logistic(train_tfidf, train_y, test_tfidf),
         f"{name} ({clf.bundle.variant})": logits.argmax(1),
+        f"{name} + label prior estimated per brand by EM (no labels)": per_brand(
+            brands, lambda rows: em_prior_adaptation(logits[rows], train_prior)
+        ),
+    }
+    dev_rows = {
+        f"{name} ({clf.bundle.variant})": dev_logits.argmax(1),
+        f"{name} + label prior estimated per brand by EM (no labels)": per_brand(
+            dev_brands, lambda rows: em_prior_adaptation(dev_logits[rows], train_prior)
+        ),
     }
     in_brand_rows: dict[str, np.ndarray] = defaultdict(lambda: np.zeros_like(test_y))
     consistency = {}
@@ -152,12 +200,13 @@ def evaluate(model: Path, replab: Path) -> dict[str, Any]:
         )
         consistency[brand] = label_consistency(texts, y)
 
-    def scores(predicted: np.ndarray) -> dict[str, float]:
-        per_brand = {
-            b: float(np.mean(predicted[brands == b] == test_y[brands == b]))
-            for b in sorted(set(brands))
+    def scores(
+        predicted: np.ndarray, gold: np.ndarray = test_y, where: np.ndarray = brands
+    ) -> dict[str, float]:
+        by_brand = {
+            b: float(np.mean(predicted[where == b] == gold[where == b])) for b in sorted(set(where))
         }
-        return {"all": float(np.mean(predicted == test_y)), **per_brand}
+        return {"all": float(np.mean(predicted == gold)), **by_brand}
 
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -166,6 +215,7 @@ def evaluate(model: Path, replab: Path) -> dict[str, Any]:
         "test_brands": {b: int(np.sum(brands == b)) for b in sorted(set(brands))},
         "train_tweets": len(split.train),
         "target": TARGET,
+        "dev_brands": {k: scores(v, dev_y, dev_brands) for k, v in dev_rows.items()},
         "cross_brand": {k: scores(v) for k, v in cross_brand.items()},
         "in_brand": {k: scores(v) for k, v in in_brand_rows.items()},
         "label_consistency": consistency,
@@ -194,6 +244,20 @@ def render(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {row} | {s['all']:.3f} | " + " | ".join(f"{s[b]:.3f}" for b in brands) + " |"
             )
+    dev = report["dev_brands"]
+    dev_names = [b for b in next(iter(dev.values())) if b != "all"]
+    lines += [
+        "",
+        "The same model on the dev brands (" + ", ".join(dev_names) + "), where the choices "
+        "were made:",
+        "",
+        "| model | all | " + " | ".join(dev_names) + " |",
+        "|" + "---|" * (len(dev_names) + 2),
+    ]
+    for row, s in dev.items():
+        lines.append(
+            f"| {row} | {s['all']:.3f} | " + " | ".join(f"{s[b]:.3f}" for b in dev_names) + " |"
+        )
     lines += [
         "",
         "Label consistency (identical cleaned text within one brand):",
