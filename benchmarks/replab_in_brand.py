@@ -49,7 +49,8 @@ def split_brand_tweets(
     """(keys of the adaptation tweets, the scoring tweets) for the held-out brands.
 
     Per brand, groups of identical cleaned text are shuffled and taken until ``share`` of
-    the brand's tweets is reached; keys are (entity, tweet_id).
+    the brand's tweets is reached; keys are (entity, tweet_id). A tweet filed under two
+    brands is scored only if its text was not used to adapt to either.
     """
     rng = random.Random(seed)
     adapt: set[tuple[str, str]] = set()
@@ -69,7 +70,10 @@ def split_brand_tweets(
                 taken += len(groups[key])
             else:
                 score += groups[key]
-    return adapt, score
+    adapted_texts = {
+        clean_tweet(e.text).lower() for e in examples if (e.entity, e.tweet_id) in adapt
+    }
+    return adapt, [e for e in score if clean_tweet(e.text).lower() not in adapted_texts]
 
 
 def write_adaptation_file(replab: Path, keys: set[tuple[str, str]], out: Path) -> int:

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from node.bundle import BundleError, ModelBundle, update_manifest
 from node.inference import Classifier
+from trainer.cli import app as trainer_app
 from trainer.evaluate import (
     NOTES_MARKER,
     evaluate_bundle,
@@ -212,3 +214,25 @@ def test_manifest_metrics_fit_the_manifest(report: dict, bundle: ModelBundle) ->
     manifest = update_manifest(bundle.root, metrics=summary)
     assert manifest.metrics["dataset"] == "handwritten"
     assert ModelBundle.load(bundle.root).manifest.metrics == summary
+
+
+def test_cli_scores_only_the_requested_split(bundle: ModelBundle, tmp_path: Path) -> None:
+    header = "entity_id\tentity\ttweet_id\tfiltering\tpolarity\ttext\n"
+    brands = ("BMW", "Honda", "Volvo", "Suzuki", "Volkswagen", "Ford")
+    rows = [
+        f"E{b}\t{brand}\t{b}{i}\tRELATED\tPOSITIVE\tgreat day with the {brand} {i}\n"
+        for b, brand in enumerate(brands)
+        for i in range(3)
+    ]
+    data = tmp_path / "replab.tsv"
+    data.write_text(header + "".join(rows), encoding="utf-8")
+    runner = CliRunner()
+    args = ["evaluate", "--model", str(bundle.root), "--data", str(data), "--variants", "int8"]
+    whole = runner.invoke(trainer_app, [*args, "--out", str(tmp_path / "r")])
+    held_out = runner.invoke(trainer_app, [*args, "--split", "test", "--out", str(tmp_path / "r")])
+    assert whole.exit_code == 0 and held_out.exit_code == 0, held_out.output
+    assert "18 tweets" in whole.output
+    assert "(test split, seed 13), 9 tweets" in held_out.output  # BMW, Honda, Volvo
+    assert (tmp_path / "r" / "replab_test.json").is_file()
+    bad = runner.invoke(trainer_app, [*args, "--split", "holdout"])
+    assert bad.exit_code != 0 and "holdout" in bad.output

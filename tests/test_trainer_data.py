@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from trainer.data import DataError, read_labeled, read_replab, read_semeval, read_table
-from trainer.splits import entity_split, stratified_split
+from trainer.splits import entity_split, split_like_training, stratified_split
 
 SEMEVAL = "tweet_id\tlabel\ttext\n1\tpositive\tgreat car\n2\tnegative\tawful dealer\n"
 REPLAB = (
@@ -99,3 +99,32 @@ def test_entity_split_holds_out_brands_and_removes_cross_listed_tweets(tmp_path)
     assert {e.entity for e in split.train} == set()  # Ford's copy of a BMW test tweet is gone
     with pytest.raises(ValueError, match="Tesla"):
         entity_split(read_replab(write(tmp_path, "r2.tsv", rows)), ["Tesla"], ["BMW"])
+
+
+def replab_rows_for_default_split() -> str:
+    """Two related tweets per brand of the pipeline's default split, plus a training brand."""
+    brands = ("BMW", "Honda", "Volvo", "Suzuki", "Volkswagen", "Ford")
+    rows = [
+        f"E{b}\t{brand}\t{b}{i}\tRELATED\tNEUTRAL\t{brand} tweet number {i}\n"
+        for b, brand in enumerate(brands)
+        for i in range(2)
+    ]
+    return REPLAB.split("\n", 1)[0] + "\n" + "".join(rows)
+
+
+def test_split_like_training_matches_what_train_does(tmp_path):
+    semeval = read_semeval(
+        write(
+            tmp_path,
+            "s.tsv",
+            "".join(
+                f"{i}\t{['negative', 'neutral', 'positive'][i % 3]}\ttweet {i}\n" for i in range(60)
+            ),
+        )
+    )
+    assert split_like_training(semeval, seed=3) == stratified_split(semeval, seed=3)
+    replab = read_replab(write(tmp_path, "r.tsv", replab_rows_for_default_split()))
+    split = split_like_training(replab, seed=3)
+    assert {e.entity for e in split.test} == {"BMW", "Honda", "Volvo"}
+    assert {e.entity for e in split.dev} == {"Suzuki", "Volkswagen"}
+    assert {e.entity for e in split.train} == {"Ford"}

@@ -102,20 +102,32 @@ def evaluate(
     variants: Annotated[str | None, Opt(help="Comma-separated; default: all.")] = None,
     threads: Annotated[int | None, Opt(help="Interpreter threads.")] = None,
     out: Annotated[Path | None, Opt(help="Also write JSON + Markdown here.")] = None,
+    split: Annotated[
+        str,
+        Opt(
+            help="all | train | dev | test: score only that part of the split `trainer train` "
+            "makes (RepLab by entity, others stratified with --seed)."
+        ),
+    ] = "all",
+    seed: int = 13,
 ) -> None:
     """Print accuracy, macro-F1, AvgRec, per-class report, confusion matrix and latency."""
     from node.bundle import ModelBundle
     from trainer.data import DataError, read_labeled
     from trainer.evaluate import evaluate_bundle, render_markdown, write_report
+    from trainer.splits import split_like_training
 
+    if split not in ("all", "train", "dev", "test"):
+        raise typer.BadParameter(
+            f"{split!r} is not one of all, train, dev, test", param_hint="--split"
+        )
     try:
-        examples = [
-            e
-            for e in read_labeled(data, fmt, text_column, label_column, entity_column)
-            if e.label is not None
-        ]
+        examples = read_labeled(data, fmt, text_column, label_column, entity_column)
     except DataError as exc:
         raise typer.BadParameter(str(exc), param_hint="--data") from exc
+    if split != "all":
+        examples = getattr(split_like_training(examples, seed), split)
+    examples = [e for e in examples if e.label is not None]
     chosen = variants.split(",") if variants else None
     if model.is_file():
         chosen = [ModelBundle.load(model, verify=False).variant]
@@ -127,11 +139,12 @@ def evaluate(
         entities=[e.entity for e in examples],
         variants=chosen,
         threads=threads,
-        dataset=data.name,
+        dataset=data.name if split == "all" else f"{data.name} ({split} split, seed {seed})",
     )
     typer.echo(render_markdown(report))
     if out:
-        json_path, md_path = write_report(report, out, data.stem)
+        stem = data.stem if split == "all" else f"{data.stem}_{split}"
+        json_path, md_path = write_report(report, out, stem)
         typer.echo(f"wrote {json_path} and {md_path}")
 
 

@@ -18,7 +18,7 @@ from trainer.data import POLARITY_LABELS, Example, read_labeled, read_replab, re
 from trainer.encoders import load_encoder
 from trainer.evaluate import evaluate_bundle, manifest_metrics, render_markdown, write_report
 from trainer.export import ALL_VARIANTS, calibration_samples, export_variants
-from trainer.splits import Split, entity_split, stratified_split
+from trainer.splits import Split, split_like_training, stratified_split
 from trainer.train import EncodedSet, TrainConfig, Trainer, encode_examples, make_encoder
 
 
@@ -33,9 +33,9 @@ class DataSources:
     def load(self, seed: int) -> dict[str, Split]:
         splits: dict[str, Split] = {}
         if self.semeval:
-            splits["semeval"] = stratified_split(read_semeval(self.semeval), seed=seed)
+            splits["semeval"] = split_like_training(read_semeval(self.semeval), seed)
         if self.replab:
-            splits["replab"] = entity_split(read_replab(self.replab))
+            splits["replab"] = split_like_training(read_replab(self.replab), seed)
         for table in self.tables:
             splits[table.stem] = stratified_split(read_labeled(table), seed=seed)
         if not splits:

@@ -73,6 +73,13 @@ def entity_split(
     return _drop_leaks(split)
 
 
+def split_like_training(examples: Sequence[Example], seed: int = 13) -> Split:
+    """The split ``trainer train --semeval/--replab`` makes: RepLab by entity, else stratified."""
+    if examples and all(e.source == "replab" for e in examples):
+        return entity_split(examples)
+    return stratified_split(examples, seed=seed)
+
+
 def _drop_leaks(split: Split) -> Split:
     """Remove from train (and dev) any tweet whose cleaned text is in a later split."""
     held_out = {clean_tweet(e.text).lower() for e in split.test}
