@@ -42,6 +42,9 @@ def train(
         bool, Opt(help="Replace the entity's name in the tweet by 'brand'.")
     ] = False,
     filter_head: Annotated[bool, Opt(help="Also train RepLab related/unrelated.")] = False,
+    task_heads: Annotated[
+        bool, Opt(help="Reputation head for tweets with an entity, sentiment head without.")
+    ] = False,
     replab_repeat: Annotated[int, Opt(help="Repeat RepLab tweets N times per epoch.")] = 2,
     eval_every: Annotated[int, Opt(help="Score dev every N steps.")] = 500,
     patience: Annotated[int, Opt(help="Stop after N dev scores without gain.")] = 4,
@@ -77,6 +80,7 @@ def train(
         entity_input=entity_input,
         mask_entity=mask_entity,
         filter_head=filter_head,
+        task_heads=task_heads,
         replab_repeat=replab_repeat,
         eval_every=eval_every,
         patience=patience,

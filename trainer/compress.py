@@ -30,7 +30,7 @@ from node.inference import EmptyTextError, Encoded, TweetEncoder
 from trainer.data import FILTER_LABELS, Example
 from trainer.export import calibration_samples, export_variants
 from trainer.int4 import DEFAULT_GRANULARITY
-from trainer.model import build_classifier
+from trainer.model import build_classifier, has_task_heads
 
 CONTINUATION = "##"
 
@@ -172,7 +172,10 @@ def shrink_classifier(
         changes["num_layers"] = min(num_layers, backbone.num_layers)
     small_backbone = keras_hub.models.BertBackbone.from_config(backbone.get_config() | changes)
     small = build_classifier(
-        small_backbone, num_labels=num_labels, num_filter_labels=num_filter_labels
+        small_backbone,
+        num_labels=num_labels,
+        num_filter_labels=num_filter_labels,
+        task_heads=has_task_heads(model),
     )
     rows = {backbone.token_embedding.embeddings.path: token_ids}
     old = {w.path: w for w in model.weights}
@@ -196,6 +199,7 @@ def load_run_model(run_dir: Path) -> tuple[keras.Model, ModelBundle]:
         encoder.backbone,
         num_labels=len(bundle.labels),
         num_filter_labels=len(FILTER_LABELS) if config.get("filter_head") else 0,
+        task_heads=config.get("task_heads", False),
     )
     model.load_weights(run_dir / "checkpoints" / "best.weights.h5")
     return model, bundle

@@ -21,24 +21,54 @@ class MaskedMeanPool(keras.layers.Layer):
         return total / count
 
 
+class SelectByEntity(keras.layers.Layer):
+    """Per tweet: the reputation head's logits if it came with an entity, else sentiment's.
+
+    A tweet has an entity exactly when some token is in segment 1 (``[CLS] tweet [SEP]
+    entity [SEP]``), so the choice needs no extra model input and the node's contract stays
+    as it is. Built from REDUCE_MAX, MINIMUM and arithmetic: LiteRT builtins only.
+    """
+
+    def call(self, reputation, sentiment, segment_ids):
+        has_entity = keras.ops.minimum(keras.ops.max(segment_ids, axis=1, keepdims=True), 1)
+        has_entity = keras.ops.cast(has_entity, reputation.dtype)
+        return has_entity * reputation + (1.0 - has_entity) * sentiment
+
+
+REPUTATION_HEAD = "reputation_logits"
+
+
 def build_classifier(
     backbone: keras.Model,
     num_labels: int,
     dropout: float = 0.1,
     num_filter_labels: int = 0,
+    task_heads: bool = False,
 ) -> keras.Model:
     """Inputs (input_ids, segment_ids, attention_mask) -> logits [batch, num_labels].
 
-    With ``num_filter_labels`` a second head predicts RepLab filtering
-    (related/unrelated) from the same pooled vector; it is trained but not exported.
+    With ``task_heads`` two heads share the encoder: reputation polarity for tweets given
+    with an entity (RepLab) and sentiment for tweets without one (SemEval); see
+    :class:`SelectByEntity`. With ``num_filter_labels`` another head predicts RepLab
+    filtering (related/unrelated) from the same pooled vector; it is trained, not exported.
     """
     ids, segments, mask = (keras.Input((None,), dtype="int32", name=n) for n in INPUT_NAMES)
     encoded = backbone({"token_ids": ids, "segment_ids": segments, "padding_mask": mask})
     pooled = MaskedMeanPool(name="mean_pool")(encoded["sequence_output"], mask)
     pooled = keras.layers.Dropout(dropout, name="head_dropout")(pooled)
-    outputs = {"logits": keras.layers.Dense(num_labels, name="logits")(pooled)}
+    if task_heads:
+        reputation = keras.layers.Dense(num_labels, name=REPUTATION_HEAD)(pooled)
+        sentiment = keras.layers.Dense(num_labels, name="sentiment_logits")(pooled)
+        logits = SelectByEntity(name="logits")(reputation, sentiment, segments)
+    else:
+        logits = keras.layers.Dense(num_labels, name="logits")(pooled)
+    outputs = {"logits": logits}
     if num_filter_labels:
         outputs["filter_logits"] = keras.layers.Dense(num_filter_labels, name="filter_logits")(
             pooled
         )
     return keras.Model([ids, segments, mask], outputs, name="polarity_classifier")
+
+
+def has_task_heads(model: keras.Model) -> bool:
+    return any(layer.name == REPUTATION_HEAD for layer in model.layers)

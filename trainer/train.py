@@ -47,6 +47,8 @@ class TrainConfig:
     # Replace the entity's name in the tweet by "brand" (see CleaningConfig.mask_entity).
     mask_entity: bool = False
     filter_head: bool = False
+    # Separate reputation (with entity) and sentiment (without) heads on one encoder.
+    task_heads: bool = False
     # How many times each RepLab tweet is repeated per epoch (RepLab is ~1/5 of SemEval).
     replab_repeat: int = 2
     eval_every: int = 500
@@ -132,6 +134,7 @@ class Trainer:
             num_labels=len(POLARITY_LABELS),
             dropout=config.dropout,
             num_filter_labels=len(FILTER_LABELS) if config.filter_head else 0,
+            task_heads=config.task_heads,
         )
         if config.init_weights:
             self.model.load_weights(config.init_weights)
