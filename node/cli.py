@@ -152,6 +152,14 @@ def start(
             show_default=False,
         ),
     ] = None,
+    entity: Annotated[
+        str | None,
+        typer.Option(
+            help="The brand this node monitors: the entity of tweets that arrive without "
+            "one (reputation polarity for that brand rather than plain sentiment).",
+            show_default=False,
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve a model: read tweets from MQTT, publish labels, until SIGTERM or Ctrl-C."""
@@ -180,6 +188,7 @@ def start(
             "state_dir": str(state_dir.absolute()),
             "session_expiry_s": session_expiry,
             "drain_timeout_s": drain_timeout,
+            "default_entity": entity.strip() if entity and entity.strip() else None,
         },
         "model": str(model.absolute()) if model else None,
         "variant": variant,

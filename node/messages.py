@@ -48,7 +48,9 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def parse_tweet(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Tweet:
+def parse_tweet(
+    payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES, default_entity: str | None = None
+) -> Tweet:
     """Decode one MQTT payload; raise :class:`BadInput` with a machine-readable reason."""
     if len(payload) > max_bytes:
         raise BadInput("too_large", f"{len(payload)} bytes, limit {max_bytes}")
@@ -57,13 +59,13 @@ def parse_tweet(payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Tweet:
     except UnicodeDecodeError as exc:
         raise BadInput("not_utf8", str(exc)) from None
     if text.lstrip().startswith("{"):
-        return _parse_json(text)
+        return _parse_json(text, default_entity)
     if not text.strip():
         raise BadInput("empty_text", "payload is empty or blank")
-    return Tweet(id=content_id(text), text=text)
+    return Tweet(id=content_id(text, default_entity), text=text, entity=default_entity)
 
 
-def _parse_json(text: str) -> Tweet:
+def _parse_json(text: str, default_entity: str | None) -> Tweet:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -83,7 +85,7 @@ def _parse_json(text: str) -> Tweet:
         raise BadInput("bad_field", "'text' must be a string", tweet_id)
     if entity is not None and not isinstance(entity, str):
         raise BadInput("bad_field", "'entity' must be a string or null", tweet_id)
-    entity = entity or None
+    entity = entity or default_entity
     if tweet_id is None:
         tweet_id = content_id(tweet_text, entity)
     if not tweet_text.strip():

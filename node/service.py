@@ -72,6 +72,8 @@ class NodeConfig:
     keepalive_s: int = 30
     dedup_max_records: int = DEFAULT_MAX_RECORDS
     drain_timeout_s: float = 10.0
+    # The brand a node monitors: the entity of tweets that arrive without one.
+    default_entity: str | None = None
 
     def __post_init__(self) -> None:
         if not self.node_id or any(c in self.node_id for c in "/+#\x00"):
@@ -371,7 +373,7 @@ class NodeService:
         parsed: list[tuple[_Inbound, Tweet]] = []
         for item in batch:
             try:
-                parsed.append((item, parse_tweet(item.payload, cfg.max_bytes)))
+                parsed.append((item, parse_tweet(item.payload, cfg.max_bytes, cfg.default_entity)))
             except BadInput as exc:
                 out.append(self._error(item, exc.tweet_id, exc.reason, exc.detail))
         known = store.get_many(tweet.id for _, tweet in parsed)

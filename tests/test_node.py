@@ -10,6 +10,7 @@ from datetime import datetime
 
 import pytest
 
+from node.inference import Classifier
 from node.messages import content_id
 from tests.conftest import WAIT_S, Collector, NodeProcess, Topics, publish
 
@@ -184,3 +185,25 @@ def test_default_model_is_the_shipped_bundle() -> None:
          "absolutely love my new car, best purchase ever"],
     )  # fmt: skip
     assert (negative.label, positive.label) == ("negative", "positive")
+
+
+def test_node_entity_is_the_entity_of_tweets_without_one(node_factory, mosquitto, tiny_bundle):
+    node = node_factory(extra=["--entity", "Honda"])
+    watcher = Collector(mosquitto, [node.topics.labels, node.status_topic()])
+    node.start_and_wait_online(watcher)
+    text = "recall announced for the new hatchback"
+    publish(
+        mosquitto,
+        node.topics.tweets,
+        [text, json.dumps({"id": "own", "text": text, "entity": "Fiat"})],
+    )
+    records = labels_for(watcher, node.topics, {content_id(text, "Honda"), "own"})
+    honda, fiat = records[content_id(text, "Honda")], records["own"]
+    assert honda["entity"] == "Honda" and fiat["entity"] == "Fiat"
+    # The label is the model's answer for (text, entity), not for the bare text.
+    clf = Classifier(tiny_bundle)
+    with_entity, bare = clf.classify([text, text], ["Honda", None])
+    assert with_entity.scores != bare.scores
+    for label, score in with_entity.scores.items():
+        assert math.isclose(honda["scores"][label], score, abs_tol=1e-4)
+    watcher.close()

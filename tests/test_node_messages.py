@@ -20,6 +20,16 @@ def test_plain_text_gets_a_content_id() -> None:
     assert parse_tweet(b"I love my new car").id == tweet.id  # same text, same id
 
 
+def test_a_node_entity_applies_to_tweets_that_name_none() -> None:
+    plain = parse_tweet(b"recall announced", default_entity="Honda")
+    assert plain == Tweet(content_id("recall announced", "Honda"), "recall announced", "Honda")
+    assert parse_tweet(b'{"text": "recall announced", "entity": null}', default_entity="Honda") == (
+        plain
+    )
+    own = parse_tweet(b'{"id": "t", "text": "recall", "entity": "Fiat"}', default_entity="Honda")
+    assert own.entity == "Fiat"  # the tweet's own entity wins
+
+
 def test_json_payload_fields() -> None:
     tweet = parse_tweet(b'{"id": "t1", "text": "BMW recalls cars", "entity": "BMW"}')
     assert tweet == Tweet("t1", "BMW recalls cars", "BMW")
