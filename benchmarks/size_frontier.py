@@ -38,7 +38,12 @@ from trainer.evaluate import (  # noqa: E402
     machine_info,
     write_markdown_keeping_notes,
 )
-from trainer.pipeline import DataSources  # noqa: E402
+from trainer.metrics import (  # noqa: E402
+    index_accuracy,
+    index_macro_recall,
+    paired_bootstrap_interval,
+)
+from trainer.splits import DataSources  # noqa: E402
 
 BERT_LARGE_FP32_BYTES = 1.34e9
 PAPER_TARGET_MB = 8.4
@@ -209,29 +214,6 @@ def point_row(config: Config, folder: Path, variant: str, scores: dict[str, dict
     }
 
 
-def accuracy(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    return (pred == truth).mean(axis=-1)
-
-
-def avg_recall(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """SemEval's AvgRec: recall averaged over the classes (along the last axis)."""
-    recalls = [
-        ((pred == c) & (truth == c)).sum(axis=-1) / np.maximum((truth == c).sum(axis=-1), 1)
-        for c in np.unique(truth)
-    ]
-    return np.mean(recalls, axis=0)
-
-
-def paired_interval(
-    pred: np.ndarray, ref: np.ndarray, truth: np.ndarray, metric, draws: int = 1000
-) -> list[float]:
-    """95% paired-bootstrap interval of metric(pred) - metric(ref): the same tweets are
-    resampled for both models, so only their disagreements spread the interval."""
-    rows = np.random.default_rng(SEED).integers(0, len(truth), (draws, len(truth)))
-    diff = metric(pred[rows], truth[rows]) - metric(ref[rows], truth[rows])
-    return [float(x) for x in np.percentile(diff, [2.5, 97.5])]
-
-
 def add_parent_deltas(
     rows: list[dict],
     predictions: dict[str, dict[str, list[int]]],
@@ -245,11 +227,11 @@ def add_parent_deltas(
         row["replab_delta"] = row["replab_accuracy"] - ref_row["replab_accuracy"]
         pred = {k: np.asarray(v, np.int8) for k, v in predictions[row["point"]].items()}
         refs = {k: np.asarray(v, np.int8) for k, v in ref.items()}
-        row["semeval_delta_95"] = paired_interval(
-            pred["semeval"], refs["semeval"], truth["semeval"], avg_recall
+        row["semeval_delta_95"] = paired_bootstrap_interval(
+            pred["semeval"], refs["semeval"], truth["semeval"], index_macro_recall, seed=SEED
         )
-        row["replab_delta_95"] = paired_interval(
-            pred["replab"], refs["replab"], truth["replab"], accuracy
+        row["replab_delta_95"] = paired_bootstrap_interval(
+            pred["replab"], refs["replab"], truth["replab"], index_accuracy, seed=SEED
         )
         pairs = [
             (a, b)

@@ -236,3 +236,29 @@ def test_cli_scores_only_the_requested_split(bundle: ModelBundle, tmp_path: Path
     assert (tmp_path / "r" / "replab_test.json").is_file()
     bad = runner.invoke(trainer_app, [*args, "--split", "holdout"])
     assert bad.exit_code != 0 and "holdout" in bad.output
+
+
+def test_compare_scores_both_bundles_on_the_same_tweets(bundle: ModelBundle, tmp_path: Path):
+    other = build_tiny_bundle(tmp_path / "other", variants=("int8",), seed=5)
+    semeval = tmp_path / "semeval.tsv"
+    semeval.write_text(
+        "".join(f"{i}\t{label}\t{text} {i}\n" for i, (text, label, _) in enumerate(SENTENCES * 4)),
+        encoding="utf-8",
+    )
+    args = [str(bundle.root), "--semeval", str(semeval), "--out", str(tmp_path / "c.json")]
+    runner = CliRunner()
+    same = runner.invoke(trainer_app, ["compare", str(bundle.root), *args])
+    assert same.exit_code == 0, same.output
+    rows = json.loads((tmp_path / "c.json").read_text())["rows"]
+    assert [(r["data"], r["part"]) for r in rows] == [("semeval", "dev"), ("semeval", "test")]
+    for r in rows:  # a bundle against itself: no difference, full agreement
+        assert r["a"] == r["b"] and r["interval_95"] == [0.0, 0.0] and r["agreement"] == 1.0
+
+    different = runner.invoke(trainer_app, ["compare", str(other.root), *args])
+    assert different.exit_code == 0, different.output
+    rows = json.loads((tmp_path / "c.json").read_text())["rows"]
+    assert any(r["agreement"] < 1.0 for r in rows)
+    for r in rows:
+        low, high = r["interval_95"]
+        assert low <= r["b_minus_a"] <= high
+    assert "| semeval | test |" in different.output

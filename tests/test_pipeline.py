@@ -13,7 +13,8 @@ import pytest
 from node.bundle import ModelBundle
 from node.inference import Classifier
 from tests.conftest import Collector, NodeProcess, Topics, publish
-from trainer.pipeline import DataSources, run_training
+from trainer.pipeline import run_training
+from trainer.splits import DataSources
 from trainer.train import TrainConfig
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

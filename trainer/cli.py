@@ -65,7 +65,8 @@ def train(
     Example: trainer train --out runs/v1 --semeval ../shared/data/semeval2017/train_2013-2016.tsv
     --replab ../shared/data/replab2013/automotive_en.tsv
     """
-    from trainer.pipeline import DataSources, run_training
+    from trainer.pipeline import run_training
+    from trainer.splits import DataSources
     from trainer.train import TrainConfig
 
     config = TrainConfig(
@@ -150,6 +151,37 @@ def evaluate(
         stem = data.stem if split == "all" else f"{data.stem}_{split}"
         json_path, md_path = write_report(report, out, stem)
         typer.echo(f"wrote {json_path} and {md_path}")
+
+
+@app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(help="Bundle A (e.g. the one nodes serve now).")],
+    b: Annotated[Path, typer.Argument(help="Bundle B (the candidate).")],
+    semeval: Annotated[Path | None, Opt(help="SemEval-2017 4A TSV.")] = None,
+    replab: Annotated[Path | None, Opt(help="RepLab 2013 TSV.")] = None,
+    parts: Annotated[str, Opt(help="Comma-separated parts of the split to score.")] = "dev,test",
+    seed: int = 13,
+    out: Annotated[Path | None, Opt(help="Also write the result as JSON here.")] = None,
+) -> None:
+    """B against A on the trainer's dev/test splits, with 95 % paired-bootstrap intervals.
+
+    Decide on dev; test is for the record (it was held out from every choice).
+    """
+    from node.bundle import write_json_atomic
+    from trainer.compare import compare_bundles, render_comparison
+    from trainer.splits import DataSources
+
+    chosen = parts.split(",")
+    if not set(chosen) <= {"train", "dev", "test"}:
+        raise typer.BadParameter(f"{parts!r}: parts are train, dev, test", param_hint="--parts")
+    try:
+        splits = DataSources(semeval=semeval, replab=replab).load(seed)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    result = compare_bundles(a, b, splits, chosen)
+    typer.echo(render_comparison(result))
+    if out:
+        write_json_atomic(out, result)
 
 
 @app.command("copy-bundle")

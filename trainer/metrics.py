@@ -15,7 +15,7 @@ Conventions (the same as scikit-learn's with ``zero_division=0``, so numbers com
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,3 +134,36 @@ def classification_report(
         "unpredicted": c.unpredicted.tolist(),
     }
     return report
+
+
+# Metrics on class-index arrays, vectorised over leading axes (bootstrap draws): a
+# prediction of -1 (unreadable) is wrong for every class.
+IndexMetric = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def index_accuracy(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    return (pred == truth).mean(axis=-1)
+
+
+def index_macro_recall(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """SemEval's AvgRec: recall averaged over the classes present (along the last axis)."""
+    recalls = [
+        ((pred == c) & (truth == c)).sum(axis=-1) / np.maximum((truth == c).sum(axis=-1), 1)
+        for c in np.unique(truth)
+    ]
+    return np.mean(recalls, axis=0)
+
+
+def paired_bootstrap_interval(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    truth: np.ndarray,
+    metric: IndexMetric,
+    draws: int = 1000,
+    seed: int = 13,
+) -> list[float]:
+    """95 % paired-bootstrap interval of metric(pred) - metric(ref). The same tweets are
+    resampled for both models, so only their disagreements spread the interval."""
+    rows = np.random.default_rng(seed).integers(0, len(truth), (draws, len(truth)))
+    diff = metric(pred[rows], truth[rows]) - metric(ref[rows], truth[rows])
+    return [float(x) for x in np.percentile(diff, [2.5, 97.5])]

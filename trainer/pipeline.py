@@ -10,43 +10,16 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from node.bundle import ModelBundle, update_manifest, write_bundle
-from trainer.data import POLARITY_LABELS, Example, read_labeled, read_replab, read_semeval
+from trainer.data import POLARITY_LABELS, Example
 from trainer.encoders import load_encoder
 from trainer.evaluate import evaluate_bundle, manifest_metrics, render_markdown, write_report
 from trainer.export import ALL_VARIANTS, calibration_samples, export_variants
-from trainer.splits import Split, split_like_training, stratified_split
+from trainer.splits import DataSources, Split
 from trainer.train import EncodedSet, TrainConfig, Trainer, encode_examples, make_encoder
-
-
-@dataclass
-class DataSources:
-    semeval: Path | None = None
-    replab: Path | None = None
-    tables: list[Path] = field(default_factory=list)
-    # Keep at most this many examples per source and split (smoke runs, tests).
-    limit: int | None = None
-
-    def load(self, seed: int) -> dict[str, Split]:
-        splits: dict[str, Split] = {}
-        if self.semeval:
-            splits["semeval"] = split_like_training(read_semeval(self.semeval), seed)
-        if self.replab:
-            splits["replab"] = split_like_training(read_replab(self.replab), seed)
-        for table in self.tables:
-            splits[table.stem] = stratified_split(read_labeled(table), seed=seed)
-        if not splits:
-            raise ValueError("no training data: give --semeval, --replab or --data")
-        if self.limit:
-            splits = {k: _truncate(v, self.limit) for k, v in splits.items()}
-        return splits
-
-
-def _truncate(split: Split, limit: int) -> Split:
-    return Split(split.train[:limit], split.dev[:limit], split.test[:limit])
 
 
 def _polarity_only(examples: list[Example]) -> list[Example]:

@@ -11,9 +11,10 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from node.textclean import clean_tweet
-from trainer.data import Example
+from trainer.data import Example, read_labeled, read_replab, read_semeval
 
 # Fixed before any training run, chosen to mix label profiles (Honda and Volkswagen are
 # mostly neutral, BMW and Suzuki mostly positive, Volvo balanced); never tuned on results.
@@ -87,3 +88,30 @@ def _drop_leaks(split: Split) -> Split:
     held_out |= {clean_tweet(e.text).lower() for e in dev}
     train = [e for e in split.train if clean_tweet(e.text).lower() not in held_out]
     return Split(train=train, dev=dev, test=split.test)
+
+
+@dataclass
+class DataSources:
+    semeval: Path | None = None
+    replab: Path | None = None
+    tables: list[Path] = field(default_factory=list)
+    # Keep at most this many examples per source and split (smoke runs, tests).
+    limit: int | None = None
+
+    def load(self, seed: int) -> dict[str, Split]:
+        splits: dict[str, Split] = {}
+        if self.semeval:
+            splits["semeval"] = split_like_training(read_semeval(self.semeval), seed)
+        if self.replab:
+            splits["replab"] = split_like_training(read_replab(self.replab), seed)
+        for table in self.tables:
+            splits[table.stem] = stratified_split(read_labeled(table), seed=seed)
+        if not splits:
+            raise ValueError("no training data: give --semeval, --replab or --data")
+        if self.limit:
+            splits = {k: _truncate(v, self.limit) for k, v in splits.items()}
+        return splits
+
+
+def _truncate(split: Split, limit: int) -> Split:
+    return Split(split.train[:limit], split.dev[:limit], split.test[:limit])
