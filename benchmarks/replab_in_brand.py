@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from node.textclean import clean_tweet  # noqa: E402
-from trainer.data import Example, read_replab  # noqa: E402
+from trainer.data import POLARITY_LABELS, Example, read_replab  # noqa: E402
 from trainer.evaluate import (  # noqa: E402
     evaluate_bundle,
     machine_info,
@@ -129,7 +129,7 @@ def accuracy_by_brand(bundle: Path, tweets: list[Example]) -> dict[str, Any]:
         dataset="replab in-brand scoring tweets",
     )
     predicted = report["predictions"]["int8"]
-    labels = ["negative", "neutral", "positive"]
+    labels = POLARITY_LABELS
     hits: dict[str, list[bool]] = defaultdict(list)
     for e, p in zip(tweets, predicted, strict=True):
         hits[e.entity or ""].append(p >= 0 and labels[p] == e.label)
