@@ -11,8 +11,8 @@ gap can be read as a property of the data or of the model:
 * label consistency: how often identical tweets of one brand carry the same label.
 
 The model's logits come from the node's own inference code (``Classifier``); the split is
-the pipeline's (``trainer.splits.entity_split``). Needs scikit-learn (``pip install
--e .[analysis]``).
+the pipeline's (``trainer.splits.split_like_training``), RELATED tweets only. Needs
+scikit-learn (``pip install -e .[analysis]``).
 
 Run:  python benchmarks/replab_ceiling.py --model models/default \\
           --replab ../shared/data/replab2013/automotive_en.tsv
@@ -47,7 +47,7 @@ from trainer.evaluate import (  # noqa: E402
     predict_sorted,
     write_markdown_keeping_notes,
 )
-from trainer.splits import entity_split  # noqa: E402
+from trainer.splits import Split, split_like_training  # noqa: E402
 
 FOLDS = 5
 SEED = 13
@@ -136,8 +136,8 @@ def label_consistency(texts: Sequence[str], y: np.ndarray) -> dict[str, Any]:
 
 
 def evaluate(model: Path, replab: Path) -> dict[str, Any]:
-    related = [e for e in read_replab(replab) if e.label]
-    split = entity_split(related)
+    full = split_like_training(read_replab(replab))
+    split = Split(*([e for e in part if e.label] for part in (full.train, full.dev, full.test)))
     labels = list(POLARITY_LABELS)
 
     def targets(examples: Sequence[Example]) -> np.ndarray:
