@@ -34,6 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from node.bundle import ModelBundle  # noqa: E402
 from node.textclean import clean_tweet  # noqa: E402
 from trainer.data import POLARITY_LABELS, Example, read_replab  # noqa: E402
 from trainer.evaluate import (  # noqa: E402
@@ -101,6 +102,8 @@ def adapt(run: Path, replab: Path, data: Path | None, out: Path, args: argparse.
     bundle = out / "bundle"
     if (bundle / "manifest.json").is_file():
         return bundle  # finished earlier: reuse
+    # The weights only load into the same architecture.
+    config = ModelBundle.load(run / "bundle", verify=False).manifest.training["config"]
     command = [
         sys.executable, "-m", "trainer", "train",
         "--out", str(out),
@@ -113,6 +116,7 @@ def adapt(run: Path, replab: Path, data: Path | None, out: Path, args: argparse.
         "--unweighted-source", "replab",
         "--eval-every", str(args.eval_every),
         "--variants", "int8",
+        *(["--task-heads"] if config.get("task_heads") else []),
     ]  # fmt: skip
     subprocess.run(command, check=True, cwd=REPO)
     return bundle

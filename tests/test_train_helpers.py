@@ -1,4 +1,6 @@
+import json
 import random
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from trainer.train import (
     TrainConfig,
     WarmupLinearDecay,
     bucketed_batches,
+    check_same_architecture,
     class_weights,
 )
 
@@ -57,3 +60,22 @@ def test_warmup_then_linear_decay():
     schedule = WarmupLinearDecay(peak=1e-4, warmup_steps=10, total_steps=110)
     values = [float(schedule(s)) for s in (0, 5, 10, 60, 110, 200)]
     assert values == pytest.approx([0.0, 5e-5, 1e-4, 5e-5, 0.0, 0.0])
+
+
+def test_init_weights_must_come_from_the_same_architecture(tmp_path):
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    weights = checkpoints / "best.weights.h5"
+    (checkpoints / "training.json").write_text(
+        json.dumps({"config": asdict(TrainConfig(task_heads=True))})
+    )
+    check_same_architecture(TrainConfig(init_weights=str(weights), task_heads=True))
+    with pytest.raises(ValueError, match="task_heads: True there, False here"):
+        check_same_architecture(TrainConfig(init_weights=str(weights)))
+    # A run from before the field existed counts as the default (one head).
+    (checkpoints / "training.json").write_text(json.dumps({"config": {"base": "all-MiniLM-L6-v2"}}))
+    check_same_architecture(TrainConfig(init_weights=str(weights)))
+    with pytest.raises(ValueError, match="task_heads"):
+        check_same_architecture(TrainConfig(init_weights=str(weights), task_heads=True))
+    # Weights without a run summary beside them are not checked.
+    check_same_architecture(TrainConfig(init_weights=str(tmp_path / "elsewhere.weights.h5")))

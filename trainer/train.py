@@ -124,6 +124,37 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+# Config fields that change the network's weights (not just how it is trained).
+ARCHITECTURE_FIELDS = ("base", "num_layers", "task_heads", "filter_head")
+
+
+def check_same_architecture(config: TrainConfig) -> None:
+    """Refuse ``init_weights`` from a run with another architecture.
+
+    Keras matches a .weights.h5 file to a model by layer order and class, not by name: a
+    two-headed checkpoint loads into a one-headed model without a word, with the
+    reputation head's weights in the only head. The run's ``training.json`` next to its
+    checkpoint says how it was built; weights from elsewhere are the caller's to vouch for.
+    """
+    summary = Path(config.init_weights or "").parent / "training.json"
+    if not summary.is_file():
+        return
+    theirs = json.loads(summary.read_text())["config"]
+    defaults = asdict(TrainConfig())
+    ours = asdict(config)
+    differ = {
+        name: (theirs.get(name, defaults[name]), ours[name])
+        for name in ARCHITECTURE_FIELDS
+        if theirs.get(name, defaults[name]) != ours[name]
+    }
+    if differ:
+        details = ", ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in differ.items())
+        raise ValueError(
+            f"--init-weights {config.init_weights} comes from a different architecture "
+            f"({details}); train with the same options as that run"
+        )
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, backbone: keras.Model, encoder: TweetEncoder) -> None:
         self.config = config
@@ -137,6 +168,7 @@ class Trainer:
             task_heads=config.task_heads,
         )
         if config.init_weights:
+            check_same_architecture(config)
             self.model.load_weights(config.init_weights)
 
     def _example_weights(self, data: EncodedSet, weights: np.ndarray) -> np.ndarray:
