@@ -11,13 +11,12 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from tokenizers import Tokenizer
 
 from node.inference import Classifier, pad_batch
-from trainer.encoders import minilm_folder
-from trainer.encoders.bert import tiny_bert
-from trainer.model import build_classifier, has_task_heads
-from trainer.tiny import LABELS, build_tiny_bundle
+from trainer.compress import CompressOptions, compress_bundle
+from trainer.data import Example
+from trainer.model import has_task_heads
+from trainer.tiny import build_tiny_bundle, tiny_classifier
 
 TWEETS = [
     ("recall announced for the new hatchback", "Honda"),
@@ -29,8 +28,7 @@ TWEETS = [
 
 @pytest.fixture(scope="module")
 def model() -> keras.Model:
-    vocab = Tokenizer.from_file(str(minilm_folder() / "tokenizer.json")).get_vocab_size()
-    return build_classifier(tiny_bert(vocab, seed=3), num_labels=len(LABELS), task_heads=True)
+    return tiny_classifier(seed=3, task_heads=True)
 
 
 @pytest.fixture(scope="module")
@@ -72,5 +70,17 @@ def test_padding_never_selects_the_reputation_head(model, classifier) -> None:
 
 def test_task_heads_are_recognised(model) -> None:
     assert has_task_heads(model)
-    vocab = Tokenizer.from_file(str(minilm_folder() / "tokenizer.json")).get_vocab_size()
-    assert not has_task_heads(build_classifier(tiny_bert(vocab), num_labels=3))
+    assert not has_task_heads(tiny_classifier(seed=3))
+
+
+def test_pruned_vocabulary_keeps_both_heads(model, tmp_path: Path) -> None:
+    parent = build_tiny_bundle(tmp_path / "parent", variants=("fp32",), model=model)
+    corpus = [Example(text=t, label="neutral", entity=e) for t, e in TWEETS]
+    pruned = compress_bundle(
+        model, parent, corpus, tmp_path / "pruned", CompressOptions(variants=("fp32",))
+    )
+    logits = []
+    for bundle in (parent, pruned):
+        clf = Classifier(bundle)
+        logits.append(clf.predict_logits([clf.encode(t, e) for t, e in TWEETS]))
+    np.testing.assert_allclose(logits[1], logits[0], atol=1e-5)

@@ -22,10 +22,12 @@ _CALIBRATION_TEXT = (
 )
 
 
-def tiny_classifier(seed: int = 0) -> keras.Model:
+def tiny_classifier(seed: int = 0, task_heads: bool = False) -> keras.Model:
     """The random two-layer classifier over the MiniLM vocabulary."""
     vocab_size = Tokenizer.from_file(str(minilm_folder() / "tokenizer.json")).get_vocab_size()
-    return build_classifier(tiny_bert(vocab_size, seed=seed), num_labels=len(LABELS))
+    return build_classifier(
+        tiny_bert(vocab_size, seed=seed), num_labels=len(LABELS), task_heads=task_heads
+    )
 
 
 def build_tiny_bundle(
