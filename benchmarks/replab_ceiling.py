@@ -181,24 +181,27 @@ def evaluate(model: Path, replab: Path) -> dict[str, Any]:
             dev_brands, lambda rows: em_prior_adaptation(dev_logits[rows], train_prior)
         ),
     }
-    in_brand_rows: dict[str, np.ndarray] = defaultdict(lambda: np.zeros_like(test_y))
-    consistency = {}
-    for brand in sorted(set(brands)):
-        rows = np.flatnonzero(brands == brand)
-        y, texts = test_y[rows], [test_text[i].lower() for i in rows]
-        own_majority = Counter(y.tolist()).most_common(1)[0][0]
-        in_brand_rows["each brand's own majority label"][rows] = own_majority
-        in_brand_rows[f"{name} + label prior fitted per brand"][rows] = in_brand(
-            logits[rows], y, texts, fitted_prior_shift
+    texts = np.array([t.lower() for t in test_text], dtype=object)
+
+    def own_labels(fit: Fit, features) -> np.ndarray:
+        """``fit`` trained and scored within each brand, out of fold."""
+        return per_brand(
+            brands, lambda rows: in_brand(features[rows], test_y[rows], texts[rows], fit)
         )
-        in_brand_rows["TF-IDF + logistic regression, per brand"][rows] = in_brand(
-            test_tfidf[rows], y, texts, logistic
-        )
-        stacked = hstack([test_tfidf[rows], csr_matrix(logits[rows] / 4.0)]).tocsr()
-        in_brand_rows[f"{name} logits + TF-IDF, logistic regression per brand"][rows] = in_brand(
-            stacked, y, texts, logistic
-        )
-        consistency[brand] = label_consistency(texts, y)
+
+    stacked = hstack([test_tfidf, csr_matrix(logits / 4.0)]).tocsr()
+    in_brand_rows = {
+        "each brand's own majority label": per_brand(
+            brands,
+            lambda rows: np.full(len(rows), Counter(test_y[rows].tolist()).most_common(1)[0][0]),
+        ),
+        f"{name} + label prior fitted per brand": own_labels(fitted_prior_shift, logits),
+        "TF-IDF + logistic regression, per brand": own_labels(logistic, test_tfidf),
+        f"{name} logits + TF-IDF, logistic regression per brand": own_labels(logistic, stacked),
+    }
+    consistency = {
+        b: label_consistency(texts[brands == b], test_y[brands == b]) for b in sorted(set(brands))
+    }
 
     def scores(
         predicted: np.ndarray, gold: np.ndarray = test_y, where: np.ndarray = brands

@@ -36,12 +36,9 @@ sys.path.insert(0, str(REPO))
 
 from node.bundle import ModelBundle  # noqa: E402
 from node.textclean import clean_tweet  # noqa: E402
+from trainer.compare import predictions  # noqa: E402
 from trainer.data import POLARITY_LABELS, Example, read_replab  # noqa: E402
-from trainer.evaluate import (  # noqa: E402
-    evaluate_bundle,
-    machine_info,
-    write_markdown_keeping_notes,
-)
+from trainer.evaluate import machine_info, write_markdown_keeping_notes  # noqa: E402
 from trainer.splits import REPLAB_TEST_ENTITIES  # noqa: E402
 
 SEED = 13
@@ -123,20 +120,10 @@ def adapt(run: Path, replab: Path, data: Path | None, out: Path, args: argparse.
 
 
 def accuracy_by_brand(bundle: Path, tweets: list[Example]) -> dict[str, Any]:
-    report = evaluate_bundle(
-        bundle / "int8.tflite",
-        texts=[e.text for e in tweets],
-        labels=[e.label or "" for e in tweets],
-        entities=[e.entity for e in tweets],
-        latency_samples=0,
-        with_predictions=True,
-        dataset="replab in-brand scoring tweets",
-    )
-    predicted = report["predictions"]["int8"]
-    labels = POLARITY_LABELS
+    predicted = predictions(bundle, tweets)  # the bundle's int8 serving variant
     hits: dict[str, list[bool]] = defaultdict(list)
     for e, p in zip(tweets, predicted, strict=True):
-        hits[e.entity or ""].append(p >= 0 and labels[p] == e.label)
+        hits[e.entity or ""].append(p >= 0 and POLARITY_LABELS[p] == e.label)
     scores = {b: sum(h) / len(h) for b, h in sorted(hits.items())}
     every = [x for h in hits.values() for x in h]
     return {"all": sum(every) / len(every), **scores, "n": len(every)}
