@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from node.inference import EmptyTextError, TweetEncoder
-from node.textclean import CleaningConfig
+from edgemodel.inference import EmptyTextError, TweetEncoder
+from edgemodel.textclean import CleaningConfig
 from trainer.data import read_labeled
 from trainer.encoders import minilm_folder
 

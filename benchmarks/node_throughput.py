@@ -40,8 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from broker.config import BrokerConfig, find_program, write_config  # noqa: E402
+from edgemodel.inference import Classifier  # noqa: E402
 from node.batcher import bucket_by_length  # noqa: E402
-from node.inference import Classifier  # noqa: E402
 from node.serve import default_interpreter_threads  # noqa: E402
 
 TARGETS = {"saturation_ratio_min": 0.8, "p99_ms_max": 30.0, "rss_mib_max": 100.0}

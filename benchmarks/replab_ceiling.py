@@ -39,8 +39,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from node.inference import Classifier  # noqa: E402
-from node.textclean import clean_tweet  # noqa: E402
+from edgemodel.inference import Classifier  # noqa: E402
+from edgemodel.textclean import clean_tweet  # noqa: E402
 from trainer.data import POLARITY_LABELS, Example, read_replab  # noqa: E402
 from trainer.evaluate import (  # noqa: E402
     machine_info,

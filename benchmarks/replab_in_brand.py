@@ -34,8 +34,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from node.bundle import ModelBundle  # noqa: E402
-from node.textclean import clean_tweet  # noqa: E402
+from edgemodel.bundle import ModelBundle  # noqa: E402
+from edgemodel.textclean import clean_tweet  # noqa: E402
 from trainer.compare import predictions  # noqa: E402
 from trainer.data import POLARITY_LABELS, Example, read_replab  # noqa: E402
 from trainer.evaluate import machine_info, write_markdown_keeping_notes  # noqa: E402

@@ -30,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from node.bundle import ModelBundle  # noqa: E402
+from edgemodel.bundle import ModelBundle  # noqa: E402
 from trainer.compress import CompressOptions, compress_bundle, load_run_model  # noqa: E402
 from trainer.data import Example  # noqa: E402
 from trainer.evaluate import (  # noqa: E402

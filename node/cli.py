@@ -205,7 +205,7 @@ def start(
 
 def _installed_or_default_model(provision_state: Path) -> Path:
     """Without --model: a model installed with `provision install`, else the shipped one."""
-    from node.bundle import default_bundle_path
+    from edgemodel.bundle import default_bundle_path
     from provisioning.install import StateError, installed_model
 
     try:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from node.inference import Prediction
+from edgemodel.inference import Prediction
 
 DEFAULT_MAX_BYTES = 4096
 # Hex digits of sha256 kept for content ids: 64 bits, collision-free for any realistic

@@ -46,8 +46,8 @@ def run(spec: dict[str, Any]) -> int:
     from node.memory import return_freed_memory_to_os
 
     return_freed_memory_to_os()
-    from node.bundle import BundleError, default_bundle_path
-    from node.inference import Classifier
+    from edgemodel.bundle import BundleError, default_bundle_path
+    from edgemodel.inference import Classifier
     from node.service import NodeConfig, NodeService
 
     try:

@@ -26,9 +26,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from edgemodel.inference import Classifier, EmptyTextError
 from node.batcher import Batcher, bucket_by_length
 from node.dedup import DEFAULT_MAX_RECORDS, RecordStore
-from node.inference import Classifier, EmptyTextError
 from node.memory import release_file_pages
 from node.messages import (
     DEFAULT_MAX_BYTES,

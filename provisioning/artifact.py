@@ -5,7 +5,7 @@ Layout::
     <name>-<version>/
         artifact.json       the manifest: version, runtime, sha256 + size of every file, canaries
         artifact.json.sig   64-byte Ed25519 signature over artifact.json's exact bytes
-        bundle/             the model bundle (node.bundle contract): manifest.json, labels.json,
+        bundle/             the model bundle (edgemodel.bundle): manifest.json, labels.json,
                             tokenizer.json, <variant>.tflite
 
 The signature covers the manifest bytes as stored, so the verifier checks the bytes it read
@@ -30,8 +30,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from node.bundle import LABELS_FILE, MANIFEST_FILE, TOKENIZER_FILE, ModelBundle
-from node.inference import Classifier, load_interpreter_class
+from edgemodel.bundle import LABELS_FILE, MANIFEST_FILE, TOKENIZER_FILE, ModelBundle
+from edgemodel.inference import Classifier, load_interpreter_class
 from provisioning.fsutil import (
     copy_durable,
     fsync_dir,

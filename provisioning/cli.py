@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from node.bundle import BundleError, ModelBundle
-from node.inference import Classifier
+from edgemodel.bundle import BundleError, ModelBundle
+from edgemodel.inference import Classifier
 from provisioning.artifact import (
     ArtifactError,
     build_artifact,

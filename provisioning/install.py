@@ -31,8 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from node.bundle import ModelBundle, write_json_atomic
-from node.inference import Classifier
+from edgemodel.bundle import ModelBundle, write_json_atomic
+from edgemodel.inference import Classifier
 from provisioning.artifact import (
     BUNDLE_DIR,
     MANIFEST_NAME,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from node.inference import Classifier, EmptyTextError
+from edgemodel.inference import Classifier, EmptyTextError
 
 # Plain English tweets with clear polarity for a trained model; for a random test model the
 # labels are arbitrary but still deterministic, which is all the check needs.

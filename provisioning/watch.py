@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from node.inference import Classifier
+from edgemodel.inference import Classifier
 from provisioning.install import Installer, InstallResult
 from provisioning.usb import find_artifacts
 

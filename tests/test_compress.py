@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from node.bundle import ModelBundle
-from node.inference import Classifier
+from edgemodel.bundle import ModelBundle
+from edgemodel.inference import Classifier
 from trainer.compress import (
     CompressOptions,
     compress_bundle,

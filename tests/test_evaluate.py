@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from node.bundle import BundleError, ModelBundle, update_manifest
-from node.inference import Classifier
+from edgemodel.bundle import BundleError, ModelBundle, update_manifest
+from edgemodel.inference import Classifier
 from trainer.cli import app as trainer_app
 from trainer.evaluate import (
     NOTES_MARKER,

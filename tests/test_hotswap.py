@@ -15,7 +15,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from node.inference import Classifier
+from edgemodel.inference import Classifier
 from provisioning.artifact import build_artifact, runtime_of
 from provisioning.keys import generate_keypair, load_private_key
 from provisioning.selftest import DEFAULT_CANARIES, compute_canaries

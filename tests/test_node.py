@@ -10,7 +10,7 @@ from datetime import datetime
 
 import pytest
 
-from node.inference import Classifier
+from edgemodel.inference import Classifier
 from node.messages import content_id
 from tests.conftest import WAIT_S, Collector, NodeProcess, Topics, publish
 
@@ -174,8 +174,8 @@ def test_help_and_argument_errors(tmp_path) -> None:
 
 def test_default_model_is_the_shipped_bundle() -> None:
     """`node start` with no --model serves models/default, which must load and classify."""
-    from node.bundle import DEFAULT_BUNDLE_DIR, default_bundle_path
-    from node.inference import Classifier
+    from edgemodel.bundle import DEFAULT_BUNDLE_DIR, default_bundle_path
+    from edgemodel.inference import Classifier
 
     assert default_bundle_path() == DEFAULT_BUNDLE_DIR
     clf = Classifier.from_path(DEFAULT_BUNDLE_DIR)

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from node.bundle import ModelBundle, update_manifest
-from node.inference import Classifier
+from edgemodel.bundle import ModelBundle, update_manifest
+from edgemodel.inference import Classifier
 from node.service import NodeConfig, NodeService
 from tests.conftest import WAIT_S, Collector, Topics, publish
 

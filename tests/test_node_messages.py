@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
+from edgemodel.inference import Prediction
 from node.batcher import Batcher, bucket_by_length
 from node.dedup import RecordStore
-from node.inference import Prediction
 from node.messages import BadInput, Tweet, content_id, label_record, parse_tweet
 
 

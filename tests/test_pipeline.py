@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from node.bundle import ModelBundle
-from node.inference import Classifier
+from edgemodel.bundle import ModelBundle
+from edgemodel.inference import Classifier
 from tests.conftest import Collector, NodeProcess, Topics, publish
 from trainer.pipeline import run_training
 from trainer.splits import DataSources

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from node.bundle import ModelBundle
-from node.inference import Classifier
+from edgemodel.bundle import ModelBundle
+from edgemodel.inference import Classifier
 from provisioning.artifact import (
     MANIFEST_NAME,
     SIGNATURE_NAME,
@@ -416,7 +416,7 @@ def test_cli_end_to_end(world, tmp_path: Path) -> None:
 
 def test_node_without_model_serves_the_installed_one(tmp_path):
     """After `provision install`, `node start` with no --model picks the installed slot."""
-    from node.bundle import DEFAULT_BUNDLE_DIR
+    from edgemodel.bundle import DEFAULT_BUNDLE_DIR
     from node.cli import _installed_or_default_model
     from provisioning.install import installed_model
 

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from node.inference import Classifier, pad_batch
+from edgemodel.inference import Classifier, pad_batch
 from trainer.compress import CompressOptions, compress_bundle
 from trainer.data import Example
 from trainer.model import has_task_heads

@@ -1,4 +1,4 @@
-from node.textclean import CleaningConfig, clean_tweet
+from edgemodel.textclean import CleaningConfig, clean_tweet
 
 
 def test_urls_mentions_html_and_repeats_are_normalised():
@@ -32,7 +32,7 @@ def test_digits_are_not_collapsed_unless_the_bundle_says_so():
 
 
 def test_entity_masking_replaces_whole_word_mentions_only():
-    from node.textclean import mask_entity
+    from edgemodel.textclean import mask_entity
 
     text = "love my #BMW, bmw rocks; bmwfan and subaru stay"
     assert mask_entity(text, "BMW") == "love my brand, brand rocks; bmwfan and subaru stay"

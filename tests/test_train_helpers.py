@@ -5,7 +5,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from node.inference import Encoded
+from edgemodel.inference import Encoded
 from trainer.train import (
     EncodedSet,
     TrainConfig,

@@ -117,7 +117,7 @@ def evaluate(
     seed: int = 13,
 ) -> None:
     """Print accuracy, macro-F1, AvgRec, per-class report, confusion matrix and latency."""
-    from node.bundle import ModelBundle
+    from edgemodel.bundle import ModelBundle
     from trainer.data import DataError, read_labeled
     from trainer.evaluate import evaluate_bundle, render_markdown, write_report
     from trainer.splits import split_like_training
@@ -167,7 +167,7 @@ def compare(
 
     Decide on dev; test is for the record (it was held out from every choice).
     """
-    from node.bundle import write_json_atomic
+    from edgemodel.bundle import write_json_atomic
     from trainer.compare import compare_bundles, render_comparison
     from trainer.splits import DataSources
 
@@ -191,7 +191,7 @@ def copy_bundle(
     variants: Annotated[str, Opt(help="Comma-separated variants to keep.")] = "int8",
 ) -> None:
     """Copy a bundle keeping only some FlatBuffer variants (e.g. the int8 one to ship)."""
-    from node.bundle import ModelBundle, write_derived_bundle
+    from edgemodel.bundle import ModelBundle, write_derived_bundle
 
     bundle = ModelBundle.load(src)
     m = bundle.manifest

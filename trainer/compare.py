@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from node.bundle import ModelBundle
+from edgemodel.bundle import ModelBundle
 from trainer.data import POLARITY_LABELS, Example
 from trainer.evaluate import evaluate_bundle
 from trainer.metrics import (

@@ -25,8 +25,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from node.bundle import ModelBundle, write_derived_bundle
-from node.inference import EmptyTextError, Encoded, TweetEncoder
+from edgemodel.bundle import ModelBundle, write_derived_bundle
+from edgemodel.inference import EmptyTextError, Encoded, TweetEncoder
 from trainer.data import FILTER_LABELS, Example
 from trainer.export import calibration_samples, export_variants
 from trainer.int4 import DEFAULT_GRANULARITY

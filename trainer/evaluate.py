@@ -1,6 +1,6 @@
 """Evaluate every FlatBuffer variant of a bundle through the node's own inference code.
 
-Tweets are cleaned, tokenized and padded by :class:`node.inference.Classifier`, exactly as
+Tweets are cleaned, tokenized and padded by :class:`edgemodel.inference.Classifier`, exactly as
 on a node, so a score here is the score the node gets. For each variant the report holds
 size, accuracy, macro-F1, AvgRec, per-class metrics, the confusion matrix, agreement with
 fp32, batch-1 latency and batched throughput. See docs/evaluation.md.
@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from node.bundle import BundleError, ModelBundle, write_json_atomic
-from node.inference import Classifier, EmptyTextError, Encoded
+from edgemodel.bundle import BundleError, ModelBundle, write_json_atomic
+from edgemodel.inference import Classifier, EmptyTextError, Encoded
 from trainer import metrics
 
 REPORT_FORMAT = "repedge-eval/1"

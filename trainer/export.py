@@ -16,8 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from node.bundle import INPUT_NAMES, OUTPUT_NAME, VARIANT_FILES
-from node.inference import Encoded
+from edgemodel.bundle import INPUT_NAMES, OUTPUT_NAME, VARIANT_FILES
+from edgemodel.inference import Encoded
 from trainer.int4 import DEFAULT_GRANULARITY, quantize_int4
 
 ALL_VARIANTS = ("fp32", "fp16", "int8", "int8-full")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from node.bundle import INPUT_NAMES
+from edgemodel.bundle import INPUT_NAMES
 
 
 class MaskedMeanPool(keras.layers.Layer):

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from node.bundle import ModelBundle, update_manifest, write_bundle
+from edgemodel.bundle import ModelBundle, update_manifest, write_bundle
 from trainer.data import POLARITY_LABELS, Example
 from trainer.encoders import load_encoder
 from trainer.evaluate import evaluate_bundle, manifest_metrics, render_markdown, write_report

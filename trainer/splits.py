@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node.textclean import clean_tweet
+from edgemodel.textclean import clean_tweet
 from trainer.data import Example, read_labeled, read_replab, read_semeval
 
 # Fixed before any training run, chosen to mix label profiles (Honda and Volkswagen are

@@ -9,8 +9,8 @@ from pathlib import Path
 import keras
 from tokenizers import Tokenizer
 
-from node.bundle import ModelBundle, write_bundle
-from node.inference import Encoded
+from edgemodel.bundle import ModelBundle, write_bundle
+from edgemodel.inference import Encoded
 from trainer.encoders import minilm_folder
 from trainer.encoders.bert import tiny_bert
 from trainer.export import export_variants

@@ -19,8 +19,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from node.inference import EmptyTextError, Encoded, TweetEncoder, pad_batch
-from node.textclean import CleaningConfig
+from edgemodel.inference import EmptyTextError, Encoded, TweetEncoder, pad_batch
+from edgemodel.textclean import CleaningConfig
 from trainer.data import FILTER_LABELS, POLARITY_LABELS, Example
 from trainer.evaluate import predict_in_length_order
 from trainer.metrics import classification_report

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from node.bundle import INPUT_NAMES, OUTPUT_NAME, BundleError, ModelBundle
-from node.textclean import CleaningConfig, clean_tweet, mask_entity
+from edgemodel.bundle import INPUT_NAMES, OUTPUT_NAME, BundleError, ModelBundle
+from edgemodel.textclean import CleaningConfig, clean_tweet, mask_entity
 
 
 def load_interpreter_class() -> tuple[type, str]:

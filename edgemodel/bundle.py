@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from node.textclean import CleaningConfig
+from edgemodel.textclean import CleaningConfig
 
 BUNDLE_FORMAT = "repedge-bundle/1"
 MANIFEST_FILE = "manifest.json"
