@@ -40,6 +40,14 @@ def is_regular_file(path: Path) -> bool:
         return False
 
 
+def is_real_dir(path: Path) -> bool:
+    """True for a folder that is itself no symlink (a crafted stick may link anywhere)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def copy_durable(src: Path, dst: Path, max_bytes: int | None = None) -> tuple[str, int]:
     """Copy ``src`` to a new file ``dst``, fsync it, return (sha256, size) of the bytes written.
 

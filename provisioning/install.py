@@ -46,12 +46,13 @@ from provisioning.fsutil import (
     CopyError,
     copy_durable,
     fsync_dir,
+    is_real_dir,
     is_regular_file,
     write_new_durable,
 )
 from provisioning.keys import load_trusted_keys
 from provisioning.selftest import check_canaries
-from provisioning.usb import find_artifacts
+from provisioning.usb import check_real_folders, find_artifacts
 from provisioning.versions import is_newer, parse_version
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,7 @@ class Installer:
         first_rejection: tuple[Path, str] | None = None
         for path in candidates:
             try:
+                check_real_folders(mount, path)
                 verified.append(read_verified(path, self.keys))
             except ArtifactError as exc:
                 emit("rejected", version=None, reason=str(exc), artifact=str(path))
@@ -287,6 +289,8 @@ class Installer:
     def _copy_checked(artifact: VerifiedArtifact, staging: Path) -> None:
         """Copy each file to local disk, checking the bytes written (the stick may change)."""
         (staging / BUNDLE_DIR).mkdir()
+        if not is_real_dir(artifact.bundle_dir):  # again, right before use: the stick may change
+            raise ArtifactError(f"{artifact.bundle_dir} is a symlink or not a folder; refused")
         for name, entry in artifact.manifest.files.items():
             src = artifact.bundle_dir / name
             if not is_regular_file(src):

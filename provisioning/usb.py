@@ -21,13 +21,23 @@ from provisioning.artifact import (
     check_files,
     read_manifest_unverified,
 )
-from provisioning.fsutil import copy_durable, fsync_dir, is_regular_file, sha256_uncached
+from provisioning.fsutil import (
+    copy_durable,
+    fsync_dir,
+    is_real_dir,
+    is_regular_file,
+    sha256_uncached,
+)
 
 STICK_DIR = "repedge"
 
 
 def find_artifacts(mount: Path) -> list[Path]:
-    """Artifact folders on a stick (or ``mount`` itself if it is one); temp copies skipped."""
+    """Artifact folders on a stick (or ``mount`` itself if it is one); temp copies skipped.
+
+    Symlinked folders are listed too, so that the installer refuses them with a reason
+    (:func:`check_real_folders`) instead of ignoring them without a word.
+    """
     if (mount / MANIFEST_NAME).exists():
         return [mount]
     root = mount / STICK_DIR
@@ -35,7 +45,25 @@ def find_artifacts(mount: Path) -> list[Path]:
         entries = sorted(root.iterdir())
     except OSError:
         return []
-    return [p for p in entries if not p.name.startswith(".") and p.is_dir() and not p.is_symlink()]
+    return [p for p in entries if not p.name.startswith(".") and p.is_dir()]
+
+
+def check_real_folders(mount: Path, artifact: Path) -> None:
+    """Refuse an artifact reached through a symlinked folder on the stick.
+
+    ``MOUNT/repedge``, the artifact folder and its ``bundle/`` must be real folders: a link
+    could point at any folder on the node (or at another stick's files), and the files'
+    own O_NOFOLLOW checks do not look at the folders above them. ``mount`` itself is the
+    operator's choice and may be a link.
+    """
+    folders = [artifact / BUNDLE_DIR]
+    if artifact != mount:
+        folders[:0] = [mount / STICK_DIR, artifact]
+    for folder in folders:
+        if os.path.islink(folder):
+            raise ArtifactError(f"{folder} is a symlink; symlinked folders are refused")
+        if not is_real_dir(folder):
+            raise ArtifactError(f"{folder} is missing or not a folder")
 
 
 def write_to_stick(artifact: Path, mount: Path) -> Path:
@@ -48,6 +76,8 @@ def write_to_stick(artifact: Path, mount: Path) -> Path:
     if not mount.is_dir():
         raise ArtifactError(f"{mount} is not a folder; is the stick mounted?")
     root = mount / STICK_DIR
+    if os.path.islink(root):
+        raise ArtifactError(f"{root} is a symlink; write to a real folder on the stick")
     created_root = not root.exists()
     root.mkdir(exist_ok=True)
     if created_root:

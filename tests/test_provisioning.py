@@ -228,6 +228,42 @@ def test_symlinked_file_is_rejected_even_with_the_right_content(
     assert "bundle/int8.tflite is missing or not a regular file" in result.reason
 
 
+def test_symlinked_bundle_folder_is_rejected(node: Installer, world, tmp_path: Path) -> None:
+    """bundle/ linking to a genuine bundle elsewhere: the folder link itself is refused."""
+    artifact = stick_copy(world["v2"], tmp_path)
+    shutil.rmtree(artifact / "bundle")
+    (artifact / "bundle").symlink_to(world["v2"] / "bundle", target_is_directory=True)
+
+    result = node.install_from(tmp_path / "stick")
+    assert_still_serves_v1(node, result)
+    assert result.reason == f"{artifact / 'bundle'} is a symlink; symlinked folders are refused"
+
+
+def test_symlinked_stick_folder_is_rejected(node: Installer, world, tmp_path: Path) -> None:
+    """MOUNT/repedge linking to a folder of genuine artifacts elsewhere is refused."""
+    elsewhere = put_on_stick(world["v2"], tmp_path / "elsewhere").parent
+    mount = tmp_path / "stick"
+    mount.mkdir()
+    (mount / STICK_DIR).symlink_to(elsewhere, target_is_directory=True)
+
+    result = node.install_from(mount)
+    assert_still_serves_v1(node, result)
+    assert result.reason == f"{mount / STICK_DIR} is a symlink; symlinked folders are refused"
+    with pytest.raises(ArtifactError, match="is a symlink"):
+        write_to_stick(world["v2"], mount)  # the writer does not follow it either
+
+
+def test_symlinked_artifact_folder_is_rejected(node: Installer, world, tmp_path: Path) -> None:
+    elsewhere = put_on_stick(world["v2"], tmp_path / "elsewhere")
+    mount = tmp_path / "stick"
+    (mount / STICK_DIR).mkdir(parents=True)
+    (mount / STICK_DIR / elsewhere.name).symlink_to(elsewhere, target_is_directory=True)
+
+    result = node.install_from(mount)
+    assert_still_serves_v1(node, result)
+    assert "is a symlink; symlinked folders are refused" in result.reason
+
+
 def test_model_failing_its_self_test_is_rejected(node: Installer, world, tmp_path: Path) -> None:
     """A correctly signed artifact whose canary labels are not what the model says."""
     bundle = ModelBundle.load(world["root"] / "model-new")
