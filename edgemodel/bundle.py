@@ -48,6 +48,12 @@ VARIANT_FILES: dict[str, tuple[str, str]] = {
 # returns float32 logits [batch, num_labels] under this name.
 INPUT_NAMES = ("input_ids", "segment_ids", "attention_mask")
 OUTPUT_NAME = "logits"
+# Optional outputs (bundles without them keep working): whether a tweet given with an
+# entity is about it (logits over RELATED_LABELS), and the pooled sentence vector that
+# per-entity heads (trainer adapt) read.
+RELATED_OUTPUT = "related_logits"
+RELATED_LABELS = ("unrelated", "related")
+EMBEDDING_OUTPUT = "embedding"
 
 _CHUNK = 1 << 20
 

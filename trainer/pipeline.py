@@ -48,7 +48,9 @@ def run_training(
     if not config.filter_head:
         # Without the filtering head, unrelated RepLab tweets carry no training signal.
         train = _keep_labeled(train)
-    dev = encode_examples(tokens, _polarity_only(combined.dev))
+    # With the related head, dev keeps unrelated RepLab tweets for its accuracy.
+    dev_examples = combined.dev if config.filter_head else _polarity_only(combined.dev)
+    dev = encode_examples(tokens, dev_examples)
 
     trainer = Trainer(config, encoder_model.backbone, tokens)
     summary = trainer.fit(train, dev, out_dir / "checkpoints")

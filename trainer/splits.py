@@ -74,6 +74,34 @@ def entity_split(
     return _drop_leaks(split)
 
 
+def period_split(
+    training_period: Sequence[Example],
+    test_period: Sequence[Example],
+    dev: float = 0.15,
+    seed: int = 13,
+) -> Split:
+    """RepLab 2013's own protocol: learn on each entity's earlier tweets, score on its later.
+
+    Train and dev come from the training period: per entity and label (unrelated tweets
+    count as one more label), a seeded ``dev`` share goes to dev, so that selection sees
+    every brand and a dev part of thousands of tweets rather than two brands. Test is the
+    whole test period. Test-period tweets repeated in the training period are dropped from
+    train and dev (retweets recur across periods).
+    """
+    by_group: dict[tuple[str | None, str | None], list[Example]] = defaultdict(list)
+    for e in training_period:
+        by_group[(e.entity, e.label)].append(e)
+    rng = random.Random(seed)
+    split = Split(test=list(test_period))
+    for key in sorted(by_group, key=str):
+        group = by_group[key][:]
+        rng.shuffle(group)
+        n_dev = round(len(group) * dev)
+        split.dev += group[:n_dev]
+        split.train += group[n_dev:]
+    return _drop_leaks(split)
+
+
 def split_like_training(examples: Sequence[Example], seed: int = 13) -> Split:
     """The split ``trainer train --semeval/--replab`` makes: RepLab by entity, else stratified."""
     if examples and all(e.source == "replab" for e in examples):
@@ -94,6 +122,10 @@ def _drop_leaks(split: Split) -> Split:
 class DataSources:
     semeval: Path | None = None
     replab: Path | None = None
+    # RepLab's protocol: the training period (split into train and dev) and the test
+    # period of the same entities (all test); see period_split.
+    replab_train: Path | None = None
+    replab_test: Path | None = None
     tables: list[Path] = field(default_factory=list)
     # Keep at most this many examples per source and split (smoke runs, tests).
     limit: int | None = None
@@ -104,6 +136,14 @@ class DataSources:
             splits["semeval"] = split_like_training(read_semeval(self.semeval), seed)
         if self.replab:
             splits["replab"] = split_like_training(read_replab(self.replab), seed)
+        if self.replab_train or self.replab_test:
+            if not (self.replab_train and self.replab_test):
+                raise ValueError("--replab-train and --replab-test go together")
+            if self.replab:
+                raise ValueError("give --replab or --replab-train/--replab-test, not both")
+            splits["replab"] = period_split(
+                read_replab(self.replab_train), read_replab(self.replab_test), seed=seed
+            )
         for table in self.tables:
             splits[table.stem] = stratified_split(read_labeled(table), seed=seed)
         if not splits:

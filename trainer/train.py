@@ -24,7 +24,7 @@ from edgemodel.textclean import CleaningConfig
 from trainer.data import FILTER_LABELS, POLARITY_LABELS, Example
 from trainer.evaluate import predict_in_length_order
 from trainer.metrics import classification_report
-from trainer.model import build_classifier
+from trainer.model import RELATED_OUTPUT, build_classifier
 
 
 @dataclass
@@ -195,13 +195,13 @@ class Trainer:
                 sw = {"logits": example_weights[rows]}
                 if self.config.filter_head:
                     rel = data.related[rows]
-                    y["filter_logits"] = np.maximum(rel, 0)
-                    sw["filter_logits"] = (rel >= 0).astype("float64")
+                    y[RELATED_OUTPUT] = np.maximum(rel, 0)
+                    sw[RELATED_OUTPUT] = (rel >= 0).astype("float64")
                 yield (x["input_ids"], x["segment_ids"], x["attention_mask"]), y, sw
 
     def _dataset(self, data: EncodedSet, weights: np.ndarray) -> tf.data.Dataset:
         seq = tf.TensorSpec((None, None), tf.int32)
-        outputs = ["logits"] + (["filter_logits"] if self.config.filter_head else [])
+        outputs = ["logits"] + ([RELATED_OUTPUT] if self.config.filter_head else [])
         signature = (
             (seq, seq, seq),
             {k: tf.TensorSpec((None,), tf.int64) for k in outputs},
@@ -211,17 +211,20 @@ class Trainer:
             lambda: self._training_stream(data, weights), output_signature=signature
         ).prefetch(4)
 
-    def predict_logits(self, inputs: Sequence[Encoded], batch_size: int = 128) -> np.ndarray:
-        """The Keras model's logits (dev scoring), same batching as the evaluation."""
+    def predict_logits(
+        self, inputs: Sequence[Encoded], batch_size: int = 128, output: str = "logits"
+    ) -> np.ndarray:
+        """The Keras model's ``output`` (dev scoring), same batching as the evaluation."""
 
         def predict(batch: Sequence[Encoded]) -> np.ndarray:
             x = pad_batch(batch, self.encoder.pad_id)
             pred = self.model(
                 [x["input_ids"], x["segment_ids"], x["attention_mask"]], training=False
             )
-            return keras.ops.convert_to_numpy(pred["logits"])
+            return keras.ops.convert_to_numpy(pred[output])
 
-        return predict_in_length_order(predict, inputs, batch_size, len(POLARITY_LABELS))
+        width = len(FILTER_LABELS) if output == RELATED_OUTPUT else len(POLARITY_LABELS)
+        return predict_in_length_order(predict, inputs, batch_size, width)
 
     def fit(self, train: EncodedSet, dev: EncodedSet, run_dir: Path) -> dict:
         cfg = self.config
@@ -239,7 +242,7 @@ class Trainer:
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "layer_norm"])
         losses = {"logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}
         if cfg.filter_head:
-            losses["filter_logits"] = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            losses[RELATED_OUTPUT] = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self.model.compile(optimizer=optimizer, loss=losses)
 
         dev_eval = DevEvaluation(self, dev, run_dir, cfg.patience, cfg.time_budget_min)
@@ -268,9 +271,10 @@ class Trainer:
         return summary
 
 
-def dev_score(metrics_by_source: dict[str, dict]) -> float:
-    """Model selection: mean of SemEval AvgRec and RepLab accuracy (what issue 4 targets)."""
-    parts = []
+def dev_score(metrics_by_source: dict[str, dict], related_accuracy: float | None = None) -> float:
+    """Model selection: mean of SemEval AvgRec, RepLab accuracy and, with the related head,
+    RepLab related/unrelated accuracy (the targets of issues 4 and 9)."""
+    parts = [] if related_accuracy is None else [related_accuracy]
     if "semeval" in metrics_by_source:
         parts.append(metrics_by_source["semeval"]["macro_recall"])
     if "replab" in metrics_by_source:
@@ -303,26 +307,36 @@ class DevEvaluation(keras.callbacks.Callback):
         self.stopped_by = "schedule"
 
     def on_epoch_end(self, epoch, logs=None):
-        # Dev holds polarity-labeled tweets only (see pipeline).
+        # Polarity is scored on tweets that have one; unrelated RepLab tweets (in dev only
+        # with the related head) count for the related/unrelated accuracy.
         pred = self.trainer.predict_logits(self.dev.inputs).argmax(axis=1)
         gold = self.dev.polarity
+        labelled = gold >= 0
         sources = np.asarray(self.dev.source)
         names = np.asarray(POLARITY_LABELS)
         by_source = {
             s: classification_report(
-                names[gold[sources == s]].tolist(),
-                names[pred[sources == s]].tolist(),
+                names[gold[labelled & (sources == s)]].tolist(),
+                names[pred[labelled & (sources == s)]].tolist(),
                 POLARITY_LABELS,
             )
-            for s in sorted(set(sources))
+            for s in sorted(set(sources[labelled]))
         }
-        score = dev_score(by_source)
+        related_accuracy = None
+        if self.trainer.config.filter_head and (self.dev.related >= 0).any():
+            has = self.dev.related >= 0
+            inputs = [x for x, keep in zip(self.dev.inputs, has, strict=True) if keep]
+            rel = self.trainer.predict_logits(inputs, output=RELATED_OUTPUT).argmax(axis=1)
+            related_accuracy = float((rel == self.dev.related[has]).mean())
+        score = dev_score(by_source, related_accuracy)
         entry = {
             "block": epoch + 1,
             "loss": float((logs or {}).get("loss", float("nan"))),
             "score": round(score, 4),
             **{f"{s}_{k}": round(m[k], 4) for s, m in by_source.items() for k in _SHOWN},
         }
+        if related_accuracy is not None:
+            entry["related_accuracy"] = round(related_accuracy, 4)
         self.history.append(entry)
         self.history_path.write_text(json.dumps(self.history, indent=2))
         print(f"dev {json.dumps(entry)}", flush=True)
