@@ -80,6 +80,8 @@ class Stats:
             value = percentile(latencies, q)
             return None if value is None else round(value, 3)
 
+        p50, p95, p99 = ms(50), ms(95), ms(99)
+        rss = self._process.memory_info().rss
         return {
             "uptime_s": round(now - self.started, 1),
             "processed": processed,
@@ -87,13 +89,14 @@ class Stats:
             "duplicates": duplicates,
             "batches": batches,
             "throughput_per_s": round(throughput, 2),
-            "latency_ms": {
-                "p50": ms(50),
-                "p95": ms(95),
-                "p99": ms(99),
-                "window": len(latencies),
-            },
+            "latency_ms": {"p50": p50, "p95": p95, "p99": p99, "window": len(latencies)},
+            # Flat copies: Grafana's MQTT data source and Home Assistant's value_template
+            # read top-level numbers most easily (null while the window is empty).
+            "latency_p50_ms": p50,
+            "latency_p95_ms": p95,
+            "latency_p99_ms": p99,
             "cpu_percent": self._process.cpu_percent(),
-            "rss_bytes": self._process.memory_info().rss,
+            "rss_bytes": rss,
+            "rss_mib": round(rss / 2**20, 1),
             "cpu_temperature_c": cpu_temperature(),
         }
