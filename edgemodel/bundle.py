@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from edgemodel.entity_heads import ENTITY_HEADS_FILE
 from edgemodel.textclean import CleaningConfig
 
 BUNDLE_FORMAT = "repedge-bundle/1"
@@ -108,6 +109,9 @@ class Manifest:
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     format: str = BUNDLE_FORMAT
+    # Per-entity corrections (edgemodel.entity_heads), e.g. from `trainer adapt`:
+    # {"file": "entity_heads.json", "sha256": ..., "entities": [...]}; None without.
+    entity_heads: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,6 +147,11 @@ class ModelBundle:
     @property
     def tokenizer_path(self) -> Path:
         return self.root / TOKENIZER_FILE
+
+    @property
+    def entity_heads_path(self) -> Path | None:
+        heads = self.manifest.entity_heads
+        return self.root / heads["file"] if heads else None
 
     @property
     def model_sha256(self) -> str:
@@ -202,10 +211,16 @@ class ModelBundle:
     def verify(self) -> None:
         """Check the selected FlatBuffer and the tokenizer against the manifest."""
         info = self.manifest.variants[self.variant]
-        for file, expected in (
+        checked = [
             (self.model_path, info.sha256),
             (self.tokenizer_path, self.manifest.tokenizer_sha256),
-        ):
+        ]
+        heads = self.manifest.entity_heads
+        if heads:
+            if not isinstance(heads.get("file"), str) or "/" in heads["file"]:
+                raise BundleError("manifest entity_heads needs a plain 'file' name")
+            checked.append((self.root / heads["file"], heads.get("sha256")))
+        for file, expected in checked:
             if not file.is_file():
                 raise BundleError(f"bundle file missing: {file}")
             actual = sha256_file(file)
@@ -257,6 +272,7 @@ def write_bundle(
     default_variant: str | None = None,
     metrics: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
+    entity_heads_file: str | os.PathLike[str] | None = None,
 ) -> ModelBundle:
     """Assemble a bundle folder from FlatBuffers and a tokenizer; return it loaded.
 
@@ -284,6 +300,19 @@ def write_bundle(
     _copy_into(Path(tokenizer_file), root / TOKENIZER_FILE)
     write_json_atomic(root / LABELS_FILE, list(labels))
 
+    heads = None
+    if entity_heads_file is not None:
+        _copy_into(Path(entity_heads_file), root / ENTITY_HEADS_FILE)
+        heads = {
+            "file": ENTITY_HEADS_FILE,
+            "sha256": sha256_file(root / ENTITY_HEADS_FILE),
+            "entities": sorted(
+                h["entity"] for h in _read_json(root / ENTITY_HEADS_FILE).get("heads", {}).values()
+            ),
+        }
+    else:
+        (root / ENTITY_HEADS_FILE).unlink(missing_ok=True)
+
     if default_variant is None:
         default_variant = next(v for v in VARIANT_FILES if v in variants)
     manifest = Manifest(
@@ -299,6 +328,7 @@ def write_bundle(
         cleaning=cleaning or CleaningConfig(),
         metrics=metrics or {},
         training=training or {},
+        entity_heads=heads,
     )
     write_json_atomic(root / MANIFEST_FILE, manifest.to_json())
     return ModelBundle.load(root)
@@ -312,8 +342,8 @@ def write_derived_bundle(
     tokenizer_file: str | os.PathLike[str] | None = None,
     **changes: Any,
 ) -> ModelBundle:
-    """A new bundle that keeps ``parent``'s identity and preprocessing; ``changes``
-    overrides any :func:`write_bundle` argument (version, metrics, training, ...)."""
+    """A new bundle that keeps ``parent``'s identity, preprocessing and entity heads;
+    ``changes`` overrides any :func:`write_bundle` argument (version, metrics, ...)."""
     m = parent.manifest
     fields: dict[str, Any] = {
         "labels": parent.labels,
@@ -325,6 +355,7 @@ def write_derived_bundle(
         "entity_input": m.entity_input,
         "cleaning": m.cleaning,
         "training": m.training,
+        "entity_heads_file": parent.entity_heads_path,
     }
     return write_bundle(
         root,

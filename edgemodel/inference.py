@@ -14,7 +14,16 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from edgemodel.bundle import INPUT_NAMES, OUTPUT_NAME, BundleError, ModelBundle
+from edgemodel.bundle import (
+    EMBEDDING_OUTPUT,
+    INPUT_NAMES,
+    OUTPUT_NAME,
+    RELATED_LABELS,
+    RELATED_OUTPUT,
+    BundleError,
+    ModelBundle,
+)
+from edgemodel.entity_heads import EntityHead, EntityHeadsError, entity_key, load_entity_heads
 from edgemodel.textclean import CleaningConfig, clean_tweet, mask_entity
 
 
@@ -46,6 +55,9 @@ class Encoded:
 
     input_ids: list[int]
     segment_ids: list[int]
+    # The entity the tweet was encoded with (None: plain sentiment); selects the related
+    # head's answer and a per-entity head.
+    entity: str | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -55,6 +67,22 @@ class Encoded:
 class Prediction:
     label: str
     scores: dict[str, float]
+    # Probability that the tweet is about its entity; None for tweets without an entity
+    # or models without the related head.
+    related_score: float | None = None
+
+    @property
+    def related(self) -> bool | None:
+        return None if self.related_score is None else self.related_score >= 0.5
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """A batch's answers: polarity logits and, where the model has them, related logits
+    (for tweets with an entity; NaN rows otherwise). Per-entity heads already applied."""
+
+    logits: np.ndarray  # [batch, num_labels]
+    related_logits: np.ndarray | None  # [batch, 2]
 
 
 class TweetEncoder:
@@ -93,11 +121,12 @@ class TweetEncoder:
         else:
             enc = self._tokenizer.encode(cleaned)
             first_segment = enc.ids
+            entity = None
         # Only [CLS] [SEP] (plus [UNK]s) left: the text carries nothing the model can read.
         content = [t for t in first_segment[1:-1] if t != self.unk_id]
         if not content:
             raise EmptyTextError("text holds no known token after cleaning")
-        return Encoded(input_ids=list(enc.ids), segment_ids=list(enc.type_ids))
+        return Encoded(input_ids=list(enc.ids), segment_ids=list(enc.type_ids), entity=entity)
 
 
 def pad_batch(batch: Sequence[Encoded], pad_id: int = 0) -> dict[str, np.ndarray]:
@@ -135,6 +164,13 @@ class Classifier:
             raise BundleError(
                 f"{bundle.model_path} takes inputs {sorted(inputs)}, expected {list(INPUT_NAMES)}"
             )
+        outputs = set(self._runner.get_output_details())
+        if OUTPUT_NAME not in outputs:
+            raise BundleError(f"{bundle.model_path} has no {OUTPUT_NAME!r} output")
+        # Older bundles have only "logits": no related answer, no per-entity heads.
+        self.has_related_head = RELATED_OUTPUT in outputs
+        self.has_embedding = EMBEDDING_OUTPUT in outputs
+        self.entity_heads = self._load_entity_heads()
 
     @classmethod
     def from_path(
@@ -149,15 +185,61 @@ class Classifier:
         """Clean and tokenize one tweet; raise :class:`EmptyTextError` if nothing is left."""
         return self.encoder.encode(text, entity)
 
-    def predict_logits(self, batch: Sequence[Encoded]) -> np.ndarray:
-        """Logits [len(batch), num_labels] for encoded tweets, padded to the longest."""
-        if not batch:
-            return np.zeros((0, len(self.labels)), np.float32)
+    def _load_entity_heads(self) -> dict[str, EntityHead]:
+        path = self.bundle.entity_heads_path
+        if path is None:
+            return {}
+        if not self.has_embedding:
+            raise BundleError(
+                f"{self.bundle.root} has entity heads but its FlatBuffer has no "
+                f"{EMBEDDING_OUTPUT!r} output to apply them to"
+            )
+        try:
+            return load_entity_heads(path, len(self.labels), len(RELATED_LABELS))
+        except EntityHeadsError as exc:
+            raise BundleError(str(exc)) from exc
+
+    def run(self, batch: Sequence[Encoded]) -> dict[str, np.ndarray]:
+        """The FlatBuffer's raw outputs for encoded tweets, padded to the longest."""
         out = self._runner(**pad_batch(batch, self.encoder.pad_id))
-        return np.asarray(out[OUTPUT_NAME], np.float32)
+        return {name: np.asarray(value, np.float32) for name, value in out.items()}
+
+    def predict_outputs(self, batch: Sequence[Encoded]) -> Outputs:
+        """Polarity (and related) logits as served: per-entity heads applied."""
+        if not batch:
+            return Outputs(np.zeros((0, len(self.labels)), np.float32), None)
+        out = self.run(batch)
+        logits = out[OUTPUT_NAME]
+        related = None
+        if self.has_related_head:
+            related = out[RELATED_OUTPUT]
+            no_entity = np.array([e.entity is None for e in batch])
+            related[no_entity] = np.nan
+        if self.entity_heads:
+            embedding = out[EMBEDDING_OUTPUT]
+            for row, encoded in enumerate(batch):
+                head = self.entity_heads.get(entity_key(encoded.entity or ""))
+                if head is None or encoded.entity is None:
+                    continue
+                logits[row] += head.polarity(embedding[row])
+                if related is not None and head.related is not None:
+                    related[row] += head.related(embedding[row])
+        return Outputs(logits, related)
+
+    def predict_logits(self, batch: Sequence[Encoded]) -> np.ndarray:
+        """Polarity logits [len(batch), num_labels] as served (per-entity heads applied)."""
+        return self.predict_outputs(batch).logits
 
     def predict(self, batch: Sequence[Encoded]) -> list[Prediction]:
-        return [self._to_prediction(row) for row in self.predict_logits(batch)]
+        outputs = self.predict_outputs(batch)
+        related = (
+            outputs.related_logits
+            if outputs.related_logits is not None
+            else np.full((len(batch), len(RELATED_LABELS)), np.nan, np.float32)
+        )
+        return [
+            self._to_prediction(row, rel) for row, rel in zip(outputs.logits, related, strict=True)
+        ]
 
     def classify(
         self, texts: Sequence[str], entities: Sequence[str | None] | None = None
@@ -166,11 +248,26 @@ class Classifier:
         entities = entities if entities is not None else [None] * len(texts)
         return self.predict([self.encode(t, e) for t, e in zip(texts, entities, strict=True)])
 
-    def _to_prediction(self, logits: np.ndarray) -> Prediction:
-        shifted = np.exp(logits - logits.max())
-        probs = shifted / shifted.sum()
+    def _to_prediction(self, logits: np.ndarray, related_logits: np.ndarray) -> Prediction:
+        probs = softmax(logits)
         scores = {label: round(float(p), 6) for label, p in zip(self.labels, probs, strict=True)}
-        return Prediction(label=self.labels[int(np.argmax(logits))], scores=scores)
+        related = None
+        if not np.isnan(related_logits).any():
+            related = round(float(softmax(related_logits)[RELATED_LABELS.index("related")]), 6)
+        return Prediction(
+            label=self.labels[int(np.argmax(logits))], scores=scores, related_score=related
+        )
 
     def describe(self) -> dict[str, Any]:
-        return {**self.bundle.identity(), "runtime": self.runtime, "labels": self.labels}
+        return {
+            **self.bundle.identity(),
+            "runtime": self.runtime,
+            "labels": self.labels,
+            "related_head": self.has_related_head,
+            "entity_heads": sorted(h.entity for h in self.entity_heads.values()),
+        }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)

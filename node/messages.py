@@ -111,6 +111,11 @@ def label_record(
     }
     if tweet.entity is not None:
         record["entity"] = tweet.entity
+        # Models with the related head answer whether the tweet is about the entity;
+        # label/scores stay the reputation polarity, so consumers can drop unrelated ones.
+        if prediction.related_score is not None:
+            record["related"] = prediction.related
+            record["related_score"] = prediction.related_score
     return record
 
 
