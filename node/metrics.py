@@ -1,0 +1,194 @@
+"""Prometheus metrics for one node, served on ``/metrics`` by ``node start --metrics-port``.
+
+Everything lives in a registry of its own (not prometheus_client's global one), so two
+nodes embedded in one process (tests, benchmarks) never share counters. Counters are
+updated by the inference thread once per batch; gauges that the node already knows
+(queue depth, connection) are read at scrape time instead of being pushed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+    start_http_server,
+)
+
+from node.telemetry import cpu_temperature
+
+log = logging.getLogger("repedge.node")
+
+# Seconds from a tweet's arrival to its record's publish: a batch of one on a Pi is a
+# few ms, a full batch behind a backlog can reach a second.
+LATENCY_BUCKETS_S = (
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+)  # fmt: skip
+# Tweets per batch: powers of two up to the largest --max-batch anyone should use.
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+MODEL_LABELS = ("name", "version", "variant", "sha256")
+
+
+class NodeMetrics:
+    """The node's counters and gauges, in their own :class:`CollectorRegistry`.
+
+    ``queue_depth`` and ``connected`` are callables the node already has; they are read
+    when Prometheus scrapes, so they are never stale.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        queue_depth: Callable[[], int] | None = None,
+        connected: Callable[[], bool] | None = None,
+        process: bool = True,
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.labels = Counter(
+            "repedge_labels", "Tweets labelled, by predicted label.", ["label"], registry=r
+        )
+        self.errors = Counter(
+            "repedge_errors", "Error records published, by reason.", ["reason"], registry=r
+        )
+        self.duplicates = Counter(
+            "repedge_duplicates",
+            "Redelivered tweets answered from the record store (no inference).",
+            registry=r,
+        )
+        self.batches = Counter("repedge_batches", "Batches processed.", registry=r)
+        self.latency = Histogram(
+            "repedge_latency_seconds",
+            "Seconds from a tweet's arrival to its label record's publish.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "repedge_batch_size",
+            "Tweets per processed batch.",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "repedge_queue_depth", "Tweets received and waiting for inference.", registry=r
+        )
+        self.connected = Gauge(
+            "repedge_connected", "1 while connected to the MQTT broker, else 0.", registry=r
+        )
+        self.model_info = Gauge(
+            "repedge_model_info",
+            "The model being served (value 1); replaced on a hot swap.",
+            list(MODEL_LABELS),
+            registry=r,
+        )
+        self.node_info = Gauge(
+            "repedge_node_info", "This node's id (value 1).", ["node_id"], registry=r
+        )
+        self.provisioning_events = Counter(
+            "repedge_provisioning_events",
+            "Provisioning events (USB model updates), by event.",
+            ["event"],
+            registry=r,
+        )
+        self.last_provisioning_event = Gauge(
+            "repedge_provisioning_last_event_timestamp_seconds",
+            "Unix time of the last provisioning event (0: none yet).",
+            registry=r,
+        )
+        temperature = Gauge(
+            "repedge_cpu_temperature_celsius",
+            "Hottest CPU sensor, where the OS exposes one (NaN otherwise).",
+            registry=r,
+        )
+        temperature.set_function(lambda: _or_nan(cpu_temperature()))
+        if process:
+            # process_resident_memory_bytes, process_cpu_seconds_total, ... (Linux /proc).
+            ProcessCollector(registry=r)
+
+        self.node_info.labels(node_id=node_id).set(1)
+        if queue_depth is not None:
+            self.queue_depth.set_function(lambda: float(queue_depth()))
+        if connected is not None:
+            self.connected.set_function(lambda: 1.0 if connected() else 0.0)
+
+    # -- updates from the node --------------------------------------------------------
+
+    def observe_batch(
+        self,
+        labels: Iterable[str],
+        error_reasons: Iterable[str],
+        duplicates: int,
+        latencies_s: Iterable[float],
+        batch_size: int,
+    ) -> None:
+        """One processed batch: the label of each labelled tweet, the reason of each error
+        record, the redeliveries answered from the store, and label latencies."""
+        for label in labels:
+            self.labels.labels(label=label).inc()
+        for reason in error_reasons:
+            self.errors.labels(reason=reason).inc()
+        if duplicates:
+            self.duplicates.inc(duplicates)
+        for seconds in latencies_s:
+            self.latency.observe(seconds)
+        self.batches.inc()
+        self.batch_size.observe(batch_size)
+
+    def set_model(self, identity: Mapping[str, Any] | None, labels: Iterable[str] = ()) -> None:
+        """The model now served (None: none yet). ``labels`` (the model's classes) start
+        at 0 so that ``rate()`` sees the first label of each class."""
+        self.model_info.clear()
+        if identity is not None:
+            self.model_info.labels(*(str(identity.get(k, "")) for k in MODEL_LABELS)).set(1)
+        for label in labels:
+            self.labels.labels(label=label)
+
+    def record_event(self, event: Mapping[str, Any]) -> None:
+        self.provisioning_events.labels(event=str(event.get("event", "unknown"))).inc()
+        self.last_provisioning_event.set(time.time())
+
+    def set_connected(self, connected: bool) -> None:
+        """For nodes that push the state rather than giving a callable."""
+        self.connected.set(1 if connected else 0)
+
+    # -- exposition -------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The text exposition format, as ``/metrics`` serves it."""
+        return generate_latest(self.registry)
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> MetricsServer:
+        """Serve ``/metrics`` on a daemon thread (prometheus_client's own WSGI server)."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        log.info("metrics on http://%s:%d/metrics", host, server.server_port)
+        return MetricsServer(server, thread)
+
+
+class MetricsServer:
+    """A running ``/metrics`` server; ``close()`` stops it and frees the port."""
+
+    def __init__(self, server: Any, thread: Any) -> None:
+        self._server = server
+        self._thread = thread
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_port)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5.0)
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
