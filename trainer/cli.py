@@ -200,6 +200,46 @@ def compare(
         write_json_atomic(out, result)
 
 
+@app.command()
+def adapt(
+    model: Annotated[Path, Opt(help="The bundle to adapt (folder).")],
+    data: Annotated[
+        Path,
+        Opt(
+            help="Labelled tweets of ONE brand: RepLab TSV (entity, filtering, polarity, "
+            "text) or CSV/TSV/JSONL with text + label (+ entity) columns."
+        ),
+    ],
+    out: Annotated[Path, Opt(help="Folder for the adapted bundle.")],
+    entity: Annotated[
+        str | None, Opt(help="The brand; default: the one entity named in the data.")
+    ] = None,
+    entity_column: Annotated[str | None, Opt(help="Entity column of a CSV/JSONL.")] = None,
+    version: Annotated[
+        str | None, Opt(help="Version of the new bundle; default: the parent's + .1")
+    ] = None,
+) -> None:
+    """Add a per-brand head to a bundle from a few hundred labelled tweets of that brand.
+
+    Needs no TensorFlow; seconds on 2 cores. The result signs and provisions like any
+    bundle (provision bundle OUT ...). See docs/trainer.md#adapting-to-a-new-brand.
+    """
+    from edgemodel.bundle import BundleError
+    from trainer.adapt import AdaptError, adapt_bundle, describe_head
+    from trainer.data import DataError, read_labeled
+
+    try:
+        examples = read_labeled(data, entity_column=entity_column)
+        if entity:
+            examples = [e for e in examples if e.entity in (None, entity)] or examples
+        bundle, head = adapt_bundle(model, examples, out, entity=entity, version=version)
+    except (AdaptError, BundleError, DataError) as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+    typer.echo(describe_head(head))
+    typer.echo(f"bundle: {bundle.root} (version {bundle.manifest.version})")
+
+
 @app.command("copy-bundle")
 def copy_bundle(
     src: Annotated[Path, typer.Argument(help="Bundle folder to copy from.")],

@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 from tokenizers import Tokenizer
 
-from edgemodel.bundle import ModelBundle, write_bundle
+from edgemodel.bundle import RELATED_LABELS, ModelBundle, write_bundle
 from edgemodel.inference import Encoded
 from trainer.encoders import minilm_folder
 from trainer.encoders.bert import tiny_bert
@@ -22,11 +22,16 @@ _CALIBRATION_TEXT = (
 )
 
 
-def tiny_classifier(seed: int = 0, task_heads: bool = False) -> keras.Model:
+def tiny_classifier(
+    seed: int = 0, task_heads: bool = False, related_head: bool = False
+) -> keras.Model:
     """The random two-layer classifier over the MiniLM vocabulary."""
     vocab_size = Tokenizer.from_file(str(minilm_folder() / "tokenizer.json")).get_vocab_size()
     return build_classifier(
-        tiny_bert(vocab_size, seed=seed), num_labels=len(LABELS), task_heads=task_heads
+        tiny_bert(vocab_size, seed=seed),
+        num_labels=len(LABELS),
+        task_heads=task_heads,
+        num_filter_labels=len(RELATED_LABELS) if related_head else 0,
     )
 
 
