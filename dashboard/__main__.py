@@ -1,0 +1,3 @@
+from dashboard.cli import app
+
+app(prog_name="dashboard")

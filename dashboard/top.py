@@ -1,0 +1,212 @@
+"""`dashboard top`: the dashboard's view in a terminal (SSH on the device), 80x24 and up.
+
+rich's Live on the alternate screen repaints in place (cursor home, overwrite), so the
+screen never blanks between frames: no flicker. Keys are read in cbreak mode with
+select(), so `q` quits at once without Enter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import sys
+import termios
+import time
+import tty
+from collections.abc import Iterator
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from dashboard.state import DashboardState
+
+REFRESH_S = 0.5
+
+
+def _num(value: Any, digits: int = 0, scale: float = 1.0) -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "-"
+    return f"{value / scale:.{digits}f}"
+
+
+def _ago(since: float | None, now: float) -> str:
+    if since is None:
+        return ""
+    s = max(0.0, now - since)
+    if s < 90:
+        return f"{s:.0f}s"
+    if s < 5400:
+        return f"{s / 60:.0f}m"
+    return f"{s / 3600:.0f}h"
+
+
+def _lag(ms: float) -> str:
+    return f"{ms:.0f}ms" if abs(ms) < 10_000 else f"{ms / 1000:.0f}s"
+
+
+def _table(*columns: tuple[str, int, str]) -> Table:
+    table = Table(
+        box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1), pad_edge=False, expand=False
+    )
+    for title, width, justify in columns:
+        table.add_column(title, width=width, justify=justify, no_wrap=True, overflow="ellipsis")  # type: ignore[arg-type]
+    return table
+
+
+def render(snapshot: dict[str, Any], width: int = 80, height: int = 24) -> RenderableType:
+    """One frame from a :meth:`DashboardState.snapshot`; fits ``width`` x ``height``."""
+    now = snapshot["now"]
+    minute = int(now // 60)
+    broker = snapshot.get("broker") or "broker"
+    state = "connected" if snapshot.get("broker_connected") else "NOT CONNECTED"
+    lag = snapshot.get("lag_ms")
+    header = Text.assemble(
+        ("repedge top ", "bold"),
+        (f"{broker} {state}", "green" if snapshot.get("broker_connected") else "bold red"),
+        f"  labels {snapshot['labels_total']}  errors {snapshot['errors_total']}",
+        f"  lag {_lag(lag)}" if isinstance(lag, int | float) else "",
+        ("  q quits", "dim"),
+        overflow="ellipsis",
+        no_wrap=True,
+    )
+
+    errors: dict[str, int] = {}
+    for bucket in snapshot["errors"]["minutes"].values():
+        for reason, n in bucket.items():
+            errors[reason] = errors.get(reason, 0) + n
+    error_line = Text(
+        "errors/h: "
+        + (", ".join(f"{r} {n}" for r, n in sorted(errors.items(), key=lambda x: -x[1])) or "none"),
+        overflow="ellipsis",
+        no_wrap=True,
+    )
+
+    # Fixed lines: header, 2 tables x (title row + rule + "+N more" caption), errors.
+    budget = max(2, height - 8)
+    nodes = snapshot["nodes"]
+    entities = sorted(snapshot["entities"], key=lambda e: -e["total"])
+    node_rows = min(len(nodes), max(1, budget // 2))
+    entity_rows = min(len(entities), max(1, budget - node_rows))
+    node_rows = min(len(nodes), budget - entity_rows)  # give back what entities don't use
+
+    wide = width >= 100
+    nt = _table(
+        ("node", 18 if wide else 13, "left"),
+        ("state", 10, "left"),
+        ("model", 20 if wide else 11, "left"),
+        ("tw/s", 6, "right"),
+        ("p50", 5, "right"),
+        ("p99", 5, "right"),
+        ("q", 4, "right"),
+        ("cpu%", 4, "right"),
+        ("MiB", 4, "right"),
+    )
+    for card in nodes[:node_rows]:
+        t = card.get("telemetry") or {}
+        m = card.get("model") or {}
+        online = card["state"] == "online"
+        nt.add_row(
+            Text(card["node_id"]),  # Text(): no console markup from MQTT strings
+            Text(
+                f"{card['state']} {_ago(card.get('since'), now)}",
+                style="green" if online else "red",
+            ),
+            Text(" ".join(str(x) for x in (m.get("version"), m.get("variant")) if x) or "-"),
+            _num(t.get("tweets_per_s"), 1),
+            _num(t.get("p50_ms"), 0),
+            _num(t.get("p99_ms"), 0),
+            _num(t.get("queue_depth")),
+            _num(t.get("cpu_percent")),
+            _num(t.get("rss_bytes"), 0, 1048576),
+        )
+    if len(nodes) > node_rows:
+        nt.caption = f"+{len(nodes) - node_rows} more nodes"
+    if not nodes:
+        nt.add_row(Text("no node yet", style="dim"), "", "", "", "", "", "", "", "")
+
+    et = _table(
+        ("entity", 24 if wide else 14, "left"),
+        ("1h", 6, "right"),
+        ("1min", 5, "right"),
+        ("neg%", 4, "right"),
+        ("neu%", 4, "right"),
+        ("pos%", 4, "right"),
+        ("rel/unrel", 11, "right"),
+        ("last", 10, "left"),
+    )
+    for entity in entities[:entity_rows]:
+        hour: dict[str, int] = {}
+        related = unrelated = 0
+        for bucket in entity["minutes"].values():
+            for label, n in bucket["all"].items():
+                hour[label] = hour.get(label, 0) + n
+            related += sum(bucket["related"].values())
+            unrelated += sum(bucket["unrelated"].values())
+        total = sum(hour.values())
+        last = sum(entity["minutes"].get(str(minute), {"all": {}})["all"].values())
+        recent = entity["recent"][-1]["label"] if entity["recent"] else ""
+
+        def share(label: str, hour: dict[str, int] = hour, total: int = total) -> str:
+            return f"{100 * hour.get(label, 0) / total:.0f}" if total else "-"
+
+        et.add_row(
+            Text(entity["name"]),
+            str(total),
+            str(last),
+            share("negative"),
+            share("neutral"),
+            share("positive"),
+            f"{related}/{unrelated}" if related + unrelated else "-",
+            Text(recent or "", style={"negative": "red", "positive": "green"}.get(recent, "")),
+        )
+    if len(entities) > entity_rows:
+        et.caption = f"+{len(entities) - entity_rows} more entities"
+    if not entities:
+        et.add_row(Text("no labels yet", style="dim"), "", "", "", "", "", "", "")
+    return Group(header, nt, et, error_line)
+
+
+@contextlib.contextmanager
+def _cbreak(stream) -> Iterator[bool]:
+    """Single keypresses without echo, where stdin is a terminal; restores it after."""
+    if not stream.isatty():
+        yield False
+        return
+    fd = stream.fileno()
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd)
+        yield True
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def run(state: DashboardState, console: Console | None = None, once: bool = False) -> None:
+    """Redraw every REFRESH_S until q (or Ctrl-C); ``once``: print one frame and return."""
+    console = console or Console()
+    if once:
+        console.print(render(state.snapshot(), console.width, console.height))
+        return
+    stdin = sys.stdin
+    with (
+        _cbreak(stdin) as keys,
+        Live(console=console, screen=True, auto_refresh=False, transient=True) as live,
+    ):
+        while True:
+            size = console.size
+            live.update(render(state.snapshot(), size.width, size.height), refresh=True)
+            deadline = time.monotonic() + REFRESH_S
+            while (left := deadline - time.monotonic()) > 0:
+                if not keys:
+                    time.sleep(left)
+                    break
+                ready, _, _ = select.select([stdin], [], [], left)
+                if ready:
+                    key = os.read(stdin.fileno(), 32)
+                    if b"q" in key.lower():
+                        return

@@ -1,0 +1,227 @@
+"""`dashboard serve` in headless Chromium, against a real Mosquitto and a real node.
+
+Skipped, with the reason, where Chromium, chromedriver or Selenium are missing
+(scripts/setup.sh installs them).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dashboard.headless import missing_reason, open_browser
+from tests.conftest import REPO, WAIT_S, Collector, free_port, publish, wait_for_port
+
+pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
+
+HOSTILE_NODE = "<img src=x onerror=alert(1)>"
+HOSTILE_ENTITY = "<script>window.pwned=1</script>Brand & Co"
+
+
+class DashboardProcess:
+    def __init__(self, broker_url: str, topics: list[str], log: Path) -> None:
+        self.port = free_port()
+        args = [sys.executable, "-m", "dashboard", "serve", "--broker", broker_url]
+        args += ["--port", str(self.port), "--push-interval", "0.25"]
+        for topic in topics:
+            args += ["--topic", topic]
+        self.log = log
+        with open(log, "ab") as out:
+            self.process = subprocess.Popen(args, cwd=REPO, stdout=out, stderr=out)
+        wait_for_port("127.0.0.1", self.port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(WAIT_S)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    driver = open_browser(tmp_path_factory.mktemp("chromium-profile"))
+    driver.set_page_load_timeout(WAIT_S)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def dashboard(mosquitto, topics, tmp_path) -> Iterator[Callable[[], DashboardProcess]]:
+    made: list[DashboardProcess] = []
+
+    def start() -> DashboardProcess:
+        filters = [topics.labels, topics.errors, "repedge/nodes/+/+"]
+        made.append(DashboardProcess(mosquitto.url, filters, tmp_path / "dashboard.log"))
+        return made[-1]
+
+    yield start
+    for process in made:
+        process.stop()
+
+
+def wait_js(driver, script: str, predicate: Callable[[Any], bool], what: str) -> Any:
+    """Poll a script in the page until ``predicate`` holds for its result."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        value = driver.execute_script(script)
+        if predicate(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; last value {value!r}")
+        time.sleep(0.1)
+
+
+CARD = """
+const card = [...document.querySelectorAll('.node-card')]
+  .find((c) => c.querySelector('.node-id').textContent === arguments[0]);
+const text = (sel) => card.querySelector(sel).textContent;
+return card ? {state: card.dataset.state, labels: text('.f-labels'), model: text('.f-model'),
+  badge: text('.badge')} : null;
+"""
+
+
+def card(driver, node_id: str) -> dict | None:
+    return driver.execute_script(CARD, node_id)
+
+
+def wait_card(driver, node_id: str, predicate: Callable[[dict], bool], what: str) -> dict:
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        value = card(driver, node_id)
+        if value is not None and predicate(value):
+            return value
+        if time.monotonic() > deadline:
+            state = driver.execute_script("return fetch('/api/state').then(r => r.text())")
+            raise AssertionError(f"timed out waiting for {what}; card {value!r}; server {state}")
+        time.sleep(0.1)
+
+
+def tweets(start: int, count: int, entity: str = "Volvo") -> list[str]:
+    texts = ["I love this car", "worst service ever, never again", "the dealer opens at nine"]
+    return [
+        json.dumps({"id": f"b{i}", "text": texts[i % 3], "entity": entity})
+        for i in range(start, start + count)
+    ]
+
+
+def test_node_card_goes_online_counts_labels_and_goes_offline_when_killed(
+    browser, dashboard, node_factory, mosquitto, topics, tmp_path
+):
+    board = dashboard()
+    node = node_factory(extra=["--telemetry-interval", "1"])
+    watcher = Collector(mosquitto, [node.status_topic(), topics.labels])
+    try:
+        browser.get(board.url)
+        node.start_and_wait_online(watcher)
+        online = wait_card(browser, node.node_id, lambda c: c["state"] == "online", "online")
+        assert online["badge"] == "online" and "tiny" in online["model"]
+
+        publish(mosquitto, topics.tweets, tweets(0, 5))
+        watcher.wait_count(topics.labels, 5)  # the node's side first: a failure says whose
+        wait_card(browser, node.node_id, lambda c: c["labels"] == "5", "5 labels")
+        publish(mosquitto, topics.tweets, tweets(5, 7))
+        wait_card(browser, node.node_id, lambda c: c["labels"] == "12", "12 labels")
+        watcher.wait_count(topics.labels, 12)
+        wait_js(
+            browser,
+            "return document.getElementById('labels-total').textContent",
+            lambda v: int(v) >= 12,
+            "header label count",
+        )
+        rows = wait_js(
+            browser,
+            "return [...document.querySelectorAll('#entities tbody tr')]"
+            ".map(r => r.dataset.entity)",
+            lambda v: "Volvo" in v,
+            "the Volvo row",
+        )
+        assert "Volvo" in rows
+        recent = browser.execute_script(
+            "return document.querySelectorAll('#recent tbody tr').length"
+        )
+        assert recent >= 12 or recent == 50
+
+        node.kill()  # SIGKILL: no goodbye; the broker publishes the Last Will
+        offline = wait_card(browser, node.node_id, lambda c: c["state"] == "offline", "offline")
+        assert offline["badge"] == "offline"
+        shot = tmp_path / "dashboard.png"
+        assert browser.save_screenshot(str(shot))
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        stats = browser.execute_script("return window.repedgeStats")
+        assert stats["errors"] == 0 and stats["snapshots"] >= 1
+    finally:
+        watcher.close()
+
+
+def test_hostile_and_malformed_messages_show_as_text_and_break_nothing(
+    browser, dashboard, mosquitto, topics, tmp_path
+):
+    status_topic = f"repedge/nodes/{HOSTILE_NODE}/status"
+    telemetry_topic = f"repedge/nodes/{HOSTILE_NODE}/telemetry"
+    hostile_label = {
+        "id": "<b>id</b>",
+        "label": "<i>negative</i>",
+        "scores": {"negative": "<u>1</u>", "x": [1]},
+        "entity": HOSTILE_ENTITY,
+        "node_id": HOSTILE_NODE,
+        "related": "yes",
+        "unknown": {"deep": [1, 2, 3]},
+    }
+    board = dashboard()
+    # Before the page opens: these arrive with the snapshot a late browser gets.
+    status = {"state": "online", "model": {"name": "<svg onload=alert(2)>", "version": 1}}
+    publish(mosquitto, status_topic, [json.dumps(status)])
+    publish(mosquitto, telemetry_topic, [b"{not json", b"[]", b"\xff", b'{"queue_depth": "x"}'])
+    publish(mosquitto, topics.labels, [json.dumps(hostile_label), b"<html>"])
+    publish(mosquitto, topics.errors, [json.dumps({"reason": "<svg onload=alert(3)>"})])
+    browser.get(board.url)
+    wait_card(browser, HOSTILE_NODE, lambda c: c["state"] == "online", "the hostile node's card")
+    # After: the same through live deltas, then a good record to prove the page still updates.
+    publish(mosquitto, telemetry_topic, [b'{"cpu_percent": {"a": 1}, "rss_bytes": 1e400}'])
+    publish(mosquitto, topics.labels, [json.dumps(hostile_label)])
+    good = {"id": "ok", "label": "positive", "entity": "Volvo", "scores": {"positive": 1.0}}
+    publish(mosquitto, topics.labels, [json.dumps(good)])
+    wait_js(
+        browser,
+        "return document.getElementById('labels-total').textContent",
+        lambda v: v == "3",
+        "three labels counted",
+    )
+
+    page = browser.execute_script(
+        """
+        return {
+          imgs: document.querySelectorAll('img').length,
+          svgs: document.querySelectorAll('svg').length,
+          scripts: document.querySelectorAll('script').length,
+          italics: document.querySelectorAll('i, u').length,
+          pwned: window.pwned === 1,
+          entities: [...document.querySelectorAll('#entities tbody tr td:first-child')]
+            .map(td => td.textContent),
+          errors: [...document.querySelectorAll('#errors tbody td')].map(td => td.textContent),
+          ignored: document.getElementById('ignored').textContent,
+          stats: window.repedgeStats,
+        };
+        """
+    )
+    assert page["imgs"] == 0 and page["svgs"] == 0 and page["italics"] == 0
+    assert page["scripts"] == 2  # Chart.js and app.js, nothing injected
+    assert not page["pwned"]
+    assert HOSTILE_ENTITY in page["entities"] and "Volvo" in page["entities"]
+    assert "<svg onload=alert(3)>" in page["errors"]
+    assert page["stats"]["errors"] == 0
+    assert not page["ignored"].startswith("0 ")  # the malformed ones were counted, not shown
+    the_card = card(browser, HOSTILE_NODE)
+    assert the_card["model"].startswith("<svg onload=alert(2)>")
+    browser.save_screenshot(str(tmp_path / "hostile.png"))
+    alerts = browser.execute_script("return typeof window.alert")  # page still scriptable
+    assert alerts == "function"
