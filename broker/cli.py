@@ -9,14 +9,19 @@ from typing import Annotated
 
 import typer
 
+from broker.bridge import TWEETS_IN_MODES, BridgeConfig, BridgeError
+from broker.certs import CertError, check_tls_dir, make_certs
 from broker.config import (
     BrokerConfig,
     MosquittoMissing,
+    UnsafeConfig,
     default_data_dir,
     find_program,
     write_config,
 )
+from broker.roles import RoleError, check_name, check_role, read_roles, set_role
 from broker.users import UserError, add_user, list_users, remove_user
+from node.cliconfig import ConfigFile, PrintConfig, configurable
 
 app = typer.Typer(
     help=(
@@ -48,12 +53,17 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-@app.command()
+@app.command(cls=configurable("REPEDGE_BROKER_"))
 def start(
-    port: Annotated[int, typer.Option(help="TCP port for MQTT.")] = 1883,
+    config: ConfigFile = None,
+    print_config: PrintConfig = False,
+    port: Annotated[
+        int | None,
+        typer.Option(help="TCP port for MQTT (default 1883, with --tls 8883).", show_default=False),
+    ] = None,
     host: Annotated[
         str, typer.Option(help="Address the MQTT listener binds (0.0.0.0 for all interfaces).")
-    ] = "127.0.0.1",
+    ] = BrokerConfig.host,
     data_dir: DataDir = None,
     websockets_port: Annotated[
         int | None,
@@ -73,7 +83,57 @@ def start(
     ] = False,
     max_queued_messages: Annotated[
         int, typer.Option(help="Messages queued per client while it is offline or slow.")
-    ] = 500_000,
+    ] = BrokerConfig.max_queued_messages,
+    tls: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls",
+            help="Serve MQTT (and WebSockets) over TLS only, with the CA and server "
+            "certificate in this folder (make it with `broker certs --out DIR`).",
+            show_default=False,
+        ),
+    ] = None,
+    require_client_cert: Annotated[
+        bool,
+        typer.Option(
+            "--require-client-cert",
+            help="With --tls: refuse clients without a certificate signed by the CA.",
+        ),
+    ] = False,
+    bridge_to: Annotated[
+        str | None,
+        typer.Option(
+            help="Forward this broker's repedge/labels, repedge/errors and repedge/nodes/# "
+            "to a central broker, mqtt[s]://HOST:PORT, under sites/SITE/ (a Mosquitto "
+            "bridge: queued on disk while the centre is away). Needs --site.",
+            show_default=False,
+        ),
+    ] = None,
+    site: Annotated[
+        str | None,
+        typer.Option(help="This site's name at the central broker.", show_default=False),
+    ] = None,
+    bridge_user: Annotated[
+        str | None, typer.Option(help="User name at the central broker.", show_default=False)
+    ] = None,
+    bridge_password: Annotated[
+        str | None, typer.Option(help="Password at the central broker.", show_default=False)
+    ] = None,
+    bridge_cafile: Annotated[
+        Path | None,
+        typer.Option(
+            help="CA certificate of an mqtts:// central broker (default: the system's CAs).",
+            show_default=False,
+        ),
+    ] = None,
+    bridge_tweets_in: Annotated[
+        str,
+        typer.Option(
+            help="Also take tweets from the central broker: 'site' (those it publishes on "
+            "sites/SITE/repedge/tweets) or 'shared' (its repedge/tweets, spread over all "
+            f"sites). One of: {', '.join(TWEETS_IN_MODES)}."
+        ),
+    ] = BridgeConfig.tweets_in,
     mosquitto: Annotated[
         Path | None,
         typer.Option(
@@ -89,6 +149,19 @@ def start(
 
     Stop it with Ctrl-C (or SIGTERM); it saves its queues to disk on the way out.
     """
+    if require_client_cert and tls is None:
+        raise _fail("--require-client-cert needs --tls DIR", 2)
+    port = port or (8883 if tls else 1883)
+    bridge = None
+    if bridge_to or site:
+        if not (bridge_to and site):
+            raise _fail("--bridge-to and --site go together", 2)
+        try:
+            bridge = BridgeConfig(
+                bridge_to, site, bridge_user, bridge_password, bridge_cafile, bridge_tweets_in
+            )
+        except BridgeError as exc:
+            raise _fail(str(exc), 2) from None
     config = BrokerConfig(
         data_dir=data_dir or default_data_dir(),
         port=port,
@@ -96,27 +169,97 @@ def start(
         websockets_port=websockets_port,
         auth=auth,
         max_queued_messages=max_queued_messages,
+        tls_dir=tls,
+        require_client_cert=require_client_cert,
+        bridge=bridge,
     )
     try:
+        if tls is not None:
+            check_tls_dir(tls)
         program = None if dry_run else find_program("mosquitto", mosquitto)
+        path = write_config(config)
     except MosquittoMissing as exc:
         raise _fail(str(exc)) from None
-    path = write_config(config)
+    except (UnsafeConfig, CertError, ValueError) as exc:
+        raise _fail(str(exc), 2) from None
     if dry_run:
         typer.echo(path.read_text(encoding="utf-8"))
         return
-    typer.echo(f"repedge broker: mqtt://{host}:{port}  config {path}", err=True)
-    if auth and not list_users(config.password_file):
-        typer.echo("warning: --auth with no users yet; add one with `broker users add`", err=True)
+    scheme = "mqtts" if tls else "mqtt"
+    typer.echo(f"repedge broker: {scheme}://{host}:{port}  config {path}", err=True)
+    if auth:
+        users = list_users(config.password_file)
+        roles = read_roles(config.data_dir)
+        if not users:
+            typer.echo(
+                "warning: --auth with no users yet; add one with `broker users add NAME --role R`",
+                err=True,
+            )
+        for name in users:
+            if name not in roles:
+                typer.echo(
+                    f"warning: user {name} has no role and no access; give it one with "
+                    f"`broker users add {name} --role ...`",
+                    err=True,
+                )
     sys.stdout.flush()
     sys.stderr.flush()
     # exec: signals (Ctrl-C, SIGTERM from systemd) go straight to Mosquitto.
     os.execv(program, [program, "-c", str(path)])
 
 
+@app.command()
+def certs(
+    out: Annotated[Path, typer.Option(help="Folder for the CA, server and client files.")],
+    san: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Extra host name or IP address the server certificate is valid for "
+            "(repeatable; localhost, 127.0.0.1, ::1 and this host's name are always in).",
+            show_default=False,
+        ),
+    ] = None,
+    client: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also make a client certificate NAME.crt/NAME.key (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Re-issue the server and named client certificates."),
+    ] = False,
+) -> None:
+    """Make a private CA, a server certificate and client certificates for --tls.
+
+    Run it again to add clients: the CA and existing certificates are kept. Keys are 0600;
+    copy ca.crt (and a client's NAME.crt/NAME.key) to each client, never ca.key.
+    """
+    try:
+        report = make_certs(out, san or [], client or [], force=force)
+    except (CertError, OSError) as exc:
+        raise _fail(str(exc), 2) from None
+    for path in report.created:
+        typer.echo(f"created {path}")
+    for path in report.kept:
+        typer.echo(f"kept    {path}")
+    typer.echo(f"serve with: broker start --tls {out}")
+
+
 @users_app.command("add")
 def users_add(
-    name: Annotated[str, typer.Argument(help="User name.")],
+    name: Annotated[
+        str, typer.Argument(help="User name; for a node, its node id (`node start --node-id`).")
+    ],
+    role: Annotated[
+        str,
+        typer.Option(
+            help="What the user may do: node (read tweets, write labels/errors and only its "
+            "own repedge/nodes/NAME/# and Home Assistant configs), feeder (write tweets), "
+            "dashboard (read repedge/#), admin (everything).",
+        ),
+    ],
     password: Annotated[
         str | None,
         typer.Option(
@@ -126,14 +269,20 @@ def users_add(
     data_dir: DataDir = None,
 ) -> None:
     """Add a user, or change an existing user's password."""
+    try:  # before prompting for a password
+        check_name(name)
+        check_role(role)
+    except RoleError as exc:
+        raise _fail(str(exc)) from None
     if password is None:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     config = BrokerConfig(data_dir=data_dir or default_data_dir())
     try:
         add_user(config.password_file, name, password)
-    except (UserError, MosquittoMissing) as exc:
+        set_role(config.data_dir, config.acl_file, name, role)
+    except (UserError, MosquittoMissing, RoleError) as exc:
         raise _fail(str(exc)) from None
-    typer.echo(f"user {name} saved in {config.password_file}")
+    typer.echo(f"user {name} ({role}) saved in {config.password_file}; acl {config.acl_file}")
     typer.echo("a running broker picks the change up on restart (or SIGHUP)")
 
 
@@ -146,6 +295,7 @@ def users_remove(
     config = BrokerConfig(data_dir=data_dir or default_data_dir())
     try:
         remove_user(config.password_file, name)
+        set_role(config.data_dir, config.acl_file, name, None)
     except (UserError, MosquittoMissing) as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"user {name} removed")
@@ -153,7 +303,8 @@ def users_remove(
 
 @users_app.command("list")
 def users_list(data_dir: DataDir = None) -> None:
-    """List the users in the password file."""
+    """List the users in the password file, with their roles."""
     config = BrokerConfig(data_dir=data_dir or default_data_dir())
+    roles = read_roles(config.data_dir)
     for name in list_users(config.password_file):
-        typer.echo(name)
+        typer.echo(f"{name} {roles.get(name, '(no role: no access)')}")

@@ -6,6 +6,7 @@ the exact configuration users get.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pwd
 import shutil
@@ -13,6 +14,10 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from string import Template
+
+from broker.bridge import BridgeConfig, render_bridge
+from broker.certs import CA_CERT, SERVER_CERT, SERVER_KEY
+from broker.roles import write_acl
 
 TEMPLATE = "repedge.conf"
 CONFIG_FILE = "mosquitto.conf"
@@ -28,24 +33,22 @@ _EXTRA_BIN_DIRS = (
 )
 INSTALL_HINT = "install it with: sudo apt-get install mosquitto mosquitto-clients"
 
-# Every authenticated user may use the repedge topics; edit the rendered acl file to
-# narrow this down per user (`user NAME` sections, see `man mosquitto.conf`).
-DEFAULT_ACL = """\
-# repedge access control list (mosquitto acl_file format).
-# `pattern` rules apply to every client; plain `topic` rules before any `user` line
-# would apply to anonymous clients only. %c = client id, %u = user name.
-pattern readwrite repedge/#
-# Monitoring tools may read the broker's own statistics.
-pattern read $SYS/#
-# Example, a user that may only send tweets and read labels:
-# user dashboard
-# topic write repedge/tweets
-# topic read repedge/labels
-"""
-
 
 class MosquittoMissing(RuntimeError):
     """A Mosquitto program is not installed."""
+
+
+class UnsafeConfig(ValueError):
+    """A configuration that would expose an unauthenticated broker to the network."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def default_data_dir() -> Path:
@@ -65,7 +68,14 @@ class BrokerConfig:
     max_queued_bytes: int = 256 * 1024 * 1024
     max_inflight_messages: int = 100
     autosave_interval: int = 60
+    # False: autosave_interval is in seconds. True: it counts changes (see docs/broker.md).
+    autosave_on_changes: bool = False
     session_expiration: str = "14d"
+    # A folder from `broker certs`: every listener then speaks TLS only.
+    tls_dir: Path | None = None
+    require_client_cert: bool = False
+    # Forward this site's labels, errors and node reports to a central broker.
+    bridge: BridgeConfig | None = None
 
     @property
     def config_path(self) -> Path:
@@ -84,8 +94,48 @@ def _current_user() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
+def check_exposure(config: BrokerConfig) -> None:
+    """Refuse anonymous access on any listener that is not on loopback.
+
+    Anonymous clients can publish tweets, read every label and take over a node's session;
+    that is acceptable on a single-user box (127.0.0.1) and nowhere else. Mosquitto 2.0
+    binds a WebSockets listener on all interfaces, so it counts as exposed.
+    """
+    if config.auth:
+        return
+    if not is_loopback(config.host):
+        raise UnsafeConfig(
+            f"--host {config.host} exposes the broker beyond this machine: add --auth "
+            "(and users with `broker users add NAME --role ...`); anonymous access is "
+            "only allowed on 127.0.0.1"
+        )
+    if config.websockets_port is not None:
+        raise UnsafeConfig(
+            "--websockets-port needs --auth: Mosquitto 2.0 binds the WebSockets listener "
+            "on all interfaces, and anonymous access is only allowed on 127.0.0.1"
+        )
+
+
+def _tls_block(config: BrokerConfig) -> str:
+    """Listener lines that turn the listener above them into TLS only."""
+    if config.tls_dir is None:
+        return ""
+    tls = config.tls_dir.resolve()
+    if " " in str(tls):
+        raise ValueError(f"Mosquitto cannot use a TLS folder with spaces: {tls}")
+    return (
+        f"cafile {tls / CA_CERT}\n"
+        f"certfile {tls / SERVER_CERT}\n"
+        f"keyfile {tls / SERVER_KEY}\n"
+        "tls_version tlsv1.2\n"
+        # true: a client must show a certificate signed by the CA (on top of any password).
+        f"require_certificate {str(config.require_client_cert).lower()}\n"
+    )
+
+
 def render_config(config: BrokerConfig) -> str:
     """The mosquitto.conf text for ``config`` (paths must not contain spaces)."""
+    check_exposure(config)
     data_dir = config.data_dir.resolve()
     if " " in str(data_dir):
         raise ValueError(f"Mosquitto cannot use a data folder with spaces: {data_dir}")
@@ -94,27 +144,34 @@ def render_config(config: BrokerConfig) -> str:
             "allow_anonymous false\n"
             f"password_file {data_dir / PASSWORD_FILE}\n"
             f"acl_file {data_dir / ACL_FILE}\n"
+            "# A client's session is named after its user, whatever client id it sends:\n"
+            "# nobody can connect as a node's session and wipe its queued tweets.\n"
+            "use_username_as_clientid true\n"
         )
     else:
         auth_block = (
             "# No authentication (start with --auth to require users).\nallow_anonymous true\n"
         )
+    tls_block = _tls_block(config)
     if config.websockets_port is not None:
         websockets_block = (
             "\n# WebSockets. Mosquitto 2.0 binds this listener on ALL interfaces, whatever\n"
             "# address is given: firewall it if the machine is reachable from outside.\n"
             f"listener {config.websockets_port}\n"
             "protocol websockets\n"
+            f"{tls_block}"
         )
     else:
         websockets_block = "# WebSockets listener: off (start with --websockets-port N).\n"
     template = Template(resources.files("broker").joinpath(TEMPLATE).read_text(encoding="utf-8"))
-    return template.substitute(
+    text = template.substitute(
         user=_current_user(),
         port=config.port,
         host=config.host,
         data_dir=data_dir,
         websockets_block=websockets_block,
+        tls_block=tls_block or "# TLS: off (start with --tls DIR, see `broker certs`).\n",
+        autosave_on_changes=str(config.autosave_on_changes).lower(),
         auth_block=auth_block,
         autosave_interval=config.autosave_interval,
         session_expiration=config.session_expiration,
@@ -122,14 +179,17 @@ def render_config(config: BrokerConfig) -> str:
         max_queued_bytes=config.max_queued_bytes,
         max_inflight_messages=config.max_inflight_messages,
     )
+    # Bridge options must come last: Mosquitto reads them as part of the `connection`.
+    return text + render_bridge(config.bridge) if config.bridge else text
 
 
 def write_config(config: BrokerConfig) -> Path:
-    """Create the data folder, write mosquitto.conf (and a default ACL) into it."""
+    """Create the data folder, write mosquitto.conf (and the ACL) into it."""
+    check_exposure(config)
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if config.auth:
-        if not config.acl_file.exists():
-            config.acl_file.write_text(DEFAULT_ACL, encoding="utf-8")
+        # Regenerated from the roles on every start: no stale catch-all rule survives.
+        write_acl(config.data_dir, config.acl_file)
         if not config.password_file.exists():
             # Mosquitto refuses to start on a missing password file; an empty one admits nobody.
             config.password_file.touch(mode=0o600)

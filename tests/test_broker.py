@@ -34,6 +34,32 @@ def test_default_config(tmp_path) -> None:
     assert len(conf["user"]) == 1  # run-as-root safe: never falls back to `mosquitto`
 
 
+def test_users_add_needs_a_known_role(tmp_path) -> None:
+    data_dir = str(tmp_path / "b")
+    no_role = broker_cli("users", "add", "bob", "--password", "x", "--data-dir", data_dir)
+    assert no_role.returncode != 0 and "--role" in no_role.stderr
+    bad = broker_cli(
+        "users", "add", "bob", "--role", "root", "--password", "x", "--data-dir", data_dir
+    )
+    assert bad.returncode != 0 and "unknown role 'root'" in bad.stderr
+    assert not (tmp_path / "b" / "passwd").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--host", "0.0.0.0"], "--host 0.0.0.0 exposes the broker"),
+        (["--host", "192.168.1.5"], "--host 192.168.1.5 exposes the broker"),
+        (["--websockets-port", "9001"], "--websockets-port needs --auth"),
+    ],
+)
+def test_anonymous_listener_beyond_loopback_is_refused(tmp_path, args, message) -> None:
+    result = broker_cli("start", "--dry-run", "--data-dir", str(tmp_path), *args)
+    assert result.returncode == 2 and message in result.stderr
+    ok = broker_cli("start", "--dry-run", "--data-dir", str(tmp_path), "--auth", *args)
+    assert ok.returncode == 0, ok.stderr
+
+
 def test_websockets_and_auth_options(tmp_path) -> None:
     conf = directives(
         render_config(BrokerConfig(data_dir=tmp_path, websockets_port=9001, auth=True))
@@ -67,29 +93,40 @@ def broker_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_auth_refuses_unknown_users_and_admits_known_ones(tmp_path) -> None:
     data_dir = tmp_path / "broker"
-    added = broker_cli("users", "add", "alice", "--password", "s3cret", "--data-dir", str(data_dir))
-    assert added.returncode == 0, added.stderr
-    assert broker_cli("users", "list", "--data-dir", str(data_dir)).stdout.split() == ["alice"]
+    for name, role in (("alice", "feeder"), ("bob", "dashboard")):
+        added = broker_cli(
+            "users", "add", name, "--role", role, "--password", f"{name}-pw",
+            "--data-dir", str(data_dir),
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+    listed = broker_cli("users", "list", "--data-dir", str(data_dir)).stdout.splitlines()
+    assert listed == ["alice feeder", "bob dashboard"]
+    assert "user alice\n" in (data_dir / "acl").read_text()
     broker = start_mosquitto(data_dir, auth=True)
     try:
         assert connect_result(broker, None, None).is_failure  # anonymous
-        assert connect_result(broker, "mallory", "s3cret").is_failure
+        assert connect_result(broker, "mallory", "alice-pw").is_failure
         assert connect_result(broker, "alice", "wrong").is_failure
-        assert not connect_result(broker, "alice", "s3cret").is_failure
+        assert not connect_result(broker, "alice", "alice-pw").is_failure
 
-        watcher = Collector(broker, ["repedge/#"], username="alice", password="s3cret")
+        # One connection per user: the broker names each session after its user.
+        watcher = Collector(broker, ["repedge/#"], username="bob", password="bob-pw")
         client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        client.username_pw_set("alice", "s3cret")
+        client.username_pw_set("alice", "alice-pw")
         client.connect(broker.host, broker.port)
         client.loop_start()
         client.publish("repedge/tweets", "hello", qos=1).wait_for_publish(WAIT_S)
-        client.publish("elsewhere/x", "denied by the acl", qos=1).wait_for_publish(WAIT_S)
+        client.publish("repedge/labels", "denied by the acl", qos=1).wait_for_publish(WAIT_S)
         client.publish("repedge/tweets", "last", qos=1).wait_for_publish(WAIT_S)
         client.disconnect()
         client.loop_stop()
         got = [m.payload for m in watcher.wait_count("repedge/#", 2)]
         assert got == [b"hello", b"last"]
         watcher.close()
+
+        removed = broker_cli("users", "remove", "alice", "--data-dir", str(data_dir))
+        assert removed.returncode == 0, removed.stderr
+        assert "alice" not in (data_dir / "acl").read_text()
     finally:
         broker.stop()
 

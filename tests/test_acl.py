@@ -1,0 +1,330 @@
+"""Per-role access control and session binding, against a real Mosquitto with --auth.
+
+Mosquitto 2.0 drops a refused publish silently (the publisher still gets its PUBACK), and its
+acl file grants every SUBSCRIBE but delivers only what the user may read. So each lane is
+checked from the other side: an admin watching ``#`` for what a user writes, and a user
+subscribed to ``#`` for what the admin writes. A barrier (a QoS 1 publish of the receiver,
+whose PUBACK Mosquitto sends after every message it queued for that receiver before) tells
+when everything that was going to arrive has arrived.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from broker.config import BrokerConfig, render_config
+from broker.roles import RoleError, read_roles, render_acl, set_role
+from broker.users import add_user
+from tests.conftest import WAIT_S, Collector, Mosquitto, start_mosquitto
+
+USERS = {
+    "node1": "node",
+    "node2": "node",
+    "victim": "node",
+    "feeder1": "feeder",
+    "dash": "dashboard",
+    "root": "admin",
+}
+
+
+def password(name: str) -> str:
+    return f"pw-{name}"
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    data_dir = tmp_path_factory.mktemp("acl-broker")
+    config = BrokerConfig(data_dir=data_dir, auth=True)
+    for name, role in USERS.items():
+        add_user(config.password_file, name, password(name))
+        set_role(data_dir, config.acl_file, name, role)
+    broker = start_mosquitto(data_dir, auth=True)
+    yield broker
+    broker.stop()
+
+
+class Client:
+    """A connected MQTT 5 client of one user; records connect and subscribe results."""
+
+    def __init__(
+        self,
+        broker: Mosquitto,
+        user: str | None,
+        client_id: str = "",
+        clean_start: bool = True,
+        on_message=None,
+    ) -> None:
+        self.connack = threading.Event()
+        self.reason: mqtt.ReasonCode | None = None
+        self.session_present = False
+        self.granted: dict[int, list[mqtt.ReasonCode]] = {}
+        self._suback = threading.Condition()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"c-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
+        )
+        if user is not None:
+            self.client.username_pw_set(user, password(user))
+
+        def on_connect(client, userdata, flags, reason_code, properties):
+            self.reason = reason_code
+            self.session_present = flags.session_present
+            self.connack.set()
+
+        def on_subscribe(client, userdata, mid, reason_codes, properties):
+            with self._suback:
+                self.granted[mid] = reason_codes
+                self._suback.notify_all()
+
+        self.client.on_connect = on_connect
+        self.client.on_subscribe = on_subscribe
+        if on_message is not None:
+            self.client.on_message = on_message
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 0 if clean_start else 300
+        self.client.connect(broker.host, broker.port, clean_start=clean_start, properties=props)
+        self.client.loop_start()
+        assert self.connack.wait(WAIT_S), "no CONNACK"
+
+    @property
+    def refused(self) -> bool:
+        return self.reason is None or self.reason.is_failure
+
+    def subscribe(self, topic: str) -> None:
+        _, mid = self.client.subscribe(topic, options=SubscribeOptions(qos=1))
+        with self._suback:
+            assert self._suback.wait_for(lambda: mid in self.granted, WAIT_S), "no SUBACK"
+
+    def publish(self, topic: str, payload: str, retain: bool = False) -> None:
+        # wait_for_publish returns on the PUBACK whether or not the acl let it through.
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(WAIT_S)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def admin_watcher(broker: Mosquitto) -> Collector:
+    return Collector(broker, ["#"], username="root", password=password("root"))
+
+
+def barrier(client: mqtt.Client) -> None:
+    """Return once every message the broker had queued for ``client`` has been handled."""
+    client.publish("barrier", b"", qos=1).wait_for_publish(WAIT_S)
+
+
+def writes_through(
+    broker: Mosquitto, user: str, attempts: list[tuple[str, bool]], retain: bool = False
+) -> None:
+    """Publish to each topic as ``user``; exactly the allowed ones must reach the admin."""
+    watcher = admin_watcher(broker)
+    client = Client(broker, user)
+    try:
+        tag = uuid.uuid4().hex[:8]
+        for topic, _ in attempts:
+            client.publish(topic, f"{tag} {topic}", retain=retain)
+        barrier(watcher.client)
+        seen = {m.topic for m in watcher.messages if m.payload.startswith(tag.encode())}
+        expected = {topic for topic, allowed in attempts if allowed}
+        assert seen == expected, f"{user} wrote {sorted(seen)}, may write {sorted(expected)}"
+    finally:
+        client.close()
+        watcher.close()
+        if retain:  # leave no retained configs behind for the other tests
+            admin = Client(broker, "root")
+            for topic, _ in attempts:
+                admin.publish(topic, "", retain=True)
+            admin.close()
+
+
+def reads_through(broker: Mosquitto, user: str, attempts: list[tuple[str, bool]]) -> None:
+    """The admin publishes to each topic; ``user``, subscribed to everything, must get
+    exactly the allowed ones."""
+    received: list[mqtt.MQTTMessage] = []
+    reader = Client(broker, user, on_message=lambda c, u, msg: received.append(msg))
+    admin = Client(broker, "root")
+    try:
+        reader.subscribe("#")
+        tag = uuid.uuid4().hex[:8]
+        for topic, _ in attempts:
+            admin.publish(topic, f"{tag} {topic}")
+        barrier(reader.client)
+        seen = {m.topic for m in received if m.payload.startswith(tag.encode())}
+        expected = {topic for topic, allowed in attempts if allowed}
+        assert seen == expected, f"{user} read {sorted(seen)}, may read {sorted(expected)}"
+    finally:
+        admin.close()
+        reader.close()
+
+
+def test_acl_has_no_catch_all_and_every_user_is_named(tmp_path: Path) -> None:
+    text = render_acl(USERS)
+    assert "pattern" not in text  # a pattern line applies to every user
+    for name in USERS:
+        assert f"user {name}\n" in text
+    conf = render_config(BrokerConfig(data_dir=tmp_path, auth=True))
+    assert "use_username_as_clientid true" in conf
+
+
+def test_bad_role_or_name_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(RoleError, match="unknown role"):
+        set_role(tmp_path, tmp_path / "acl", "n1", "superuser")
+    with pytest.raises(RoleError, match="invalid user name"):
+        set_role(tmp_path, tmp_path / "acl", "n/1", "node")  # would widen a topic filter
+    with pytest.raises(RoleError, match="invalid user name"):
+        set_role(tmp_path, tmp_path / "acl", "#", "node")
+    assert read_roles(tmp_path) == {}
+
+
+def test_anonymous_clients_are_refused(broker: Mosquitto) -> None:
+    assert Client(broker, None).refused
+    assert not Client(broker, "node1").refused
+
+
+def test_node_writes_only_its_own_records_and_status(broker: Mosquitto) -> None:
+    writes_through(
+        broker,
+        "node1",
+        [
+            ("repedge/labels", True),
+            ("repedge/errors", True),
+            ("repedge/nodes/node1/status", True),
+            ("repedge/nodes/node1/telemetry", True),
+            ("repedge/nodes/node2/status", False),  # impersonating another node
+            ("repedge/tweets", False),  # injecting tweets
+            ("repedge/other", False),
+            ("elsewhere", False),
+        ],
+    )
+
+
+def test_node_publishes_only_its_own_discovery_configs(broker: Mosquitto) -> None:
+    writes_through(
+        broker,
+        "node1",
+        [
+            ("homeassistant/sensor/repedge_node1/polarity/config", True),
+            ("homeassistant/sensor/repedge_node2/polarity/config", False),
+            ("homeassistant/light/kitchen/config", False),
+        ],
+        retain=True,
+    )
+
+
+def test_node_reads_tweets_and_its_own_topics_only(broker: Mosquitto) -> None:
+    reads_through(
+        broker,
+        "node1",
+        [
+            ("repedge/tweets", True),
+            ("homeassistant/status", True),
+            ("repedge/nodes/node1/command", True),
+            ("repedge/labels", False),  # other nodes' answers
+            ("repedge/nodes/node2/status", False),
+            ("homeassistant/sensor/kitchen/state", False),
+            ("elsewhere", False),
+        ],
+    )
+
+
+def test_node_receives_tweets_through_a_share_group(broker: Mosquitto) -> None:
+    received: list[bytes] = []
+    got = threading.Event()
+
+    def on_message(client, userdata, msg):
+        received.append(msg.payload)
+        got.set()
+
+    node = Client(broker, "node2", on_message=on_message)
+    feeder = Client(broker, "feeder1")
+    try:
+        node.subscribe("$share/pool/repedge/tweets")
+        feeder.publish("repedge/tweets", "shared hello")
+        assert got.wait(WAIT_S)
+        assert received == [b"shared hello"]
+    finally:
+        feeder.close()
+        node.close()
+
+
+def test_feeder_only_writes_tweets(broker: Mosquitto) -> None:
+    writes_through(
+        broker,
+        "feeder1",
+        [
+            ("repedge/tweets", True),
+            ("repedge/labels", False),  # forging a label
+            ("repedge/nodes/node1/status", False),
+            ("homeassistant/sensor/repedge_node1/polarity/config", False),
+        ],
+    )
+    reads_through(broker, "feeder1", [("repedge/tweets", False), ("repedge/labels", False)])
+
+
+def test_dashboard_only_reads(broker: Mosquitto) -> None:
+    reads_through(
+        broker,
+        "dash",
+        [
+            ("repedge/labels", True),
+            ("repedge/errors", True),
+            ("repedge/nodes/node1/status", True),
+            ("homeassistant/status", True),
+            ("homeassistant/sensor/kitchen/state", False),
+            ("elsewhere", False),
+        ],
+    )
+    writes_through(
+        broker,
+        "dash",
+        [("repedge/tweets", False), ("repedge/labels", False), ("repedge/nodes/x/status", False)],
+    )
+
+
+@pytest.mark.parametrize("attacker", ["feeder1", "node2"])
+def test_takeover_of_a_node_session_is_refused(broker: Mosquitto, attacker: str) -> None:
+    """Another user connecting with the node's client id (clean start) cannot wipe its queue."""
+    node_client_id = "repedge-node-victim"
+    node = Client(broker, "victim", client_id=node_client_id, clean_start=False)
+    node.subscribe("repedge/tweets")
+    node.close()  # offline: the broker queues tweets for its session
+
+    feeder = Client(broker, "feeder1")
+    tag = uuid.uuid4().hex[:8]
+    for i in range(5):
+        feeder.publish("repedge/tweets", f"{tag}-{i}")
+    feeder.close()
+
+    for client_id in (node_client_id, "victim"):  # the node's client id, and its user name
+        intruder = Client(broker, attacker, client_id=client_id, clean_start=True)
+        intruder.close()
+
+    received: list[bytes] = []
+    done = threading.Event()
+
+    def on_message(client, userdata, msg):
+        if msg.payload.startswith(tag.encode()):
+            received.append(msg.payload)
+            if len(received) == 5:
+                done.set()
+
+    node = Client(
+        broker, "victim", client_id=node_client_id, clean_start=False, on_message=on_message
+    )
+    try:
+        assert node.session_present, "the node's session was wiped"
+        assert done.wait(WAIT_S), f"queued tweets lost: got {received}"
+        assert received == [f"{tag}-{i}".encode() for i in range(5)]
+    finally:
+        node.close()
