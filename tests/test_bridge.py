@@ -1,0 +1,296 @@
+"""A site broker bridged to a central broker: two real Mosquitto processes, a real node.
+
+The centre is watched by a subscriber with a persistent session, as a fleet dashboard or
+archiver would be: what the centre accepted while that subscriber was away still reaches it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from broker.bridge import BridgeConfig, BridgeError, parse_bridge_url, render_bridge
+from broker.config import BrokerConfig, render_config
+from tests.conftest import (
+    WAIT_S,
+    Collector,
+    Mosquitto,
+    NodeProcess,
+    Topics,
+    free_port,
+    publish,
+    start_mosquitto,
+)
+
+OUTAGE_S = 30.0
+
+
+def tweets(prefix: str, n: int) -> list[str]:
+    return [json.dumps({"id": f"{prefix}{i}", "text": f"tweet number {i} about cars"})
+            for i in range(n)]  # fmt: skip
+
+
+class CentralArchive:
+    """Subscriber at the centre with a fixed client id and a persistent session."""
+
+    def __init__(self, broker: Mosquitto, topic: str) -> None:
+        self.by_id: dict[str, set[bytes]] = defaultdict(set)
+        self.deliveries = 0
+        self._cond = threading.Condition()
+        subscribed = threading.Event()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"archive-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
+        )
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+
+        def on_connect(client, userdata, flags, reason_code, properties):
+            if not flags.session_present:
+                client.subscribe(topic, options=SubscribeOptions(qos=1))
+
+        def on_message(client, userdata, msg):
+            with self._cond:
+                self.by_id[json.loads(msg.payload)["id"]].add(msg.payload)
+                self.deliveries += 1
+                self._cond.notify_all()
+
+        self.client.on_connect = on_connect
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.on_message = on_message
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        self.client.connect(broker.host, broker.port, clean_start=False, properties=props)
+        self.client.loop_start()
+        assert subscribed.wait(WAIT_S), "archive could not subscribe"
+
+    def wait_ids(self, ids: set[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not ids <= self.by_id.keys():
+                left = deadline - time.monotonic()
+                missing = len(ids - self.by_id.keys())
+                assert left > 0, f"{missing} of {len(ids)} labels never reached the centre"
+                self._cond.wait(min(left, 0.5))
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def site_node(site: Mosquitto, tiny_bundle, tmp_path: Path, name: str) -> NodeProcess:
+    # Default topics: the bridge forwards repedge/labels, not the suite's test/... topics.
+    return NodeProcess(
+        model=tiny_bundle.root,
+        broker=site,
+        node_id=f"{name}-{uuid.uuid4().hex[:6]}",
+        topics=Topics("repedge"),
+        state_dir=tmp_path / name / "state",
+    )
+
+
+def wait_bridge_up(central: Mosquitto, site_name: str) -> None:
+    # Mosquitto publishes 1 (retained) on the notification topic once the bridge is up.
+    watcher = Collector(central, [f"sites/{site_name}/repedge/bridge/state"])
+    try:
+        watcher.wait_for(
+            lambda msgs: any(m.payload == b"1" for m in msgs), what=f"bridge {site_name} up"
+        )
+    finally:
+        watcher.close()
+
+
+# -- rendering ----------------------------------------------------------------------------
+
+
+def test_rendered_bridge_remaps_results_under_the_site_and_persists_its_queue(tmp_path):
+    text = render_config(
+        BrokerConfig(data_dir=tmp_path, bridge=BridgeConfig("mqtt://centre:1884", "north"))
+    )
+    bridge = text[text.index("connection ") :]  # bridge options come after everything else
+    assert "address centre:1884" in bridge
+    assert "bridge_protocol_version mqttv50" in bridge
+    assert "cleansession false" in bridge and "local_cleansession false" in bridge
+    assert 'topic repedge/labels out 1 "" sites/north/' in bridge
+    assert 'topic repedge/errors out 1 "" sites/north/' in bridge
+    assert 'topic repedge/nodes/# out 1 "" sites/north/' in bridge
+    assert " in " not in bridge  # no tweets from the centre unless asked
+    assert "persistence true" in text
+
+
+def test_bridge_options_render_tls_credentials_and_central_feeds(tmp_path):
+    ca = tmp_path / "ca.crt"
+    text = render_bridge(
+        BridgeConfig("mqtts://centre", "s1", "site1", "pw", cafile=ca, tweets_in="site")
+    )
+    assert "address centre:8883" in text
+    assert f"bridge_cafile {ca.resolve()}" in text
+    assert "remote_username site1" in text and "remote_password pw" in text
+    assert 'topic repedge/tweets in 1 "" sites/s1/' in text
+    assert "bridge_capath /etc/ssl/certs" in render_bridge(BridgeConfig("mqtts://c:1", "s1"))
+    shared = render_bridge(BridgeConfig("mqtt://c", "s1", tweets_in="shared"))
+    assert 'topic repedge/tweets in 1 "" $share/repedge-sites/' in shared
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"url": "http://centre", "site": "a"}, "mqtt://HOST:PORT"),
+        ({"url": "mqtt://u:p@centre", "site": "a"}, "--bridge-user"),
+        ({"url": "mqtt://centre:99999", "site": "a"}, "Port out of range"),
+        ({"url": "mqtt://centre", "site": "a/b"}, "site name"),
+        ({"url": "mqtt://centre", "site": ""}, "site name"),
+        ({"url": "mqtt://centre", "site": "a", "username": "x\ny"}, "one non-empty line"),
+        ({"url": "mqtt://centre", "site": "a", "password": "p"}, "needs a bridge user"),
+        ({"url": "mqtt://centre", "site": "a", "tweets_in": "all"}, "choose one of"),
+    ],
+)
+def test_bad_bridge_options_are_refused_with_a_reason(kwargs, message):
+    with pytest.raises(BridgeError, match=message):
+        BridgeConfig(**kwargs)
+
+
+def test_bridge_url_defaults_ports_by_scheme():
+    assert parse_bridge_url("mqtt://c") == (False, "c", 1883)
+    assert parse_bridge_url("mqtts://c") == (True, "c", 8883)
+    assert parse_bridge_url("mqtt://[::1]:1999") == (False, "::1", 1999)
+
+
+def test_broker_cli_refuses_a_site_without_a_bridge(tmp_path):
+    from typer.testing import CliRunner
+
+    from broker.cli import app
+
+    result = CliRunner().invoke(
+        app, ["start", "--dry-run", "--data-dir", str(tmp_path), "--site", "north"]
+    )
+    assert result.exit_code == 2
+    assert "--bridge-to and --site go together" in result.output
+
+
+# -- real brokers ---------------------------------------------------------------------------
+
+
+def test_labels_made_while_the_centre_is_down_all_arrive_once_it_is_back(tmp_path, tiny_bundle):
+    central = start_mosquitto(tmp_path / "central")
+    site = Mosquitto("127.0.0.1", free_port(), tmp_path / "site")
+    node = site_node(site, tiny_bundle, tmp_path, "n1")
+    archive = None
+    try:
+        site.start(bridge=BridgeConfig(central.url, "north"))
+        archive = CentralArchive(central, "sites/north/repedge/labels")
+        wait_bridge_up(central, "north")
+        local = Collector(site, ["repedge/labels", node.status_topic()])
+        node.start_and_wait_online(local)
+
+        central.stop()
+        down_since = time.monotonic()
+        ids = {f"o{i}" for i in range(2000)}
+        publish(site, "repedge/tweets", tweets("o", 2000))
+        local.wait_for(
+            lambda _: {r["id"] for r in local.json("repedge/labels")} >= ids,
+            timeout=300,
+            what="2,000 labels at the site",
+        )
+        local.close()
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_since)))
+        assert time.monotonic() - down_since >= OUTAGE_S
+
+        central.start()
+        archive.wait_ids(ids, timeout=300)
+        assert set(archive.by_id) == ids
+        changed = [i for i, payloads in archive.by_id.items() if len(payloads) > 1]
+        assert changed == [], f"labels that arrived twice with different content: {changed[:5]}"
+    finally:
+        if archive is not None:
+            archive.close()
+        if node.alive():
+            node.kill()
+        site.stop()
+        central.stop()
+
+
+def test_queue_survives_a_site_broker_restart_during_the_outage(tmp_path, tiny_bundle):
+    central = start_mosquitto(tmp_path / "central")
+    site = Mosquitto("127.0.0.1", free_port(), tmp_path / "site")
+    bridge = BridgeConfig(central.url, "south")
+    node = site_node(site, tiny_bundle, tmp_path, "n2")
+    archive = None
+    try:
+        site.start(bridge=bridge)
+        archive = CentralArchive(central, "sites/south/repedge/labels")
+        wait_bridge_up(central, "south")
+        local = Collector(site, ["repedge/labels", node.status_topic()])
+        node.start_and_wait_online(local)
+
+        central.stop()
+        first = {f"a{i}" for i in range(1000)}
+        publish(site, "repedge/tweets", tweets("a", 1000))
+        local.wait_for(lambda _: {r["id"] for r in local.json("repedge/labels")} >= first)
+        local.close()
+
+        # SIGTERM: Mosquitto writes its queues (the bridge's too) to its persistence file.
+        site.stop()
+        site.start(bridge=bridge)
+        local = Collector(site, ["repedge/labels"])
+        second = {f"b{i}" for i in range(1000)}
+        publish(site, "repedge/tweets", tweets("b", 1000))  # the node reconnects by itself
+        local.wait_for(lambda _: {r["id"] for r in local.json("repedge/labels")} >= second)
+        local.close()
+
+        central.start()
+        archive.wait_ids(first | second, timeout=300)
+        assert set(archive.by_id) == first | second
+        assert all(len(payloads) == 1 for payloads in archive.by_id.values())
+    finally:
+        if archive is not None:
+            archive.close()
+        if node.alive():
+            node.kill()
+        site.stop()
+        central.stop()
+
+
+def test_a_central_feed_is_spread_over_sites_each_tweet_labelled_once(tmp_path, tiny_bundle):
+    central = start_mosquitto(tmp_path / "central")
+    sites = [Mosquitto("127.0.0.1", free_port(), tmp_path / name) for name in ("east", "west")]
+    nodes = [site_node(s, tiny_bundle, tmp_path, f"n-{i}") for i, s in enumerate(sites)]
+    watcher = None
+    try:
+        for site, name in zip(sites, ("east", "west"), strict=True):
+            site.start(bridge=BridgeConfig(central.url, name, tweets_in="shared"))
+            wait_bridge_up(central, name)
+        for node, site in zip(nodes, sites, strict=True):
+            local = Collector(site, [node.status_topic()])
+            node.start_and_wait_online(local)
+            local.close()
+        watcher = Collector(central, ["sites/+/repedge/labels"])
+        publish(central, "repedge/tweets", tweets("f", 400))
+        watcher.wait_count("sites/+/repedge/labels", 400)
+        time.sleep(1.0)  # a tweet labelled at both sites would show up as a 401st record
+        labels = watcher.on("sites/+/repedge/labels")
+        records = [(m.topic.split("/")[1], m.json()["id"]) for m in labels]
+        ids = [i for _, i in records]
+        assert sorted(ids) == sorted(f"f{i}" for i in range(400))
+        per_site = {name: sum(1 for s, _ in records if s == name) for name in ("east", "west")}
+        assert all(count > 0 for count in per_site.values()), per_site
+    finally:
+        if watcher is not None:
+            watcher.close()
+        for node in nodes:
+            if node.alive():
+                node.kill()
+        for site in sites:
+            site.stop()
+        central.stop()
