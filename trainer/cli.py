@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -240,6 +241,35 @@ def adapt(
     typer.echo(f"bundle: {bundle.root} (version {bundle.manifest.version})")
 
 
+@app.command("replab-protocol")
+def replab_protocol(
+    models: Annotated[
+        list[str], typer.Argument(help="Bundles to score, FOLDER or FOLDER:variant; first = ref.")
+    ],
+    replab_train: Annotated[Path, Opt(help="RepLab 2013 training period TSV.")],
+    replab_test: Annotated[Path, Opt(help="RepLab 2013 test period TSV.")],
+    semeval: Annotated[Path | None, Opt(help="SemEval TSV (its stratified hold-out).")] = None,
+    out: Annotated[Path | None, Opt(help="Write OUT.md and OUT.json.")] = None,
+    threads: Annotated[int | None, Opt(help="Interpreter threads.")] = None,
+) -> None:
+    """Score bundles in RepLab 2013's protocol: polarity on known and unseen brands,
+    related/unrelated, SemEval; intervals and per-entity tables (docs/evaluation.md)."""
+    import shlex
+    import sys
+
+    from trainer.evaluate import write_markdown_keeping_notes
+    from trainer.replab_protocol import load_protocol_data, render_markdown, score_models
+
+    data = load_protocol_data(replab_train, replab_test, semeval)
+    results = score_models(models, data, threads=threads)
+    markdown = render_markdown(results, shlex.join(["trainer", *sys.argv[1:]]))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+        write_markdown_keeping_notes(out.with_suffix(".md"), markdown)
+    typer.echo(markdown)
+
+
 @app.command("copy-bundle")
 def copy_bundle(
     src: Annotated[Path, typer.Argument(help="Bundle folder to copy from.")],
@@ -319,6 +349,39 @@ def tiny(
 
     bundle = build_tiny_bundle(out, variants=tuple(variants.split(",")))
     typer.echo(f"wrote {bundle.root}")
+
+
+@app.command("export-onnx")
+def export_onnx_cmd(
+    run: Annotated[
+        Path | None, Opt(help="Finished run folder (checkpoints/best.weights.h5, bundle/).")
+    ] = None,
+    base: Annotated[
+        str | None,
+        Opt(help="Instead of --run: this encoder with a fresh untrained head (timing only)."),
+    ] = None,
+    out: Annotated[
+        Path | None, Opt(help="Folder for the files; default with --run: RUN/bundle.")
+    ] = None,
+) -> None:
+    """Export the same weights to ONNX (tf2onnx, opset 17) plus ONNX Runtime's dynamic int8,
+    as onnx-fp32.onnx / onnx-int8.onnx beside the bundle's FlatBuffers, for `node bench`."""
+    from trainer.onnx_export import export_run, peer_bundle_from_base
+
+    if (run is None) == (base is None):
+        raise typer.BadParameter("give exactly one of --run and --base")
+    if base is not None:
+        if out is None:
+            raise typer.BadParameter("--base needs --out", param_hint="--out")
+        paths = peer_bundle_from_base(base, out)
+    else:
+        if not (run / "checkpoints" / "best.weights.h5").is_file():
+            raise typer.BadParameter(
+                f"{run} has no checkpoints/best.weights.h5", param_hint="--run"
+            )
+        paths = export_run(run, out)
+    for path in paths.values():
+        typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":
