@@ -88,7 +88,8 @@ def render(snapshot: dict[str, Any], width: int = 80, height: int = 24) -> Rende
 
     # Fixed lines: header, 2 tables x (title row + rule + "+N more" caption), errors.
     budget = max(2, height - 8)
-    nodes = snapshot["nodes"]
+    # Online nodes first, then the most recent changes: what an operator looks for.
+    nodes = sorted(snapshot["nodes"], key=lambda c: (c["state"] != "online", -(c["since"] or 0)))
     entities = sorted(snapshot["entities"], key=lambda e: -e["total"])
     node_rows = min(len(nodes), max(1, budget // 2))
     entity_rows = min(len(entities), max(1, budget - node_rows))

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Set up (if needed), then run the whole edge loop locally: a Mosquitto broker with
-# repedge's configuration, a node serving the committed default model, sample tweets
-# published with mosquitto_pub, and the labels shown live. Ctrl-C stops everything;
-# --once stops after the sample tweets.
+# repedge's configuration, a node serving the committed default model, the web
+# dashboard, sample tweets published with mosquitto_pub, and the labels shown live.
+# Ctrl-C stops everything; --once stops after the sample tweets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPEDGE_EXTRAS="${REPEDGE_EXTRAS:-test}" bash scripts/setup.sh
+REPEDGE_EXTRAS="${REPEDGE_EXTRAS:-test,dashboard}" bash scripts/setup.sh
 . .venv/bin/activate
 
 PORT="${REPEDGE_DEMO_PORT:-18830}"
+DASHBOARD_PORT="${REPEDGE_DEMO_DASHBOARD_PORT:-8080}"
 STATE="${REPEDGE_DEMO_STATE:-.demo}"
 mkdir -p "$STATE"
 pids=()
@@ -29,6 +30,11 @@ done
 python -m node start --model models/default --broker "mqtt://localhost:$PORT" \
     --node-id demo --state-dir "$STATE/node" > "$STATE/node.log" 2>&1 &
 pids+=($!)
+
+python -m dashboard serve --broker "mqtt://localhost:$PORT" --port "$DASHBOARD_PORT" \
+    > "$STATE/dashboard.log" 2>&1 &
+pids+=($!)
+echo "dashboard: http://127.0.0.1:$DASHBOARD_PORT/ (live; log: $STATE/dashboard.log)"
 
 echo "labels (repedge/labels), Ctrl-C to stop:"
 mosquitto_sub -p "$PORT" -t repedge/labels -t repedge/errors -v &

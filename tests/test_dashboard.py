@@ -228,5 +228,5 @@ def test_terminal_frame_fits_80x24_and_prints_mqtt_strings_literally():
     lines = console.export_text().rstrip("\n").split("\n")
     assert len(lines) <= 24 and max(len(line) for line in lines) <= 80
     text = "\n".join(lines)
-    assert "[bold]n0" in text  # literal, not rich markup
+    assert "[bold]n11" in text  # literal, not rich markup; the newest node first
     assert "brand-" in text and "malformed_json 1" in text and "more nodes" in text

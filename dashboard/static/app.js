@@ -205,15 +205,20 @@ function renderNodes() {
       view.cards.delete(id);
     }
   }
-  for (const [id, node] of model.nodes) {
+  // Online nodes first, then by name: cards keep their places as data streams in.
+  const ids = [...model.nodes.keys()].sort((a, b) => {
+    const online = (id) => (model.nodes.get(id).state === "online" ? 0 : 1);
+    return online(a) - online(b) || (a < b ? -1 : a > b ? 1 : 0);
+  });
+  ids.forEach((id, i) => {
     let card = view.cards.get(id);
     if (!card) {
       card = makeCard();
       view.cards.set(id, card);
-      box.append(card);
     }
-    renderCard(card, node);
-  }
+    if (box.children[i] !== card) box.insertBefore(card, box.children[i] || null);
+    renderCard(card, model.nodes.get(id));
+  });
   $("no-nodes").hidden = model.nodes.size > 0;
 }
 

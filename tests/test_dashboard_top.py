@@ -1,0 +1,82 @@
+"""`dashboard top` in a real 80x24 terminal (tmux), read back with capture-pane."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from tests.conftest import REPO, WAIT_S, publish
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+
+class Tmux:
+    """A private tmux server (its own socket), so nothing else's sessions are touched."""
+
+    def __init__(self) -> None:
+        self.socket = f"repedge-test-{uuid.uuid4().hex[:8]}"
+
+    def __call__(self, *args: str) -> str:
+        return subprocess.run(
+            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=True
+        ).stdout
+
+    def screen(self) -> list[str]:
+        return self("capture-pane", "-p", "-t", "top").splitlines()
+
+    def wait_screen(self, predicate, what: str) -> list[str]:
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            lines = self.screen()
+            if predicate("\n".join(lines)):
+                return lines
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; screen:\n" + "\n".join(lines))
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
+
+
+def test_top_shows_nodes_and_entities_in_80x24_and_quits_on_q(mosquitto, topics, tmp_path):
+    tmux = Tmux()
+    node_id = f"edge-{uuid.uuid4().hex[:4]}"
+    command = (
+        f"{sys.executable} -m dashboard top --broker {mosquitto.url} "
+        f"--topic {topics.labels} --topic {topics.errors} --topic 'repedge/nodes/+/+'"
+        f" 2>{tmp_path / 'top.log'}; echo TOP-EXITED $?; sleep 60"
+    )
+    tmux("new-session", "-d", "-s", "top", "-x", "80", "-y", "24", "-c", str(REPO), command)
+    try:
+        tmux.wait_screen(lambda s: "repedge top" in s and "connected" in s, "the first frame")
+        status = {"node_id": node_id, "state": "online", "model": {"version": "1.1.0"}}
+        telemetry = {"throughput_per_s": 42.0, "latency_ms": {"p50": 3.0, "p99": 17.0}}
+        publish(mosquitto, f"repedge/nodes/{node_id}/status", [json.dumps(status)])
+        publish(mosquitto, f"repedge/nodes/{node_id}/telemetry", [json.dumps(telemetry)])
+        labels = [
+            json.dumps({"id": str(i), "label": "negative", "entity": "Volvo", "node_id": node_id})
+            for i in range(3)
+        ]
+        publish(mosquitto, topics.labels, [*labels, json.dumps({"id": "s", "label": "positive"})])
+        publish(mosquitto, topics.errors, [json.dumps({"reason": "malformed_json"})])
+        lines = tmux.wait_screen(
+            lambda s: node_id in s and "Volvo" in s and "sentiment" in s and "malformed" in s,
+            "the node, both entities and the error",
+        )
+        assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
+        text = "\n".join(lines)
+        assert "42.0" in text and "online" in text and "1.1.0" in text
+        volvo = next(line for line in lines if line.startswith("Volvo"))
+        assert volvo.split()[1:3] == ["3", "3"]  # last hour, last minute
+
+        tmux("send-keys", "-t", "top", "q")
+        lines = tmux.wait_screen(lambda s: "TOP-EXITED" in s, "top to quit on q")
+        assert "TOP-EXITED 0" in "\n".join(lines)
+    finally:
+        tmux.kill()
