@@ -168,7 +168,9 @@ def start(
     state_dir = state_dir or default_state_dir(node_id)
     provision_state = provision_state or state_dir / "provisioning"
     if model is None and watch_mount is None:
-        model = _installed_or_default_model(provision_state)
+        # Fail early with a usage error; node.serve picks the installed model itself
+        # (with its signed variant and canaries).
+        _installed_or_default_model(provision_state)
     spec = {
         "config": {
             "node_id": node_id,
@@ -205,14 +207,12 @@ def start(
 
 def _installed_or_default_model(provision_state: Path) -> Path:
     """Without --model: a model installed with `provision install`, else the shipped one."""
-    from edgemodel.bundle import default_bundle_path
-    from provisioning.install import StateError, installed_model
+    from node.serve import StartError, installed_or_default_model
 
     try:
-        installed = installed_model(provision_state)
-    except StateError as exc:
+        model = installed_or_default_model(provision_state)
+    except StartError as exc:
         raise typer.BadParameter(str(exc), param_hint="--provision-state") from None
-    model = installed or default_bundle_path()
     if model is None:
         raise typer.BadParameter(
             "give --model (no installed model in --provision-state, no default model: set "

@@ -15,6 +15,9 @@ from typing import Any
 from edgemodel.inference import Prediction
 
 DEFAULT_MAX_BYTES = 4096
+# Longest tweet id accepted (characters). Twitter's ids have 19 digits; anything far
+# longer is a mistake or an attempt to bloat records and the record store.
+MAX_ID_CHARS = 256
 # Hex digits of sha256 kept for content ids: 64 bits, collision-free for any realistic
 # stream while short enough to read in logs.
 CONTENT_ID_HEX = 16
@@ -25,6 +28,11 @@ class Tweet:
     id: str
     text: str
     entity: str | None = None
+
+    @property
+    def digest(self) -> str:
+        """What the record store keys on besides the id: the tweet's content."""
+        return content_id(self.text, self.entity)
 
 
 class BadInput(ValueError):
@@ -38,7 +46,8 @@ class BadInput(ValueError):
 
 
 def content_id(text: str, entity: str | None = None) -> str:
-    """Id of a tweet that came without one: identical text and entity, identical id."""
+    """Digest of a tweet's content; also the id of a tweet that came without one
+    (identical text and entity, identical id)."""
     # The unit separator keeps ("ab", "c") and ("a", "bc") apart.
     data = f"{text}\x1f{entity or ''}".encode()
     return hashlib.sha256(data).hexdigest()[:CONTENT_ID_HEX]
@@ -65,11 +74,22 @@ def parse_tweet(
     return Tweet(id=content_id(text, default_entity), text=text, entity=default_entity)
 
 
+def _unicode_ok(value: str) -> bool:
+    """False for a string with a lone surrogate (JSON allows "\\ud800"; UTF-8 does not)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _parse_json(text: str, default_entity: str | None) -> Tweet:
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadInput("malformed_json", str(exc)) from None
+    except RecursionError:
+        raise BadInput("malformed_json", "JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer of over 4,300 digits
+        raise BadInput("malformed_json", str(exc)[:200]) from None
     if not isinstance(data, dict):
         raise BadInput("bad_field", "JSON payload must be an object")
     raw_id = data.get("id")
@@ -81,10 +101,18 @@ def _parse_json(text: str, default_entity: str | None) -> Tweet:
     tweet_id = str(raw_id) if raw_id is not None else None
     if tweet_id == "":
         raise BadInput("bad_field", "'id' is empty")
+    if tweet_id is not None and len(tweet_id) > MAX_ID_CHARS:
+        raise BadInput("bad_field", f"'id' is longer than {MAX_ID_CHARS} characters")
+    if tweet_id is not None and not _unicode_ok(tweet_id):
+        raise BadInput("not_utf8", "'id' holds a lone surrogate (not valid Unicode)")
     if not isinstance(tweet_text, str):
         raise BadInput("bad_field", "'text' must be a string", tweet_id)
     if entity is not None and not isinstance(entity, str):
         raise BadInput("bad_field", "'entity' must be a string or null", tweet_id)
+    if not _unicode_ok(tweet_text):
+        raise BadInput("not_utf8", "'text' holds a lone surrogate (not valid Unicode)", tweet_id)
+    if entity is not None and not _unicode_ok(entity):
+        raise BadInput("not_utf8", "'entity' holds a lone surrogate (not valid Unicode)", tweet_id)
     entity = entity or default_entity
     if tweet_id is None:
         tweet_id = content_id(tweet_text, entity)
@@ -133,5 +161,12 @@ def error_record(
 
 
 def dumps(record: dict[str, Any]) -> str:
-    """Compact JSON; what is stored for deduplication is exactly what is published."""
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON; what is stored for deduplication is exactly what is published.
+
+    Always encodable as UTF-8: should a lone surrogate slip into a record (an exception's
+    text, say), the record falls back to ASCII escapes rather than failing to publish.
+    """
+    text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    if _unicode_ok(text):
+        return text
+    return json.dumps(record, ensure_ascii=True, separators=(",", ":"))

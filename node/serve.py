@@ -4,6 +4,11 @@
 and then execs ``python -m node.serve`` with the options in an environment variable, so
 the long-running process carries only what serving needs. :func:`run` can also be
 called directly.
+
+This is the node's composition root: the only module under node/ that imports
+provisioning. It builds the model-updates source (provisioning's ``MountUpdates``, see
+node/updates.py) and hands it to ``NodeService``; everything else in the node sees only
+that interface.
 """
 
 from __future__ import annotations
@@ -15,7 +20,11 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from edgemodel.inference import Classifier
+    from node.updates import InstalledModel, ModelUpdates
 
 SPEC_ENV = "REPEDGE_NODE_SPEC"
 log = logging.getLogger("repedge.node")
@@ -37,6 +46,61 @@ def default_interpreter_threads() -> int:
     return max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
+class StartError(Exception):
+    """A configuration or model problem that stops `node start` with exit status 2."""
+
+
+def installed_or_default_model(provision_state: Path) -> Path | None:
+    """Without --model: the model installed with `provision install`, else the shipped one."""
+    from edgemodel.bundle import default_bundle_path
+
+    installed = installed_model(provision_state)
+    return installed.path if installed else default_bundle_path()
+
+
+def installed_model(provision_state: Path) -> InstalledModel | None:
+    """The model `provision install` (or the mount watcher) made active, if any."""
+    from provisioning.install import StateError, installed_slot
+
+    try:
+        return installed_slot(provision_state)
+    except StateError as exc:
+        raise StartError(str(exc)) from None
+
+
+def model_updates(spec: dict[str, Any]) -> ModelUpdates:
+    """The provisioning side, built here and nowhere else under node/: a mount watcher
+    that installs signed artifacts into --provision-state."""
+    from provisioning.install import Installer
+    from provisioning.keys import KeyFileError
+    from provisioning.watch import MountUpdates
+
+    try:
+        installer = Installer(
+            state_dir=Path(spec["provision_state"]),
+            trusted_keys=[Path(k) for k in spec.get("trust_keys", [])],
+            num_threads=spec.get("threads") or default_interpreter_threads(),
+        )
+    except KeyFileError as exc:
+        raise StartError(f"--trust-key: {exc}") from None
+    return MountUpdates(Path(spec["watch_mount"]), installer)
+
+
+def load_classifier(
+    path: Path, variant: str | None, threads: int | None, canaries: list[dict[str, Any]]
+) -> Classifier:
+    """Load and check a model; :class:`StartError` with a clear message if it is unusable."""
+    from edgemodel.bundle import BundleError
+    from edgemodel.inference import Classifier
+
+    try:
+        return Classifier.from_path(
+            path, variant=variant, num_threads=threads or default_interpreter_threads()
+        )
+    except BundleError as exc:
+        raise StartError(str(exc)) from None
+
+
 def run(spec: dict[str, Any]) -> int:
     """Serve until SIGTERM/SIGINT; the process exit status."""
     logging.basicConfig(
@@ -46,8 +110,7 @@ def run(spec: dict[str, Any]) -> int:
     from node.memory import return_freed_memory_to_os
 
     return_freed_memory_to_os()
-    from edgemodel.bundle import BundleError, default_bundle_path
-    from edgemodel.inference import Classifier
+    from edgemodel.bundle import default_bundle_path
     from node.service import NodeConfig, NodeService
 
     try:
@@ -56,60 +119,41 @@ def run(spec: dict[str, Any]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    model = Path(spec["model"]) if spec.get("model") else None
-    installer = None
-    if spec.get("watch_mount"):
-        from provisioning.install import Installer
-        from provisioning.keys import KeyFileError
-
-        try:
-            installer = Installer(
-                state_dir=Path(spec["provision_state"]),
-                trusted_keys=[Path(k) for k in spec.get("trust_keys", [])],
-                num_threads=spec.get("threads") or default_interpreter_threads(),
-            )
-        except KeyFileError as exc:
-            print(f"error: --trust-key: {exc}", file=sys.stderr)
-            return 2
+    try:
+        updates = model_updates(spec) if spec.get("watch_mount") else None
+        model = Path(spec["model"]) if spec.get("model") else None
+        variant = spec.get("variant")
+        canaries: list[dict[str, Any]] = []
         if model is None:
-            # The last installed model, else the shipped default until one is installed.
-            model = installer.active_model() or default_bundle_path()
+            # The last installed model, else the shipped default until one is installed
+            # (with --watch-mount and no default, tweets wait for the first install).
+            if updates is not None:
+                installed = updates.active_model()
+            elif spec.get("provision_state"):
+                installed = installed_model(Path(spec["provision_state"]))
+            else:
+                installed = None
+            if installed is not None:
+                model, canaries = installed.path, list(installed.canaries)
+                variant = variant or installed.variant
+            else:
+                model = default_bundle_path()
+        classifier = (
+            load_classifier(model, variant, spec.get("threads"), canaries) if model else None
+        )
+    except StartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
-    classifier = None
-    if model is not None:
-        try:
-            classifier = Classifier.from_path(
-                model,
-                variant=spec.get("variant"),
-                num_threads=spec.get("threads") or default_interpreter_threads(),
-            )
-        except BundleError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-
-    service = NodeService(config, classifier)
+    service = NodeService(config, classifier, updates=updates)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     service.start()
-
-    watcher = None
-    if installer is not None:
-        from provisioning.watch import MountWatcher
-
-        watcher = MountWatcher(
-            mount=Path(spec["watch_mount"]),
-            installer=installer,
-            on_installed=lambda new, result: service.swap_classifier(new),
-            on_event=service.record_event,
-        )
-        watcher.start()
     if classifier is None:
         log.warning("no model installed yet: tweets wait with the broker until one is provisioned")
 
     stop.wait()
-    if watcher is not None:
-        watcher.stop()
     service.stop()
     return 0
 

@@ -50,6 +50,8 @@ class Stats:
         self.processed = 0
         self.errors = 0
         self.duplicates = 0
+        self.id_reused = 0  # ids seen again with other content, labelled afresh
+        self.retried_batches = 0  # batches that raised and were redone tweet by tweet
         self.batches = 0
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._last_processed = 0
@@ -57,11 +59,21 @@ class Stats:
         self._process = psutil.Process(os.getpid())
         self._process.cpu_percent()  # first call primes the measurement
 
-    def add_batch(self, labelled: int, errors: int, duplicates: int, latencies: list[float]):
+    def add_batch(
+        self,
+        labelled: int,
+        errors: int,
+        duplicates: int,
+        latencies: list[float],
+        id_reused: int = 0,
+        retried: bool = False,
+    ) -> None:
         with self._lock:
             self.processed += labelled
             self.errors += errors
             self.duplicates += duplicates
+            self.id_reused += id_reused
+            self.retried_batches += int(retried)
             self.batches += 1
             self._latencies.extend(latencies)
 
@@ -71,6 +83,7 @@ class Stats:
         with self._lock:
             latencies = list(self._latencies)
             processed, errors, duplicates = self.processed, self.errors, self.duplicates
+            id_reused, retried = self.id_reused, self.retried_batches
             batches = self.batches
             elapsed = now - self._last_time
             throughput = (processed - self._last_processed) / elapsed if elapsed > 0 else 0.0
@@ -87,7 +100,9 @@ class Stats:
             "processed": processed,
             "errors": errors,
             "duplicates": duplicates,
+            "id_reused": id_reused,
             "batches": batches,
+            "retried_batches": retried,
             "throughput_per_s": round(throughput, 2),
             "latency_ms": {"p50": p50, "p95": p95, "p99": p99, "window": len(latencies)},
             # Flat copies: Grafana's MQTT data source and Home Assistant's value_template

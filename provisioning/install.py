@@ -114,6 +114,35 @@ def installed_model(state_dir: Path) -> Path | None:
     return folder if folder.is_dir() else None
 
 
+@dataclass(frozen=True)
+class InstalledSlot:
+    """The active model as the node serves it (node.updates.InstalledModel, structurally):
+    the slot's bundle folder, the variant that was signed, and the signed canary tweets."""
+
+    path: Path
+    variant: str | None
+    canaries: list[dict[str, Any]]
+    version: str
+
+
+def installed_slot(state_dir: Path) -> InstalledSlot | None:
+    """The active slot with its signed variant and canaries; None before the first install.
+
+    The slot's artifact.json was verified when the slot was installed; it is read again
+    here for the variant and canaries (an unreadable one leaves both empty).
+    """
+    folder = installed_model(state_dir)
+    if folder is None:
+        return None
+    variant, canaries = None, []
+    try:
+        signed = ArtifactManifest.from_bytes((folder.parent / MANIFEST_NAME).read_bytes())
+        variant, canaries = signed.variant, [c.to_json() for c in signed.canaries]
+    except (OSError, ArtifactError) as exc:
+        log.warning("cannot read the signed manifest of %s: %s", folder.parent, exc)
+    return InstalledSlot(folder, variant, canaries, folder.parent.name)
+
+
 class Installer:
     def __init__(
         self, state_dir: Path, trusted_keys: list[Path], num_threads: int | None = None
@@ -133,6 +162,10 @@ class Installer:
     def active_model(self) -> Path | None:
         """The active slot's bundle folder, or None before the first install."""
         return installed_model(self.state_dir)
+
+    def active_slot(self) -> InstalledSlot | None:
+        """The active slot with its signed variant and canaries (what the node serves)."""
+        return installed_slot(self.state_dir)
 
     def _write_state(self, state: dict[str, Any]) -> None:
         write_json_atomic(self.state_dir / STATE_FILE, state)

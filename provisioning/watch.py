@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgemodel.inference import Classifier
-from provisioning.install import Installer, InstallResult
+from provisioning.install import InstalledSlot, Installer, InstallResult
 from provisioning.usb import find_artifacts
 
 log = logging.getLogger(__name__)
@@ -118,3 +118,36 @@ class MountWatcher(threading.Thread):
             self.on_event(event)
         except Exception:
             log.exception("on_event callback failed")
+
+
+class MountUpdates:
+    """The node's model-updates interface (node/updates.py, ``ModelUpdates``) over a mount
+    point: ``active_model()`` is the installed slot, and between ``start(sink)`` and
+    ``stop()`` a :class:`MountWatcher` installs what appears on the stick and hands each
+    new model to ``sink.swap_classifier``, every event to ``sink.record_event``.
+
+    node/serve.py builds it; the node itself never imports provisioning.
+    """
+
+    def __init__(self, mount: Path, installer: Installer, interval: float = 2.0) -> None:
+        self.mount = Path(mount)
+        self.installer = installer
+        self.interval = interval
+        self._watcher: MountWatcher | None = None
+
+    def active_model(self) -> InstalledSlot | None:
+        return self.installer.active_slot()
+
+    def start(self, sink: Any) -> None:
+        self._watcher = MountWatcher(
+            mount=self.mount,
+            installer=self.installer,
+            on_installed=lambda new, _result: sink.swap_classifier(new),
+            on_event=sink.record_event,
+            interval=self.interval,
+        )
+        self._watcher.start()
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()

@@ -75,21 +75,25 @@ def test_label_record_shape() -> None:
 
 def test_record_store_keeps_the_first_record(tmp_path) -> None:
     store = RecordStore(tmp_path / "r.sqlite", max_records=100)
-    first = store.put_if_absent([("a", "labels", '{"v":1}'), ("a", "labels", '{"v":2}')])
-    assert first == {"a": ("labels", '{"v":1}')}
-    again = store.put_if_absent([("a", "labels", '{"v":3}'), ("b", "errors", '{"e":1}')])
-    assert again == {"a": ("labels", '{"v":1}'), "b": ("errors", '{"e":1}')}
+    first = store.put_if_absent(
+        [("a", "d1", "labels", '{"v":1}'), ("a", "d1", "labels", '{"v":2}')]
+    )
+    assert first == {("a", "d1"): ("labels", '{"v":1}')}
+    again = store.put_if_absent(
+        [("a", "d1", "labels", '{"v":3}'), ("b", "d2", "errors", '{"e":1}')]
+    )
+    assert again == {("a", "d1"): ("labels", '{"v":1}'), ("b", "d2"): ("errors", '{"e":1}')}
     store.close()
     reopened = RecordStore(tmp_path / "r.sqlite", max_records=100)  # survives a restart
-    assert reopened.get("a") == ("labels", '{"v":1}') and len(reopened) == 2
+    assert reopened.get("a", "d1") == ("labels", '{"v":1}') and len(reopened) == 2
 
 
 def test_record_store_prunes_oldest(tmp_path) -> None:
     store = RecordStore(tmp_path / "r.sqlite", max_records=50)
     for start in range(0, 200, 10):
-        store.put_if_absent((str(i), "t", json.dumps(i)) for i in range(start, start + 10))
+        store.put_if_absent((str(i), "d", "t", json.dumps(i)) for i in range(start, start + 10))
     assert len(store) <= 55
-    assert store.get("0") is None and store.get("199") == ("t", "199")
+    assert store.get("0", "d") is None and store.get("199", "d") == ("t", "199")
 
 
 @pytest.mark.timeout(30)  # a lone item that waited max_wait_s would hang here, not pass
