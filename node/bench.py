@@ -1,0 +1,290 @@
+"""`node bench`: the paper's table for one model on this device, in one command.
+
+For every model file it finds (the bundle's FlatBuffer variants, and any ``*.onnx`` peer
+exports beside them) it measures size, load time, RSS, batch-1 latency, saturation
+throughput per thread count and, with labelled data, accuracy / macro-F1 / AvgRec;
+each file in a subprocess of its own (:mod:`node.bench_measure`). With ``broker`` it adds
+the end-to-end row through a real MQTT broker (:mod:`node.bench_mqtt`). It writes
+report.json, report.md and PNG plots into the output folder. No TensorFlow is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from edgemodel.bundle import VARIANT_FILES, BundleError, ModelBundle, write_json_atomic
+from node.bench_device import device_info
+from node.bench_measure import MeasureSpec, measure, spec_json
+from node.bench_runners import LITERT, ONNXRUNTIME
+from node.bench_tweets import BenchTweets
+
+REPORT_FORMAT = "repedge-bench/1"
+# Table order: the reference first, then smaller and smaller.
+VARIANT_ORDER = ("fp32", "fp16", "int8", "int8-full", "int4")
+ONNX_PREFIX = "onnx-"  # onnx-fp32.onnx is the peer of fp32, onnx-int8.onnx of int8
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    runtime: str
+    file: str
+
+
+@dataclass
+class BenchOptions:
+    threads: list[int]
+    latency_threads: int
+    eval_threads: int
+    latency_samples: int = 200
+    saturation_tweets: int = 1000
+    saturation_repeats: int = 3
+    rounds: int = 1
+    max_batch: int = 32
+    max_batch_tokens: int = 256
+    accuracy_only: bool = False
+    in_process: bool = False
+    variants: list[str] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def discover(model: Path, only: list[str] | None = None) -> tuple[ModelBundle, list[Target]]:
+    """The bundle and the model files to measure: a folder gives every variant whose file is
+    there plus every ``*.onnx`` file; a file gives that file only."""
+    model = Path(model)
+    if model.suffix == ".onnx":
+        bundle = ModelBundle.load(model.parent, verify=False)
+        targets = [Target(_onnx_name(model), ONNXRUNTIME, model.name)]
+    else:
+        bundle = ModelBundle.load(model, verify=False)
+        if model.is_file():
+            variants = [bundle.variant]
+        else:
+            present = [
+                v for v, i in bundle.manifest.variants.items() if (bundle.root / i.file).is_file()
+            ]
+            rank = {v: i for i, v in enumerate(VARIANT_ORDER)}
+            variants = sorted(present, key=lambda v: rank.get(v, len(rank)))
+        targets = [Target(v, LITERT, bundle.manifest.variants[v].file) for v in variants]
+        if model.is_dir():
+            targets += [
+                Target(_onnx_name(p), ONNXRUNTIME, p.name) for p in sorted(model.glob("*.onnx"))
+            ]
+    if only:
+        unknown = sorted(set(only) - {t.name for t in targets})
+        if unknown:
+            raise BundleError(
+                f"no model file for {unknown} in {model}; found {[t.name for t in targets]}"
+            )
+        targets = [t for t in targets if t.name in only]
+    if not targets:
+        raise BundleError(f"{model}: no model file to measure")
+    return bundle, targets
+
+
+def _onnx_name(path: Path) -> str:
+    stem = path.stem
+    return stem if stem.startswith(ONNX_PREFIX) else f"{ONNX_PREFIX}{stem}"
+
+
+def peer_of(name: str) -> str | None:
+    """The LiteRT variant an ONNX file is the peer of (onnx-int8 -> int8)."""
+    if not name.startswith(ONNX_PREFIX):
+        return None
+    base = name[len(ONNX_PREFIX) :]
+    return base if base in VARIANT_FILES else None
+
+
+def _run_worker(spec: MeasureSpec, work: Path, progress: Progress) -> dict[str, Any]:
+    """Measure in a fresh interpreter process; its progress lines are passed on."""
+    spec_path, result_path = work / f"{spec.name}.spec.json", work / f"{spec.name}.result.json"
+    spec_path.write_text(spec_json(spec), encoding="utf-8")
+    cmd = [sys.executable, "-m", "node.bench_measure", str(spec_path), str(result_path)]
+    repo = str(Path(__file__).resolve().parents[1])
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
+    )
+    with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        assert proc.stderr is not None
+        tail: list[str] = []
+        for line in proc.stderr:
+            line = line.rstrip()
+            tail = [*tail[-20:], line]
+            # The runtimes' own chatter ("Created TensorFlow Lite XNNPACK delegate") stays out.
+            if line.startswith(f"{spec.name}: "):
+                progress(line)
+    if proc.returncode != 0:
+        raise RuntimeError(f"measuring {spec.name} failed:\n" + "\n".join(tail))
+    return json.loads(result_path.read_text(encoding="utf-8"))
+
+
+def _merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from several rounds: medians of the timings, all latency samples kept."""
+    if len(rounds) == 1:
+        return rounds[0]
+    first = dict(rounds[0])
+    med = statistics.median
+    for key in ("load_s", "first_call_ms", "rss_idle_mib", "rss_peak_mib"):
+        if key in first:
+            first[key] = med(r[key] for r in rounds)
+    if "latency" in first:
+        samples = [s for r in rounds for s in r["latency"]["samples_ms"]]
+        from node.bench_measure import percentiles
+
+        first["latency"] = {**first["latency"], "samples_ms": samples, **percentiles(samples)}
+        first["latency"]["rounds_p50_ms"] = [r["latency"]["p50_ms"] for r in rounds]
+        first["throughput_tweets_per_s"] = {
+            t: {
+                "runs": [x for r in rounds for x in r["throughput_tweets_per_s"][t]["runs"]],
+                "median": med(r["throughput_tweets_per_s"][t]["median"] for r in rounds),
+            }
+            for t in first["throughput_tweets_per_s"]
+        }
+    first["rounds"] = len(rounds)
+    return first
+
+
+def peer_ratios(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """LiteRT vs ONNX Runtime for each pair of the same weights: speed-ups (>1: LiteRT is
+    faster) for batch-1 latency and for throughput at each thread count."""
+    out = []
+    for name, onnx in rows.items():
+        base = peer_of(name)
+        if base is None or base not in rows or "latency" not in onnx:
+            continue
+        lite = rows[base]
+        pair: dict[str, Any] = {"litert": base, "onnxruntime": name}
+        for q in ("p50_ms", "p95_ms", "p99_ms"):
+            pair[f"latency_{q[:3]}_speedup"] = onnx["latency"][q] / lite["latency"][q]
+        pair["throughput_speedup"] = {
+            t: lite["throughput_tweets_per_s"][t]["median"]
+            / onnx["throughput_tweets_per_s"][t]["median"]
+            for t in lite["throughput_tweets_per_s"]
+            if t in onnx["throughput_tweets_per_s"]
+        }
+        if lite.get("accuracy") and onnx.get("accuracy"):
+            a, b = lite["accuracy"]["predictions"], onnx["accuracy"]["predictions"]
+            pair["label_agreement"] = sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
+        out.append(pair)
+    return out
+
+
+def run_bench(
+    model: Path,
+    tweets: BenchTweets,
+    options: BenchOptions,
+    out_dir: Path,
+    broker: dict[str, Any] | None = None,
+    progress: Progress = lambda _: None,
+) -> dict[str, Any]:
+    """Measure, write report.json / report.md / plots into ``out_dir``; the report."""
+    from node.bench_plots import write_plots
+    from node.bench_report import render_markdown
+
+    bundle, targets = discover(model, options.variants)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress(
+        f"{bundle.manifest.name} {bundle.manifest.version}: {', '.join(t.name for t in targets)}"
+        f"; {len(tweets)} tweets ({tweets.source})"
+    )
+    rows: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+    with tempfile.TemporaryDirectory(prefix="repedge-bench-") as tmp:
+        work = Path(tmp)
+        tweets_file = work / "tweets.json"
+        tweets_file.write_text(json.dumps(tweets.to_json()), encoding="utf-8")
+        base = MeasureSpec(
+            name="", runtime=LITERT, bundle_root=str(bundle.root), model_file="",
+            tweets_file=str(tweets_file), latency_threads=options.latency_threads,
+            threads=options.threads, eval_threads=options.eval_threads,
+            latency_samples=options.latency_samples,
+            saturation_tweets=options.saturation_tweets,
+            saturation_repeats=options.saturation_repeats, max_batch=options.max_batch,
+            max_batch_tokens=options.max_batch_tokens, accuracy_only=options.accuracy_only,
+        )  # fmt: skip
+        for r in range(options.rounds):
+            # Rounds alternate over the files, so drifting load on the device hits all alike;
+            # accuracy does not change between rounds and is measured in the first only.
+            for k, t in enumerate(targets, 1):
+                progress(f"[{r + 1}/{options.rounds}] {k}/{len(targets)} {t.name} ({t.runtime})")
+                spec = replace(base, name=t.name, runtime=t.runtime, model_file=t.file)
+                if r > 0:
+                    tweets_plain = work / "tweets_unlabelled.json"
+                    if not tweets_plain.exists():
+                        plain = replace(tweets, labels=None)
+                        tweets_plain.write_text(json.dumps(plain.to_json()), encoding="utf-8")
+                    spec = replace(spec, tweets_file=str(tweets_plain))
+                if options.in_process:
+                    rows[t.name].append(measure(spec, progress))
+                else:
+                    rows[t.name].append(_run_worker(spec, work, progress))
+    variants = {name: _merge_rounds(r) for name, r in rows.items()}
+    for name, r in variants.items():
+        if len(rows[name]) > 1 and "accuracy" in rows[name][0]:
+            r["accuracy"] = rows[name][0]["accuracy"]
+
+    report: dict[str, Any] = {
+        "format": REPORT_FORMAT,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": {
+            "path": str(model),
+            "name": bundle.manifest.name,
+            "version": bundle.manifest.version,
+            "base_model": bundle.manifest.base_model,
+            "created": bundle.manifest.created,
+            "labels": bundle.labels,
+        },
+        "device": device_info(),
+        "tweets": {
+            "source": tweets.source,
+            "count": len(tweets),
+            "labelled": tweets.labels is not None,
+        },
+        "settings": {
+            "threads": options.threads,
+            "latency_threads": options.latency_threads,
+            "eval_threads": options.eval_threads,
+            "latency_samples": options.latency_samples,
+            "saturation_tweets": options.saturation_tweets,
+            "saturation_repeats": options.saturation_repeats,
+            "rounds": options.rounds,
+            "max_batch": options.max_batch,
+            "max_batch_tokens": options.max_batch_tokens,
+            "accuracy_only": options.accuracy_only,
+            "isolated_processes": not options.in_process,
+            **options.settings,
+        },
+        "variants": variants,
+        "peers": peer_ratios(variants),
+        "notes": [],
+    }
+    if options.in_process:
+        report["notes"].append(
+            "measured in one process (--in-process): RSS figures include earlier variants"
+        )
+    if broker is not None:
+        from node.bench_mqtt import BrokerBenchConfig, run_broker_bench
+
+        cfg = BrokerBenchConfig(
+            model=Path(model) if Path(model).suffix != ".onnx" else bundle.root, **broker
+        )
+        progress(f"broker: end-to-end through {cfg.broker}")
+        report["broker"] = run_broker_bench(cfg, tweets, progress)
+    plots, note = write_plots(report, out_dir)
+    report["plots"] = plots
+    if note:
+        report["notes"].append(note)
+    write_json_atomic(out_dir / "report.json", report)
+    (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    progress(f"wrote {out_dir / 'report.md'}, report.json and {len(plots)} plot(s)")
+    return report
