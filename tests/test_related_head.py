@@ -106,3 +106,20 @@ def test_label_records_carry_related_through_mosquitto(bundle, node_factory, mos
     assert with_entity["related"] == (with_entity["related_score"] >= 0.5)
     assert set(with_entity["scores"]) == {"negative", "neutral", "positive"}
     assert "related" not in without and "related_score" not in without
+
+
+def test_pruned_vocabulary_keeps_the_related_head(model, bundle, tmp_path: Path) -> None:
+    from trainer.compress import CompressOptions, compress_bundle
+    from trainer.data import Example
+
+    parent = bundle.__class__.load(bundle.root, variant="fp32")
+    corpus = [Example(text=t, label="neutral", entity=e) for t, e in TWEETS]
+    pruned = compress_bundle(
+        model, parent, corpus, tmp_path / "pruned", CompressOptions(variants=("fp32",))
+    )
+    answers = []
+    for b in (parent, pruned):
+        clf = Classifier(b)
+        assert clf.has_related_head
+        answers.append(clf.run([clf.encode(t, e) for t, e in TWEETS]))
+    np.testing.assert_allclose(answers[1][RELATED_OUTPUT], answers[0][RELATED_OUTPUT], atol=1e-5)

@@ -30,7 +30,7 @@ from edgemodel.inference import EmptyTextError, Encoded, TweetEncoder
 from trainer.data import FILTER_LABELS, Example
 from trainer.export import calibration_samples, export_variants
 from trainer.int4 import DEFAULT_GRANULARITY
-from trainer.model import build_classifier, has_task_heads
+from trainer.model import build_classifier, has_related_head, has_task_heads
 
 CONTINUATION = "##"
 
@@ -245,6 +245,7 @@ def compress_bundle(
             token_ids=pruned.old_ids,
             max_positions=m.max_length,
             num_layers=options.num_layers,
+            num_filter_labels=len(FILTER_LABELS) if has_related_head(model) else 0,
         )
         encoder = TweetEncoder(tokenizer, m.max_length, m.cleaning, m.entity_input)
         paths = export_variants(

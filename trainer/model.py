@@ -41,6 +41,7 @@ REPUTATION_HEAD = "reputation_logits"
 # (edgemodel.bundle.OUTPUT_NAME, RELATED_OUTPUT, EMBEDDING_OUTPUT).
 RELATED_OUTPUT = RELATED_OUTPUT_NAME
 POOLED_LAYER = "mean_pool"
+RELATED_HEAD = "filter_logits"  # the layer's name since the head was trained, not exported
 
 
 def build_classifier(
@@ -70,11 +71,13 @@ def build_classifier(
         logits = keras.layers.Dense(num_labels, name="logits")(pooled)
     outputs = {"logits": logits}
     if num_filter_labels:
-        outputs[RELATED_OUTPUT] = keras.layers.Dense(num_filter_labels, name="filter_logits")(
-            pooled
-        )
+        outputs[RELATED_OUTPUT] = keras.layers.Dense(num_filter_labels, name=RELATED_HEAD)(pooled)
     return keras.Model([ids, segments, mask], outputs, name="polarity_classifier")
 
 
 def has_task_heads(model: keras.Model) -> bool:
     return any(layer.name == REPUTATION_HEAD for layer in model.layers)
+
+
+def has_related_head(model: keras.Model) -> bool:
+    return any(layer.name == RELATED_HEAD for layer in model.layers)
