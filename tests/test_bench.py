@@ -1,0 +1,207 @@
+"""`node bench` on a tiny bundle: report files, sane numbers, valid plots, and accuracy
+equal to `trainer evaluate`'s on the same file; the ONNX Runtime peer; the broker row."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+LABELLED = [
+    ("positive", "I love my new car, it drives beautifully"),
+    ("negative", "worst customer service ever, waited two hours on hold"),
+    ("neutral", "the company publishes its results on Thursday"),
+    ("positive", "great to see the new factory bringing jobs to town"),
+    ("negative", "recall of 100,000 vehicles over faulty airbags"),
+    ("neutral", "@someone the meeting is at 10am http://t.co/abc"),
+    ("positive", "thanks for the quick reply, really appreciated 😍"),
+    ("negative", "my flight was delayed again #fail"),
+    ("neutral", "ᚠᚢᚦ"),  # no known token (runes): counted wrong by both tools
+] * 4
+
+
+def spread_predictions(model) -> None:
+    """Centre and scale the random head on the test tweets' pooled vectors: a random tiny
+    encoder pools every tweet to nearly the same vector, so its raw head says one class."""
+    import keras
+
+    from edgemodel.inference import TweetEncoder, pad_batch
+    from edgemodel.textclean import CleaningConfig
+    from trainer.encoders import minilm_folder
+
+    encoder = TweetEncoder(minilm_folder() / "tokenizer.json", 64, CleaningConfig(), True)
+    encoded = [encoder.encode(text) for _, text in LABELLED[:8]]
+    x = pad_batch(encoded)
+    pool = keras.Model(model.inputs, model.get_layer("mean_pool").output)
+    pooled = np.asarray(pool([x["input_ids"], x["segment_ids"], x["attention_mask"]]))
+    centred = pooled - pooled.mean(axis=0)
+    head = model.get_layer("logits")
+    kernel, _ = head.get_weights()
+    scale = 1.0 / max(float(np.abs(centred @ kernel).max()), 1e-6)
+    head.set_weights([kernel * scale, -(pooled.mean(axis=0) @ kernel) * scale])
+
+
+@pytest.fixture(scope="module")
+def bench_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """fp32 + int8 of a tiny random classifier whose head is scaled up, so that it spreads
+    its predictions over the classes (the accuracy comparison then means something), plus
+    its ONNX peers."""
+    from trainer.onnx_export import export_onnx
+    from trainer.tiny import build_tiny_bundle, tiny_classifier
+
+    model = tiny_classifier(seed=3)
+    spread_predictions(model)
+    root = tmp_path_factory.mktemp("bench") / "bundle"
+    build_tiny_bundle(root, variants=("fp32", "int8"), model=model)
+    export_onnx(model, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def labelled_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "labelled.tsv"
+    rows = ["tweet_id\tlabel\ttext"] + [
+        f"{1000 + i}\t{label}\t{text}" for i, (label, text) in enumerate(LABELLED)
+    ]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def run_cli(*args: object, module: str = "node") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+QUICK = ("--latency-samples", 30, "--saturation-tweets", 64, "--repeats", 1)
+
+
+@pytest.fixture(scope="module")
+def report(bench_bundle: Path, labelled_file: Path, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("report")
+    done = run_cli("bench", "--model", bench_bundle, "--data", labelled_file,
+                   "--threads", "1,2", "--out", out, *QUICK)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "fp32: latency" in done.stderr  # progress while it runs
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_report_files_and_sane_numbers(report) -> None:
+    out, data = report
+    assert (out / "report.md").is_file()
+    assert set(data["variants"]) == {"fp32", "int8", "onnx-fp32", "onnx-int8"}
+    for name, row in data["variants"].items():
+        assert row["size_bytes"] > 0 and row["load_s"] > 0, name
+        assert 0 < row["rss_idle_mib"] <= row["rss_peak_mib"], name
+        lat = row["latency"]
+        assert 0 < lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"], name
+        assert len(lat["samples_ms"]) == 30
+        assert set(row["throughput_tweets_per_s"]) == {"1", "2"}
+        assert all(t["median"] > 0 for t in row["throughput_tweets_per_s"].values())
+    device = data["device"]
+    assert device["cores"] >= 1 and device["python"] and device["runtimes"]["ai-edge-litert"]
+    markdown = (out / "report.md").read_text()
+    assert "| int8 |" in markdown and "LiteRT vs ONNX Runtime" in markdown
+
+
+def test_plots_are_valid_pngs(report) -> None:
+    import matplotlib.image
+
+    out, data = report
+    assert set(data["plots"]) == {"latency_cdf.png", "size_accuracy.png", "throughput_threads.png"}
+    for name in data["plots"]:
+        assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
+        pixels = matplotlib.image.imread(out / name)
+        assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+        assert float(np.std(pixels)) > 0  # something is drawn
+
+
+def test_accuracy_equals_trainer_evaluate(report, bench_bundle, labelled_file, tmp_path) -> None:
+    _, data = report
+    done = run_cli("evaluate", "--model", bench_bundle, "--data", labelled_file,
+                   "--out", tmp_path, module="trainer")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    evaluated = json.loads((tmp_path / "labelled.json").read_text())["variants"]
+    for variant in ("fp32", "int8"):
+        ours, theirs = data["variants"][variant]["accuracy"], evaluated[variant]
+        for key in ("accuracy", "macro_f1", "macro_recall", "confusion_matrix"):
+            assert ours[key] == theirs[key], (variant, key)
+        assert ours["unreadable"] == theirs["unreadable"] == 4
+    # The model spreads its guesses, so equal confusion matrices are not a coincidence.
+    predicted = np.array(data["variants"]["fp32"]["accuracy"]["confusion_matrix"]["matrix"])
+    assert (predicted.sum(axis=0) > 0).sum() >= 2
+
+
+def test_onnx_peer_same_weights(report, bench_bundle) -> None:
+    from edgemodel.bundle import ModelBundle
+    from node.bench_runners import LITERT, OnnxRunner, open_runner
+
+    _, data = report
+    pairs = {p["onnxruntime"]: p for p in data["peers"]}
+    assert set(pairs) == {"onnx-fp32", "onnx-int8"}
+    for pair in pairs.values():
+        assert pair["latency_p50_speedup"] > 0
+        assert all(v > 0 for v in pair["throughput_speedup"].values())
+    assert pairs["onnx-fp32"]["label_agreement"] == 1.0
+    # The same fp32 weights in both runtimes give the same logits, to float rounding.
+    lite = open_runner(LITERT, bench_bundle, "fp32.tflite", 1)
+    peer = OnnxRunner(
+        ModelBundle.load(bench_bundle, verify=False), bench_bundle / "onnx-fp32.onnx", 1
+    )
+    batch = [lite.encode(text, "BMW") for _, text in LABELLED[:8]]
+    np.testing.assert_allclose(lite.predict_logits(batch), peer.predict_logits(batch), atol=1e-4)
+
+
+def test_bench_imports_no_tensorflow(bench_bundle: Path, tmp_path: Path) -> None:
+    """A node has no TensorFlow: the whole bench (here in one process) must not need it."""
+    code = (
+        "import sys; from node.cli import app\n"
+        f"app(['bench', '--model', {str(bench_bundle / 'int8.tflite')!r}, '--out', "
+        f"{str(tmp_path)!r}, '--in-process', '--threads', '1', '--latency-samples', '20', "
+        "'--saturation-tweets', '32', '--repeats', '1'], standalone_mode=False)\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert list(data["variants"]) == ["int8"] and not data["tweets"]["labelled"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--threads", "1,x"), "comma-separated list of integers"),
+        (("--threads", "0"), "positive"),
+        (("--variants", "fp64"), "no model file for ['fp64']"),
+        (("--data", "/nonexistent.tsv"), "no such file"),
+    ],
+)
+def test_bad_input_is_a_clear_error(bench_bundle, tmp_path, args, message) -> None:
+    done = run_cli("bench", "--model", bench_bundle, "--out", tmp_path, *args)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_broker_row_through_mosquitto(bench_bundle, mosquitto, tmp_path) -> None:
+    done = run_cli(
+        "bench", "--model", bench_bundle, "--variants", "int8", "--out", tmp_path,
+        "--threads", "1", *QUICK, "--broker", mosquitto.url, "--broker-tweets", 40,
+        "--rate", 20, "--seconds", 2, "--broker-repeats", 1,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    row = json.loads((tmp_path / "report.json").read_text())["broker"]
+    assert row["e2e_saturation_tweets_per_s"]["median"] > 0
+    assert row["bare_tweets_per_s"]["median"] > 0
+    rate = row["fixed_rate"]
+    assert rate["runs"][0]["complete"]
+    assert 0 < rate["p50_ms"] <= rate["p99_ms"]
+    assert 0 < row["node_idle_rss_mib"] <= row["node_peak_rss_mib"]
+    assert "End to end through the broker" in (tmp_path / "report.md").read_text()
