@@ -9,7 +9,11 @@ from urllib.parse import urlsplit
 
 import typer
 
+from node.cliconfig import ConfigFile, PrintConfig, configurable
 from node.paths import default_state_dir
+
+# The defaults of `node start` are NodeConfig's: one place for the CLI, files and docs.
+from node.service import NodeConfig
 
 app = typer.Typer(
     help=(
@@ -42,8 +46,12 @@ def parse_broker_url(url: str) -> tuple[str, int]:
     return parts.hostname or "localhost", port
 
 
-@app.command()
+# --model has no REPEDGE_MODEL: that variable already names the fallback model, used
+# only when nothing is installed (see --model's help).
+@app.command(cls=configurable("REPEDGE_", no_env=("model",)))
 def start(
+    config: ConfigFile = None,
+    print_config: PrintConfig = False,
     model: Annotated[
         Path | None,
         typer.Option(
@@ -61,7 +69,7 @@ def start(
         ),
     ] = None,
     broker: Annotated[str, typer.Option(help="MQTT broker, mqtt://host:port.")] = (
-        "mqtt://localhost:1883"
+        f"mqtt://{NodeConfig.host}:{NodeConfig.port}"
     ),
     node_id: Annotated[
         str | None,
@@ -81,38 +89,44 @@ def start(
     password: Annotated[
         str | None, typer.Option(help="Broker password.", envvar="REPEDGE_MQTT_PASSWORD")
     ] = None,
-    tweets_topic: Annotated[str, typer.Option(help="Topic tweets arrive on.")] = "repedge/tweets",
+    tweets_topic: Annotated[str, typer.Option(help="Topic tweets arrive on.")] = (
+        NodeConfig.tweets_topic
+    ),
     labels_topic: Annotated[str, typer.Option(help="Topic label records go to.")] = (
-        "repedge/labels"
+        NodeConfig.labels_topic
     ),
     errors_topic: Annotated[str, typer.Option(help="Topic error records go to.")] = (
-        "repedge/errors"
+        NodeConfig.errors_topic
     ),
     telemetry_interval: Annotated[
         float, typer.Option(help="Seconds between telemetry reports.")
-    ] = 5.0,
-    max_batch: Annotated[int, typer.Option(help="Most tweets per inference batch.")] = 32,
+    ] = NodeConfig.telemetry_interval_s,
+    max_batch: Annotated[int, typer.Option(help="Most tweets per inference batch.")] = (
+        NodeConfig.max_batch
+    ),
     max_batch_tokens: Annotated[
         int,
         typer.Option(
             help="Most tokens (rows x padded length) per interpreter call; bounds "
             "the interpreter's working memory."
         ),
-    ] = 256,
+    ] = NodeConfig.max_batch_tokens,
     max_wait_ms: Annotated[
         float,
         typer.Option(
             help="Longest a growing batch waits for more tweets (a lone tweet never waits)."
         ),
-    ] = 5.0,
+    ] = NodeConfig.max_wait_ms,
     queue_size: Annotated[
         int,
         typer.Option(
             help="Tweets held in memory; also the MQTT Receive Maximum, so the "
             "broker holds the rest."
         ),
-    ] = 256,
-    max_bytes: Annotated[int, typer.Option(help="Largest accepted payload, in bytes.")] = 4096,
+    ] = NodeConfig.queue_size,
+    max_bytes: Annotated[int, typer.Option(help="Largest accepted payload, in bytes.")] = (
+        NodeConfig.max_bytes
+    ),
     state_dir: Annotated[
         Path | None,
         typer.Option(
@@ -126,10 +140,19 @@ def start(
         typer.Option(
             help="Seconds the broker keeps queueing tweets for this node while it is offline."
         ),
-    ] = 7 * 24 * 3600,
+    ] = NodeConfig.session_expiry_s,
     drain_timeout: Annotated[
         float, typer.Option(help="Seconds to finish queued work on SIGTERM/Ctrl-C.")
-    ] = 10.0,
+    ] = NodeConfig.drain_timeout_s,
+    share_group: Annotated[
+        str | None,
+        typer.Option(
+            help="Join this MQTT 5 shared subscription group ($share/GROUP/TWEETS_TOPIC): the "
+            "broker deals each tweet to one member of the group. Every member needs its "
+            "own --node-id (docs/fleet.md).",
+            show_default=False,
+        ),
+    ] = NodeConfig.share_group,
     watch_mount: Annotated[
         Path | None,
         typer.Option(
@@ -191,6 +214,7 @@ def start(
             "session_expiry_s": session_expiry,
             "drain_timeout_s": drain_timeout,
             "default_entity": entity.strip() if entity and entity.strip() else None,
+            "share_group": share_group,
         },
         "model": str(model.absolute()) if model else None,
         "variant": variant,

@@ -186,13 +186,14 @@ def render_effective(ctx: typer.Context) -> str:
     return "\n".join(lines) + "\n"
 
 
-def configurable(env_prefix: str) -> type[TyperCommand]:
+def configurable(env_prefix: str, no_env: tuple[str, ...] = ()) -> type[TyperCommand]:
     """A typer command class whose options read ``<env_prefix><OPTION>`` from the
     environment, and which honours ``--print-config`` (declare it with :data:`PrintConfig`,
     and ``--config`` with :data:`ConfigFile`).
 
     Use as ``@app.command(cls=configurable("REPEDGE_"))``. An option that names its own
-    ``envvar`` keeps it, after the generic name.
+    ``envvar`` keeps it, after the generic name; options named in ``no_env`` (parameter
+    names) get no environment variable.
     """
 
     class ConfigurableCommand(TyperCommand):
@@ -201,7 +202,7 @@ def configurable(env_prefix: str) -> type[TyperCommand]:
             for param in self.params:
                 if getattr(param, "param_type_name", "") != "option":
                     continue
-                if param.name == "print_config":
+                if param.name == "print_config" or param.name in no_env:
                     continue
                 generic = f"{env_prefix}{param.name.upper()}"
                 own = param.envvar

@@ -146,6 +146,9 @@ def run(spec: dict[str, Any]) -> int:
         return 2
 
     service = NodeService(config, classifier, updates=updates)
+    from node.systemd import attach as attach_systemd
+
+    notifier = attach_systemd(service)  # READY=1 and the watchdog, under systemd
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -154,6 +157,7 @@ def run(spec: dict[str, Any]) -> int:
         log.warning("no model installed yet: tweets wait with the broker until one is provisioned")
 
     stop.wait()
+    notifier.stopping()
     service.stop()
     return 0
 

@@ -95,10 +95,16 @@ class NodeConfig:
     default_entity: str | None = None
     # How often a failing record store is tried again (the node labels without it).
     store_retry_s: float = DEFAULT_RETRY_S
+    # MQTT 5 shared subscription group: the broker deals tweets out among its members.
+    share_group: str | None = None
 
     def __post_init__(self) -> None:
         if not self.node_id or any(c in self.node_id for c in "/+#\x00"):
             raise ValueError(f"node id {self.node_id!r} must be non-empty, without / + #")
+        if self.share_group is not None and (
+            not self.share_group or any(c in self.share_group for c in "/+#\x00")
+        ):
+            raise ValueError(f"share group {self.share_group!r} must be non-empty, without / + #")
 
     @property
     def client_id(self) -> str:
@@ -108,7 +114,7 @@ class NodeConfig:
     @property
     def tweets_subscription(self) -> str:
         """The topic filter the node subscribes to for tweets."""
-        group = getattr(self, "share_group", None)
+        group = self.share_group
         return f"$share/{group}/{self.tweets_topic}" if group else self.tweets_topic
 
     def node_topic(self, leaf: str) -> str:

@@ -19,6 +19,11 @@ import socket
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from node.service import NodeService
 
 log = logging.getLogger("repedge.node.systemd")
 
@@ -105,3 +110,28 @@ class Notifier:
             if self._sock is not None:
                 self._sock.close()
                 self._sock = None
+
+
+# Test hook: while the file this variable names exists, the inference loop blocks, as a
+# hung worker would (tests/test_systemd.py checks the watchdog then stops being petted).
+HANG_FILE_ENV = "REPEDGE_TEST_HANG_WORKER_WHILE"
+
+
+def _block_while(path: Path) -> None:
+    while path.exists():
+        time.sleep(0.05)
+
+
+def attach(service: NodeService) -> Notifier:
+    """Wire a :class:`Notifier` to a node service (before ``service.start()``): READY=1 when
+    its model is loaded and its subscription acknowledged, WATCHDOG=1 from its worker loop."""
+    notifier = Notifier()
+    hang_file = os.environ.get(HANG_FILE_ENV)
+    if hang_file:
+        service.hooks.heartbeat.append(lambda: _block_while(Path(hang_file)))
+    if notifier.enabled:
+        cfg = service.config
+        status = f"node {cfg.node_id} serving {cfg.tweets_subscription}"
+        service.hooks.on_ready.append(lambda: notifier.ready(status))
+        service.hooks.heartbeat.append(notifier.heartbeat)
+    return notifier

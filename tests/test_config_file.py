@@ -112,3 +112,61 @@ def test_unreadable_and_invalid_files_are_refused(tmp_path):
 def test_example_broker_config_loads(tmp_path):
     values = effective(broker_app, ["start", "--config", str(EXAMPLES / "broker.toml")])
     assert values["host"] == "127.0.0.1" and values["port"] == 1883
+
+
+# -- node start -------------------------------------------------------------------------------
+
+
+def test_node_settings_follow_the_same_order(tmp_path):
+    from node.cli import app as node_app
+
+    conf = write(tmp_path, 'broker = "mqtt://file:1"\nnode-id = "from-file"\nmax-batch = 8\n')
+    start = ["start", "--config", str(conf)]
+    env = {"REPEDGE_BROKER": "mqtt://env:2", "REPEDGE_NODE_ID": "from-env"}
+    flagged = effective(node_app, [*start, "--node-id", "from-flag"], env)
+    assert flagged["node-id"] == "from-flag" and flagged["broker"] == "mqtt://env:2"
+    assert flagged["max-batch"] == 8
+    assert effective(node_app, start)["broker"] == "mqtt://file:1"
+    # The password keeps its older variable name as a second choice.
+    result = run(node_app, ["start", "--print-config"], {"REPEDGE_MQTT_PASSWORD": "s3cret"})
+    assert 'password = "***"' in result.output and "s3cret" not in result.output
+
+
+def test_node_defaults_are_node_config_s(tmp_path):
+    from node.cli import app as node_app
+    from node.service import NodeConfig
+
+    values = effective(node_app, ["start"])
+    assert values["max-batch"] == NodeConfig.max_batch
+    assert values["queue-size"] == NodeConfig.queue_size
+    assert values["session-expiry"] == NodeConfig.session_expiry_s
+    assert values["drain-timeout"] == NodeConfig.drain_timeout_s
+    assert values["tweets-topic"] == NodeConfig.tweets_topic
+    assert values["broker"] == f"mqtt://{NodeConfig.host}:{NodeConfig.port}"
+
+
+def test_model_keeps_repedge_model_as_the_fallback_only(tmp_path):
+    from node.cli import app as node_app
+
+    result = run(node_app, ["start", "--print-config"], {"REPEDGE_MODEL": str(tmp_path)})
+    assert "# model = (not set)" in result.output
+
+
+def test_node_lists_and_relative_paths_in_the_file(tmp_path):
+    from node.cli import app as node_app
+
+    conf = write(tmp_path, 'trust-key = ["keys/a.pub", "/etc/b.pub"]\nwatch-mount = "usb"\n')
+    values = effective(node_app, ["start", "--config", str(conf)])
+    assert values["trust-key"] == [str(tmp_path / "keys" / "a.pub"), "/etc/b.pub"]
+    assert values["watch-mount"] == str(tmp_path / "usb")
+    bad = write(tmp_path, 'trust-key = "a.pub"\n', "bad.toml")
+    result = run(node_app, ["start", "--config", str(bad), "--print-config"])
+    assert result.exit_code == 2 and "expected a list, got a string" in result.output
+
+
+def test_example_node_config_loads():
+    from node.cli import app as node_app
+
+    values = effective(node_app, ["start", "--config", str(EXAMPLES / "node.toml")])
+    assert values["broker"] == "mqtt://localhost:1883"
+    assert values["tweets-topic"] == "repedge/tweets"

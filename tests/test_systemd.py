@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from node.systemd import Notifier, socket_address, watchdog_interval
-from tests.conftest import REPO
+from node.systemd import HANG_FILE_ENV, Notifier, socket_address, watchdog_interval
+from tests.conftest import REPO, WAIT_S, Collector, publish
 
 INSTALL = REPO / "scripts" / "install-services.sh"
 UNITS = sorted(p.name for p in (REPO / "deploy" / "systemd").glob("*.service"))
@@ -166,3 +167,58 @@ def test_unit_files_verify_cleanly(tmp_path):
     node_unit = (units / "repedge-node@.service").read_text()
     for setting in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "User=repedge"):
         assert setting in node_unit
+
+
+# -- a real node under a stand-in for systemd -------------------------------------------------
+
+
+def drain(listener: NotifyListener, seconds: float) -> list[str]:
+    """Every line received for ``seconds``."""
+    lines: list[str] = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        message = listener.receive(left)
+        if message is not None:
+            lines += message
+    return lines
+
+
+def test_node_is_ready_after_its_subscription_and_pets_the_watchdog_only_while_working(
+    node_factory, mosquitto, tmp_path, monkeypatch
+):
+    listener = NotifyListener()
+    hang = tmp_path / "hang-worker"
+    monkeypatch.setenv("NOTIFY_SOCKET", listener.env_value)
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # 1 s: the node pets every 0.5 s
+    monkeypatch.setenv(HANG_FILE_ENV, str(hang))
+    node = node_factory().start()
+    watcher = Collector(mosquitto, [node.topics.labels])
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            message = listener.receive(max(0.1, deadline - time.monotonic()))
+            assert message is not None, f"no READY=1; log:\n{node.log()}"
+            if "READY=1" in message:
+                break
+        # READY comes after the SUBACK: a tweet sent right now must reach the node
+        # (one sent before the subscription exists would be dropped by the broker).
+        publish(mosquitto, node.topics.tweets, ['{"id": "r1", "text": "ready or not"}'])
+        watcher.wait_for(lambda _: watcher.json(node.topics.labels), what="label after READY")
+        assert drain(listener, 3.0).count("WATCHDOG=1") >= 3
+
+        hang.touch()  # the worker blocks at its next loop iteration
+        drain(listener, 1.5)  # a pet may have left just before it blocked
+        publish(mosquitto, node.topics.tweets, ['{"id": "h1", "text": "stuck worker"}'])
+        assert "WATCHDOG=1" not in drain(listener, 3.0)  # three intervals: systemd kills
+        assert [r["id"] for r in watcher.json(node.topics.labels)] == ["r1"]
+
+        hang.unlink()  # unblocked (what a restart achieves): petting and work resume
+        assert "WATCHDOG=1" in drain(listener, 3.0)
+        watcher.wait_for(lambda _: len(watcher.json(node.topics.labels)) == 2, what="h1")
+
+        node.signal(signal.SIGTERM)
+        assert "STOPPING=1" in drain(listener, 3.0)
+        assert node.wait() == 0
+    finally:
+        watcher.close()
+        listener.close()
