@@ -148,6 +148,15 @@ class ModelBundle:
     def tokenizer_path(self) -> Path:
         return self.root / TOKENIZER_FILE
 
+    def contract_files(self) -> list[str]:
+        """Every file the bundle contract names (what provisioning ships); strays in the
+        folder are not part of the bundle."""
+        files = [MANIFEST_FILE, LABELS_FILE, TOKENIZER_FILE]
+        files += sorted({v.file for v in self.manifest.variants.values()})
+        if self.manifest.entity_heads:
+            files.append(self.manifest.entity_heads["file"])
+        return files
+
     @property
     def entity_heads_path(self) -> Path | None:
         heads = self.manifest.entity_heads

@@ -30,7 +30,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgemodel.bundle import LABELS_FILE, MANIFEST_FILE, TOKENIZER_FILE, ModelBundle
+from edgemodel.bundle import MANIFEST_FILE, ModelBundle
 from edgemodel.inference import Classifier, load_interpreter_class
 from provisioning.fsutil import (
     copy_durable,
@@ -265,8 +265,7 @@ def read_manifest_unverified(path: Path) -> tuple[ArtifactManifest, bytes]:
 
 def bundle_files(bundle: ModelBundle) -> list[str]:
     """The files the bundle contract names; strays in the folder are not shipped."""
-    variant_files = sorted({v.file for v in bundle.manifest.variants.values()})
-    return [MANIFEST_FILE, LABELS_FILE, TOKENIZER_FILE, *variant_files]
+    return bundle.contract_files()
 
 
 def runtime_of(classifier: Classifier) -> RuntimeRequirement:

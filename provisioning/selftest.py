@@ -38,15 +38,21 @@ class Canary:
 def compute_canaries(
     classifier: Classifier, texts: Sequence[str]
 ) -> tuple[list[Canary], list[str]]:
-    """Expected labels for ``texts`` and warnings for canaries too close to call."""
+    """Expected labels for ``texts`` and warnings for canaries too close to call.
+
+    A bundle with per-entity heads (``trainer adapt``) also gets the first two texts with
+    each such entity, so the node re-checks the heads it will serve, not only the FlatBuffer.
+    """
     canaries: list[Canary] = []
     warnings: list[str] = []
-    for text in texts:
+    entities = sorted(h.entity for h in classifier.entity_heads.values())
+    cases = [(t, None) for t in texts] + [(t, e) for e in entities for t in texts[:2]]
+    for text, entity in cases:
         try:
-            (prediction,) = classifier.classify([text])
+            (prediction,) = classifier.classify([text], [entity])
         except EmptyTextError as exc:
             raise ValueError(f"canary {text!r} is unusable: {exc}") from exc
-        canaries.append(Canary(text=text, label=prediction.label))
+        canaries.append(Canary(text=text, label=prediction.label, entity=entity))
         top, second = sorted(prediction.scores.values(), reverse=True)[:2]
         if top - second < NARROW_MARGIN:
             warnings.append(
