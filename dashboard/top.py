@@ -50,9 +50,7 @@ def _lag(ms: float) -> str:
 
 
 def _table(*columns: tuple[str, int, str]) -> Table:
-    table = Table(
-        box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1), pad_edge=False, expand=False
-    )
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=0, pad_edge=False, expand=False)
     for title, width, justify in columns:
         table.add_column(title, width=width, justify=justify, no_wrap=True, overflow="ellipsis")  # type: ignore[arg-type]
     return table
@@ -66,11 +64,11 @@ def render(snapshot: dict[str, Any], width: int = 80, height: int = 24) -> Rende
     state = "connected" if snapshot.get("broker_connected") else "NOT CONNECTED"
     lag = snapshot.get("lag_ms")
     header = Text.assemble(
-        ("repedge top ", "bold"),
+        ("repedge top", "bold"),
+        (" (q quits) ", "dim"),
         (f"{broker} {state}", "green" if snapshot.get("broker_connected") else "bold red"),
         f"  labels {snapshot['labels_total']}  errors {snapshot['errors_total']}",
         f"  lag {_lag(lag)}" if isinstance(lag, int | float) else "",
-        ("  q quits", "dim"),
         overflow="ellipsis",
         no_wrap=True,
     )
@@ -97,15 +95,15 @@ def render(snapshot: dict[str, Any], width: int = 80, height: int = 24) -> Rende
 
     wide = width >= 100
     nt = _table(
-        ("node", 18 if wide else 13, "left"),
-        ("state", 10, "left"),
-        ("model", 20 if wide else 11, "left"),
-        ("tw/s", 6, "right"),
-        ("p50", 5, "right"),
-        ("p99", 5, "right"),
-        ("q", 4, "right"),
-        ("cpu%", 4, "right"),
-        ("MiB", 4, "right"),
+        ("node", 22 if wide else 14, "left"),
+        ("state", 11, "left"),
+        ("model", 22 if wide else 11, "left"),
+        ("tw/s", 7, "right"),
+        ("p50", 6, "right"),
+        ("p99", 6, "right"),
+        ("q", 5, "right"),
+        ("cpu%", 5, "right"),
+        ("MiB", 5, "right"),
     )
     for card in nodes[:node_rows]:
         t = card.get("telemetry") or {}
@@ -131,14 +129,14 @@ def render(snapshot: dict[str, Any], width: int = 80, height: int = 24) -> Rende
         nt.add_row(Text("no node yet", style="dim"), "", "", "", "", "", "", "", "")
 
     et = _table(
-        ("entity", 24 if wide else 14, "left"),
-        ("1h", 6, "right"),
-        ("1min", 5, "right"),
-        ("neg%", 4, "right"),
-        ("neu%", 4, "right"),
-        ("pos%", 4, "right"),
+        ("entity", 32 if wide else 18, "left"),
+        ("1h", 7, "right"),
+        ("1min", 6, "right"),
+        ("neg%", 5, "right"),
+        ("neu%", 5, "right"),
+        ("pos%", 5, "right"),
         ("rel/unrel", 11, "right"),
-        ("last", 10, "left"),
+        ("last", 9, "left"),
     )
     for entity in entities[:entity_rows]:
         hour: dict[str, int] = {}

@@ -190,6 +190,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _events(self) -> None:
         self.close_connection = True
         self._headers(HTTPStatus.OK, "text/event-stream", None)
+        if self.command == "HEAD":
+            return
         hub = self.server.hub
         first, stream = hub.open()
         try:

@@ -16,7 +16,7 @@ const model = {
   errorMinutes: new Map(),
   recentErrors: [],
 };
-const view = { selected: null, split: "all", cards: new Map(), rows: new Map() };
+const view = { selected: null, chosen: false, split: "all", cards: new Map(), rows: new Map() };
 // Read by tests and benchmarks/dashboard_load.py: how often the page really redraws.
 window.repedgeStats = { messages: 0, snapshots: 0, renders: 0, lastRender: 0, errors: 0 };
 
@@ -242,26 +242,36 @@ function pct(part, total) {
 function renderEntities() {
   const tbody = $("entities").querySelector("tbody");
   const nowMinute = Math.floor((model.meta.now || Date.now() / 1000) / 60);
-  const names = [...model.entities.keys()].sort((a, b) => model.entities.get(b).total - model.entities.get(a).total);
-  if (!view.selected || !model.entities.has(view.selected)) view.selected = names[0] || null;
+  // A fixed order (by name, "sentiment" last) keeps rows still while counts stream in.
+  const names = [...model.entities.keys()].sort((a, b) =>
+    (a === "sentiment") - (b === "sentiment") || (a < b ? -1 : a > b ? 1 : 0));
+  if (!view.chosen || !model.entities.has(view.selected)) {
+    // Until the user picks one (a click), the detail follows the busiest entity.
+    const total = (n) => model.entities.get(n).total;
+    const busiest = names.reduce((best, n) => (best === null || total(n) > total(best) ? n : best), null);
+    const current = model.entities.has(view.selected) ? total(view.selected) : -1;
+    // A clear lead only, so near-equal entities do not swap the charts back and forth.
+    if (current < 0 || (busiest !== null && total(busiest) > current * 1.2 + 5)) view.selected = busiest;
+  }
   for (const [name, row] of view.rows) {
     if (!model.entities.has(name)) {
       row.remove();
       view.rows.delete(name);
     }
   }
-  for (const name of names) {
+  names.forEach((name, index) => {
     let row = view.rows.get(name);
     if (!row) {
       row = el("tr", "entity-row");
       for (let i = 0; i < 7; i += 1) row.append(el("td", i > 0 && i < 6 ? "num" : null));
       row.addEventListener("click", () => {
         view.selected = name;
+        view.chosen = true;
         scheduleRender(true);
       });
       view.rows.set(name, row);
     }
-    tbody.append(row); // re-appending keeps the rows in order of volume
+    if (tbody.children[index] !== row) tbody.insertBefore(row, tbody.children[index] || null);
     const s = entitySummary(model.entities.get(name), nowMinute);
     const cells = row.children;
     setText(cells[0], name);
@@ -273,7 +283,7 @@ function renderEntities() {
     setText(cells[6], s.related + s.unrelated > 0 ? `${s.related} / ${s.unrelated}` : "–");
     row.dataset.entity = name;
     row.classList.toggle("selected", name === view.selected);
-  }
+  });
   renderEntityDetail();
 }
 
