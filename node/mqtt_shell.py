@@ -110,6 +110,7 @@ class MqttShell:
         self._tweets_subscription = config.tweets_subscription
         self._tweets_filter = strip_share(self._tweets_subscription)
         self._tweets_sub_mid: int | None = None
+        self._left_group = threading.Event()
         self.client = self._make_client()
 
     # -- lifecycle --------------------------------------------------------------------
@@ -128,6 +129,23 @@ class MqttShell:
         # loop_start retries the first connection too: a broker that is not up yet is
         # waited for with backoff (reconnect_delay_set), not fatal.
         self.client.loop_start()
+
+    def leave_share_group(self, timeout: float) -> bool:
+        """Unsubscribe from the share group's tweets; True once the broker confirmed.
+
+        Mosquitto deals a group member its turn whether it is connected or not, into its
+        persistent session: a member stopped while still subscribed would strand a share
+        of the new tweets until it comes back. Tweets already dealt to it stay in its
+        session (and come back when a node with its id starts again).
+        """
+        if not self.config.share_group or not self.connected.is_set():
+            return False
+        rc, _mid = self.client.unsubscribe(self._tweets_subscription)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return False
+        left = self._left_group.wait(timeout)
+        log.info("left share group %s: %s", self.config.share_group, left)
+        return left
 
     def stop(self, deadline: float) -> None:
         """Say ``offline`` (reason ``shutdown``) if connected, then disconnect."""
@@ -208,6 +226,7 @@ class MqttShell:
         client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
@@ -260,6 +279,9 @@ class MqttShell:
                 self._on_subscribed()
             except Exception:
                 log.exception("on_subscribed callback failed")
+
+    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        self._left_group.set()  # the only unsubscribe the shell sends: leave_share_group
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()

@@ -272,6 +272,8 @@ class NodeService:
         with the broker and are redelivered on the next start.
         """
         deadline = time.monotonic() + self.config.drain_timeout_s
+        if self.config.share_group:  # out of the rotation first (MqttShell.leave_share_group)
+            self.shell.leave_share_group(min(2.0, self.config.drain_timeout_s))
         if self._updates is not None:
             try:
                 self._updates.stop()

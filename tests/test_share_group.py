@@ -3,12 +3,14 @@
 Real Mosquitto 2.0, real node processes. Mosquitto hands a group's messages to its members
 in turn, connected or not: a member that dies keeps receiving its turn into its persistent
 session, and those tweets wait there until a node with the same id comes back (what
-systemd's Restart=on-failure does) or the session expires (then they are gone).
+systemd's Restart=on-failure does) or the session expires (then they are gone). A member
+stopped with SIGTERM unsubscribes first, so the others get the new tweets.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections import Counter
 
@@ -72,10 +74,29 @@ def test_a_killed_member_s_share_waits_for_its_restart_then_nothing_is_lost(
 
     victim.start()  # same node id -> same client id -> its session, with the queue
     watcher.wait_for(
-        lambda _: {r["id"] for r in watcher.json(topics.labels)}
-        >= {f"a{i}" for i in range(600)} | {f"b{i}" for i in range(900)},
+        lambda _: (
+            {r["id"] for r in watcher.json(topics.labels)}
+            >= {f"a{i}" for i in range(600)} | {f"b{i}" for i in range(900)}
+        ),
         what="every tweet labelled once the member is back",
     )
     by_victim = {r["id"] for r in watcher.json(topics.labels) if r["node_id"] == victim.node_id}
     assert len(by_victim & {f"b{i}" for i in range(900)}) >= stranded
+    watcher.close()
+
+
+def test_a_member_stopped_with_sigterm_leaves_the_rotation(node_factory, mosquitto):
+    nodes = group_nodes(node_factory, 2)
+    topics = nodes[0].topics
+    leaving, staying = nodes
+    watcher = Collector(mosquitto, [topics.labels, "repedge/nodes/+/status"])
+    for node in nodes:
+        node.start_and_wait_online(watcher)
+
+    leaving.signal(signal.SIGTERM)  # unsubscribes from the group before it drains and exits
+    assert leaving.wait() == 0
+    publish(mosquitto, topics.tweets, tweets("s", 400))
+    # Without leaving, every second tweet would wait in the stopped member's session.
+    watcher.wait_count(topics.labels, 400)
+    assert {r["node_id"] for r in watcher.json(topics.labels)} == {staying.node_id}
     watcher.close()
