@@ -268,6 +268,9 @@ def run_bench(
         "peers": peer_ratios(variants),
         "notes": [],
     }
+    for row in variants.values():
+        # Per-tweet labels served the peer comparison; the report keeps the scores only.
+        (row.get("accuracy") or {}).pop("predictions", None)
     if options.in_process:
         report["notes"].append(
             "measured in one process (--in-process): RSS figures include earlier variants"

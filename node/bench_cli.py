@@ -43,11 +43,15 @@ def run_from_cli(a: dict[str, Any]) -> None:
     model = a["model"] or default_bundle_path()
     if model is None:
         raise typer.BadParameter("no default model here: give --model", param_hint="--model")
+    if a["split"] != "all" and not a["data"]:
+        raise typer.BadParameter("--split needs --data", param_hint="--split")
     if a["data"] and a["tweets"]:
         raise typer.BadParameter("give --data or --tweets, not both", param_hint="--tweets")
     try:
         if a["data"]:
-            tweets = labelled_tweets(a["data"], sample=a["sample"])
+            tweets = labelled_tweets(
+                a["data"], sample=a["sample"], split=a["split"], seed=a["seed"]
+            )
         elif a["tweets"]:
             tweets = plain_tweets(a["tweets"])
         else:

@@ -114,20 +114,34 @@ def plain_tweets(path: Path) -> BenchTweets:
     return BenchTweets(texts, entities, None, path.name)
 
 
-def labelled_tweets(path: Path, fmt: str = "auto", sample: int | None = None) -> BenchTweets:
+def labelled_tweets(
+    path: Path,
+    fmt: str = "auto",
+    sample: int | None = None,
+    split: str = "all",
+    seed: int = 13,
+) -> BenchTweets:
     """A labelled file through the trainer's readers (plain Python, no TensorFlow), keeping
-    the polarity-labelled tweets, as `trainer evaluate` does; ``sample`` keeps a seeded
-    random subset of that size."""
+    the polarity-labelled tweets, as `trainer evaluate` does: ``split`` (train, dev, test)
+    keeps that part of the split `trainer train` makes; ``sample`` keeps a seeded random
+    subset of that size."""
     from trainer.data import read_labeled
+    from trainer.splits import split_like_training
 
-    examples = [e for e in read_labeled(path, fmt) if e.label is not None]
+    if split not in ("all", "train", "dev", "test"):
+        raise ValueError(f"{split!r} is not one of all, train, dev, test")
+    examples = read_labeled(path, fmt)
+    name = path.name
+    if split != "all":
+        examples = getattr(split_like_training(examples, seed), split)
+        name = f"{path.name} ({split} split, seed {seed})"
+    examples = [e for e in examples if e.label is not None]
     if not examples:
         raise ValueError(f"{path}: no polarity-labelled tweets in it")
-    name = path.name
     if sample is not None and sample < len(examples):
         picked = sorted(random.Random(0).sample(range(len(examples)), sample))
         examples = [examples[i] for i in picked]
-        name = f"{path.name} (seeded sample of {sample})"
+        name = f"{name}, seeded sample of {sample}"
     return BenchTweets(
         [e.text for e in examples],
         [e.entity for e in examples],

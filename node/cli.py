@@ -276,6 +276,14 @@ def bench(
         int | None,
         typer.Option(help="Use a seeded random sample of this many --data tweets."),
     ] = None,
+    split: Annotated[
+        str,
+        typer.Option(
+            help="all | train | dev | test: only that part of --data, split as `trainer "
+            "train` splits it (RepLab by entity, others stratified with --seed)."
+        ),
+    ] = "all",
+    seed: Annotated[int, typer.Option(help="Seed of --split.")] = 13,
     threads: Annotated[
         str | None,
         typer.Option(help="Thread counts for throughput, e.g. 1,2,4. Default: 1 and all cores."),

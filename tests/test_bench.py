@@ -182,6 +182,7 @@ def test_bench_imports_no_tensorflow(bench_bundle: Path, tmp_path: Path) -> None
         (("--threads", "0"), "positive"),
         (("--variants", "fp64"), "no model file for ['fp64']"),
         (("--data", "/nonexistent.tsv"), "no such file"),
+        (("--split", "test"), "--split needs --data"),
     ],
 )
 def test_bad_input_is_a_clear_error(bench_bundle, tmp_path, args, message) -> None:
