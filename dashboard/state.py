@@ -157,6 +157,7 @@ class DashboardState:
         self.last_ignored: str | None = None
         self.last_lag_ms: float | None = None  # receipt time - record timestamp
         self._seq = 0  # numbers recent items, so deltas carry only new ones
+        self._reasons: set[str] = set()  # error reasons within the history
         self._pruned_minute = 0
         self._dirty_nodes: set[str] = set()
         self._dirty_entities: dict[str, set[int]] = {}
@@ -313,9 +314,10 @@ class DashboardState:
         reason = clip(record.get("reason"), 40) or "unknown"
         minute = int(now // 60)
         bucket = self.error_minutes.setdefault(minute, {})
-        known = {r for b in self.error_minutes.values() for r in b}
-        if reason not in known and len(known) >= MAX_REASONS:
-            reason = OTHER
+        if reason not in self._reasons:
+            if len(self._reasons) >= MAX_REASONS:
+                reason = OTHER
+            self._reasons.add(reason)
         bucket[reason] = bucket.get(reason, 0) + 1
         self.errors_total += 1
         self._dirty_error_minutes.add(minute)
@@ -343,6 +345,7 @@ class DashboardState:
                 del view.minutes[m]
         for m in [m for m in self.error_minutes if m <= horizon]:
             del self.error_minutes[m]
+        self._reasons = {r for b in self.error_minutes.values() for r in b}
 
     # -- views ----------------------------------------------------------------------------
 

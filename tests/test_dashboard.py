@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 from rich.console import Console
 
 from dashboard.source import BrokerAddress, Subscriber
-from dashboard.state import MAX_ENTITIES, SENTIMENT, DashboardState
+from dashboard.state import MAX_ENTITIES, MAX_REASONS, SENTIMENT, DashboardState
 from dashboard.top import render
 from dashboard.web import DashboardServer, Hub
 from tests.conftest import WAIT_S, publish
@@ -79,6 +80,10 @@ def test_history_and_recent_tweets_are_bounded():
     for i in range(MAX_ENTITIES + 10):  # a flood of made-up entities cannot grow memory
         state.ingest("repedge/labels", label(i, entity=f"e{i}"))
     assert len(state.snapshot()["entities"]) == MAX_ENTITIES
+    for i in range(MAX_REASONS + 10):  # and made-up error reasons end up as "other"
+        state.ingest("repedge/errors", json.dumps({"reason": f"r{i}"}).encode())
+    newest = state.snapshot()["errors"]["minutes"][str(int(clock.now // 60))]
+    assert len(newest) <= MAX_REASONS + 1 and newest["other"] >= 10
 
 
 @pytest.mark.parametrize(
@@ -230,3 +235,38 @@ def test_terminal_frame_fits_80x24_and_prints_mqtt_strings_literally():
     text = "\n".join(lines)
     assert "[bold]n11" in text  # literal, not rich markup; the newest node first
     assert "brand-" in text and "malformed_json 1" in text and "more nodes" in text
+
+
+def test_subscriber_reads_a_tls_broker_verified_against_cafile(tmp_path):
+    import ssl
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from broker.certs import CA_CERT, make_certs
+    from tests.conftest import start_mosquitto
+
+    certs = tmp_path / "tls"
+    make_certs(certs)
+    broker = start_mosquitto(tmp_path / "broker", tls_dir=certs)
+    state = DashboardState()
+    address = BrokerAddress.parse(f"mqtts://localhost:{broker.port}", cafile=str(certs / CA_CERT))
+    source = Subscriber(state, address, ["repedge/labels"])
+    source.start()
+    sender = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sender.tls_set(ca_certs=str(certs / CA_CERT), cert_reqs=ssl.CERT_REQUIRED)
+    try:
+        assert source.connected.wait(WAIT_S), source.last_error
+        sender.connect("localhost", broker.port)
+        sender.loop_start()
+        sender.publish("repedge/labels", label(1), qos=1).wait_for_publish(WAIT_S)
+        deadline = time.monotonic() + WAIT_S
+        while state.snapshot()["labels_total"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert state.snapshot()["labels_total"] == 1
+        assert state.snapshot()["broker"] == f"mqtts://localhost:{broker.port}"
+    finally:
+        sender.disconnect()
+        sender.loop_stop()
+        source.stop()
+        broker.stop()
