@@ -43,6 +43,9 @@ def main() -> int:
     parser.add_argument("--replab-train", type=Path, required=True)
     parser.add_argument("--replab-test", type=Path, required=True)
     parser.add_argument("--points", default=DEFAULT_POINTS)
+    parser.add_argument(
+        "--extra", action="append", default=[], help="more bundles to score, e.g. models/default"
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/size_frontier_protocol"))
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "size_frontier_protocol")
     args = parser.parse_args()
@@ -61,6 +64,7 @@ def main() -> int:
         folder = make_bundle(config, args.run, args.work, corpus, entities, cache)
         specs += [f"{folder}:{variant}" for variant in config.variants]
         print(f"built {config.name}", flush=True)
+    specs += args.extra
 
     data = load_protocol_data(args.replab_train, args.replab_test, args.semeval)
     results = score_models(specs, data)
