@@ -112,6 +112,10 @@ class Manifest:
     # Per-entity corrections (edgemodel.entity_heads), e.g. from `trainer adapt`:
     # {"file": "entity_heads.json", "sha256": ..., "entities": [...]}; None without.
     entity_heads: dict[str, Any] | None = None
+    # Canary tweets, [{"text", "entity", "label"}]: labels recorded when the bundle was
+    # made. `node start` refuses a model that no longer gives them (a corrupted weight
+    # that still matches its sha256, a runtime that computes differently). Optional.
+    canaries: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -89,16 +89,48 @@ def model_updates(spec: dict[str, Any]) -> ModelUpdates:
 def load_classifier(
     path: Path, variant: str | None, threads: int | None, canaries: list[dict[str, Any]]
 ) -> Classifier:
-    """Load and check a model; :class:`StartError` with a clear message if it is unusable."""
+    """Load and check a model; :class:`StartError` with a clear message if it is unusable.
+
+    Beyond the bundle's own checks (sha256 of every file): the FlatBuffer must load, and
+    the canary tweets, from the bundle's manifest and from ``canaries`` (the signed
+    artifact of an installed model), must still get their recorded labels.
+    """
     from edgemodel.bundle import BundleError
     from edgemodel.inference import Classifier
 
     try:
-        return Classifier.from_path(
+        classifier = Classifier.from_path(
             path, variant=variant, num_threads=threads or default_interpreter_threads()
         )
     except BundleError as exc:
         raise StartError(str(exc)) from None
+    except Exception as exc:  # the interpreter refuses the file: not a valid FlatBuffer
+        raise StartError(f"{path}: the model does not load: {exc}") from None
+    problems = run_canaries(classifier, [*classifier.bundle.manifest.canaries, *canaries])
+    if problems:
+        raise StartError(
+            f"{path}: the model fails its canary tweets, refusing to serve it: "
+            + "; ".join(problems)
+        )
+    return classifier
+
+
+def run_canaries(classifier: Classifier, canaries: list[dict[str, Any]]) -> list[str]:
+    """What goes wrong when ``classifier`` answers ``canaries``; [] when all agree."""
+    if not canaries:
+        return []
+    from provisioning.selftest import Canary, check_canaries
+
+    try:
+        parsed = [
+            Canary(text=c["text"], label=c["label"], entity=c.get("entity")) for c in canaries
+        ]
+    except (KeyError, TypeError) as exc:
+        return [f"malformed canary list: {exc!r}"]
+    try:
+        return check_canaries(classifier, parsed)
+    except Exception as exc:
+        return [f"running the canaries failed: {type(exc).__name__}: {exc}"]
 
 
 def run(spec: dict[str, Any]) -> int:
