@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import typer
 
+from broker.endpoint import BrokerEndpoint, EndpointError
 from node.cliconfig import ConfigFile, PrintConfig, configurable
 from node.paths import default_state_dir
 
@@ -68,9 +69,9 @@ def start(
             show_default=False,
         ),
     ] = None,
-    broker: Annotated[str, typer.Option(help="MQTT broker, mqtt://host:port.")] = (
-        f"mqtt://{NodeConfig.host}:{NodeConfig.port}"
-    ),
+    broker: Annotated[
+        str, typer.Option(help="MQTT broker: mqtt://host:port, or mqtts://host:port for TLS.")
+    ] = f"mqtt://{NodeConfig.host}:{NodeConfig.port}",
     node_id: Annotated[
         str | None,
         typer.Option(
@@ -85,9 +86,36 @@ def start(
             help="Interpreter threads (default: CPU cores - 1, from 1 to 4).", show_default=False
         ),
     ] = None,
-    username: Annotated[str | None, typer.Option(help="Broker user name.")] = None,
+    username: Annotated[
+        str | None,
+        typer.Option(
+            help="Broker user name (default with --password: the node id, the name "
+            "`broker users add NODE_ID --role node` gives a node).",
+            show_default=False,
+        ),
+    ] = None,
     password: Annotated[
         str | None, typer.Option(help="Broker password.", envvar="REPEDGE_MQTT_PASSWORD")
+    ] = None,
+    cafile: Annotated[
+        Path | None,
+        typer.Option(
+            help="With mqtts://: the CA certificate that signed the broker's (ca.crt from "
+            "`broker certs`). Default: the system's trusted CAs.",
+            show_default=False,
+        ),
+    ] = None,
+    certfile: Annotated[
+        Path | None,
+        typer.Option(
+            help="With mqtts://: this node's client certificate (for a broker started with "
+            "--require-client-cert); needs --keyfile.",
+            show_default=False,
+        ),
+    ] = None,
+    keyfile: Annotated[
+        Path | None,
+        typer.Option(help="The private key of --certfile.", show_default=False),
     ] = None,
     tweets_topic: Annotated[str, typer.Option(help="Topic tweets arrive on.")] = (
         NodeConfig.tweets_topic
@@ -186,8 +214,19 @@ def start(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve a model: read tweets from MQTT, publish labels, until SIGTERM or Ctrl-C."""
-    host, port = parse_broker_url(broker)
     node_id = node_id or socket.gethostname()
+    try:
+        endpoint = BrokerEndpoint.parse(
+            broker,
+            # With --auth, a node's broker user is named after the node (broker/roles.py).
+            username=username or (node_id if password else None),
+            password=password,
+            cafile=cafile,
+            certfile=certfile,
+            keyfile=keyfile,
+        )
+    except EndpointError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--broker") from None
     state_dir = state_dir or default_state_dir(node_id)
     provision_state = provision_state or state_dir / "provisioning"
     if model is None and watch_mount is None:
@@ -197,10 +236,14 @@ def start(
     spec = {
         "config": {
             "node_id": node_id,
-            "host": host,
-            "port": port,
-            "username": username,
-            "password": password,
+            "host": endpoint.host,
+            "port": endpoint.port,
+            "username": endpoint.username,
+            "password": endpoint.password,
+            "tls": endpoint.tls,
+            "cafile": str(endpoint.cafile.absolute()) if endpoint.cafile else None,
+            "certfile": str(endpoint.certfile.absolute()) if endpoint.certfile else None,
+            "keyfile": str(endpoint.keyfile.absolute()) if endpoint.keyfile else None,
             "tweets_topic": tweets_topic,
             "labels_topic": labels_topic,
             "errors_topic": errors_topic,

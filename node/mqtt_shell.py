@@ -234,7 +234,8 @@ class MqttShell:
         return client
 
     def _configure_transport(self, client: mqtt.Client) -> None:
-        """Transport settings before the first connect: the place for TLS (tls_set)."""
+        """Transport settings before the first connect: TLS (tls_set) for mqtts://."""
+        self.config.endpoint().configure(client)
 
     def _set_will(self, client: mqtt.Client) -> None:
         client.will_set(self.config.node_topic("status"), self._will(), qos=1, retain=True)

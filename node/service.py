@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from broker.endpoint import BrokerEndpoint
 from edgemodel.inference import Classifier
 from node.batcher import Batcher
 from node.core import BatchResult, BatchStep, CoreConfig, Inbound
@@ -97,6 +98,12 @@ class NodeConfig:
     store_retry_s: float = DEFAULT_RETRY_S
     # MQTT 5 shared subscription group: the broker deals tweets out among its members.
     share_group: str | None = None
+    # mqtts:// (broker/endpoint.py): the CA that signed the broker's certificate (None: the
+    # system's CAs), and this node's certificate and key if the broker requires one.
+    tls: bool = False
+    cafile: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.node_id or any(c in self.node_id for c in "/+#\x00"):
@@ -110,6 +117,23 @@ class NodeConfig:
     def client_id(self) -> str:
         # Fixed per node: the broker keeps this session's queue while the node is away.
         return f"repedge-node-{self.node_id}"
+
+    def endpoint(self) -> BrokerEndpoint:
+        """The broker address, credentials and TLS files, ready to configure a paho client."""
+
+        def path(value: Path | str | None) -> Path | None:
+            return Path(value) if value else None
+
+        return BrokerEndpoint(
+            host=self.host,
+            port=self.port,
+            tls=self.tls,
+            username=self.username,
+            password=self.password,
+            cafile=path(self.cafile),
+            certfile=path(self.certfile),
+            keyfile=path(self.keyfile),
+        )
 
     @property
     def tweets_subscription(self) -> str:
