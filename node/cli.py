@@ -211,6 +211,31 @@ def start(
             show_default=False,
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve Prometheus metrics on http://METRICS_HOST:PORT/metrics (off by "
+            "default; 9464 is the usual choice).",
+            min=1,
+            max=65535,
+            show_default=False,
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str,
+        typer.Option(
+            help="Address the metrics server listens on: 0.0.0.0 for a Prometheus on "
+            "another machine."
+        ),
+    ] = "127.0.0.1",
+    ha_discovery: Annotated[
+        bool,
+        typer.Option(
+            "--ha-discovery/--no-ha-discovery",
+            help="Announce this node's sensors to Home Assistant (MQTT discovery: "
+            "retained configs under homeassistant/).",
+        ),
+    ] = True,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve a model: read tweets from MQTT, publish labels, until SIGTERM or Ctrl-C."""
@@ -265,6 +290,9 @@ def start(
         "watch_mount": str(watch_mount.absolute()) if watch_mount else None,
         "trust_keys": [str(k.absolute()) for k in trust_key or []],
         "provision_state": str(provision_state.absolute()),
+        "metrics_port": metrics_port,
+        "metrics_host": metrics_host,
+        "ha_discovery": ha_discovery,
         "log_level": log_level,
     }
     from node.serve import exec_serve

@@ -17,7 +17,10 @@ import json
 import re
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from node.service import NodeService
 
 DISCOVERY_PREFIX = "homeassistant"
 HA_STATUS_TOPIC = f"{DISCOVERY_PREFIX}/status"
@@ -142,3 +145,26 @@ def discovery_messages(
 def is_ha_online(payload: bytes) -> bool:
     """Home Assistant's birth message on ``homeassistant/status``."""
     return payload.strip() == HA_ONLINE
+
+
+def attach(service: NodeService, prefix: str = DISCOVERY_PREFIX) -> None:
+    """Publish the configs on every (re)connect and on Home Assistant's birth message;
+    call before ``start()``."""
+    config = service.config
+
+    def publishes() -> list[tuple[str, str, int, bool]]:
+        messages = discovery_messages(
+            config.node_id, config.node_topic("status"), config.node_topic("telemetry"), prefix
+        )
+        return [(topic, payload, 1, True) for topic, payload in messages]
+
+    def on_ha_status(topic: str, payload: bytes) -> None:
+        # On paho's network thread, like the connect publishes.
+        if is_ha_online(payload):
+            for topic_, payload_, qos, retain in publishes():
+                service.shell.publish(topic_, payload_, qos, retain)
+
+    service.hooks.connect_publishes.append(publishes)
+    # QoS 0: a birth missed while the node is away needs no queueing, since the node
+    # publishes the configs on every reconnect anyway.
+    service.hooks.subscriptions.append((f"{prefix}/status", 0, on_ha_status))

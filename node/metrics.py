@@ -8,11 +8,12 @@ updated by the inference thread once per batch; gauges that the node already kno
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -26,6 +27,9 @@ from prometheus_client import (
 
 from node.telemetry import cpu_temperature
 
+if TYPE_CHECKING:
+    from node.service import BatchReport, NodeService
+
 log = logging.getLogger("repedge.node")
 
 # Seconds from a tweet's arrival to its record's publish: a batch of one on a Pi is a
@@ -36,6 +40,8 @@ LATENCY_BUCKETS_S = (
 # Tweets per batch: powers of two up to the largest --max-batch anyone should use.
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 MODEL_LABELS = ("name", "version", "variant", "sha256")
+# provisioning/install.py and provisioning/watch.py; primed at 0 so increase() sees the first.
+PROVISIONING_EVENTS = ("install_started", "installed", "rejected", "swap_failed")
 
 
 class NodeMetrics:
@@ -99,6 +105,8 @@ class NodeMetrics:
             ["event"],
             registry=r,
         )
+        for event in PROVISIONING_EVENTS:
+            self.provisioning_events.labels(event=event)
         self.last_provisioning_event = Gauge(
             "repedge_provisioning_last_event_timestamp_seconds",
             "Unix time of the last provisioning event (0: none yet).",
@@ -171,6 +179,43 @@ class NodeMetrics:
         server, thread = start_http_server(port, addr=host, registry=self.registry)
         log.info("metrics on http://%s:%d/metrics", host, server.server_port)
         return MetricsServer(server, thread)
+
+
+def attach(
+    service: NodeService, port: int, host: str = "127.0.0.1", labels: Iterable[str] = ()
+) -> MetricsServer:
+    """Feed a node's metrics from its hooks and serve them; call before ``start()``.
+
+    Raises OSError when the port cannot be bound (in use, no permission).
+    """
+    metrics = NodeMetrics(
+        service.config.node_id,
+        queue_depth=service.queue_depth,
+        connected=service.shell.connected.is_set,
+    )
+    metrics.set_model(service.model_identity(), labels)
+
+    def on_batch(report: BatchReport) -> None:
+        records = report.result.records
+        metrics.observe_batch(
+            # The record carries the label; the batch result only counts them.
+            (json.loads(r.payload)["label"] for r in records if r.kind == "label"),
+            (r.reason or "unknown" for r in records if r.kind == "error"),
+            report.result.duplicates,
+            (ms / 1000 for ms in report.result.latencies_ms),
+            batch_size=len(records),
+        )
+
+    def on_event(name: str, fields: dict[str, Any]) -> None:
+        if name == "model_swapped":
+            metrics.set_model(fields.get("model"))
+        elif name == "provisioning":
+            metrics.record_event(fields)
+
+    server = metrics.serve(port, host)
+    service.hooks.on_batch.append(on_batch)
+    service.hooks.on_event.append(on_event)
+    return server
 
 
 class MetricsServer:

@@ -178,6 +178,25 @@ def run(spec: dict[str, Any]) -> int:
         return 2
 
     service = NodeService(config, classifier, updates=updates)
+    metrics_server = None
+    if spec.get("metrics_port") is not None:
+        # Imported only when asked for: prometheus_client adds ~1 MiB to the process.
+        from node.metrics import attach as attach_metrics
+
+        try:
+            metrics_server = attach_metrics(
+                service,
+                spec["metrics_port"],
+                spec.get("metrics_host") or "127.0.0.1",
+                classifier.bundle.labels if classifier else (),
+            )
+        except OSError as exc:
+            print(f"error: --metrics-port {spec['metrics_port']}: {exc}", file=sys.stderr)
+            return 2
+    if spec.get("ha_discovery", True):
+        from node.ha_discovery import attach as attach_ha_discovery
+
+        attach_ha_discovery(service)
     from node.systemd import attach as attach_systemd
 
     notifier = attach_systemd(service)  # READY=1 and the watchdog, under systemd
@@ -191,6 +210,8 @@ def run(spec: dict[str, Any]) -> int:
     stop.wait()
     notifier.stopping()
     service.stop()
+    if metrics_server is not None:
+        metrics_server.close()
     return 0
 
 

@@ -261,6 +261,10 @@ class NodeService:
         self.shell.publish(self.config.node_topic("events"), json.dumps(event, default=str), qos=1)
         self._event("provisioning", event)
 
+    def queue_depth(self) -> int:
+        """Tweets received and waiting for inference (metrics read it at scrape time)."""
+        return self._batcher.depth()
+
     def model_identity(self) -> dict[str, str] | None:
         with self._classifier_lock:
             clf = self._classifier

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 
 import pytest
+from jinja2.sandbox import SandboxedEnvironment
 
 from node.ha_discovery import (
     DISCOVERY_PREFIX,
+    HA_STATUS_TOPIC,
     SENSORS,
     discovery_messages,
     is_ha_online,
     object_id,
 )
+from tests.conftest import Collector, Received, publish
 
 # <discovery_prefix>/<component>/[<node_id>/]<object_id>/config, ids in [a-zA-Z0-9_-].
 TOPIC = re.compile(r"^homeassistant/sensor/[a-zA-Z0-9_-]+/[a-zA-Z0-9_-]+/config$")
@@ -78,3 +82,105 @@ def test_birth_message() -> None:
     assert is_ha_online(b"online")
     assert not is_ha_online(b"offline")
     assert DISCOVERY_PREFIX == "homeassistant"
+
+
+# -- a real node on a real Mosquitto ----------------------------------------------------
+
+
+def render(template: str, payload: bytes) -> str:
+    """A value_template evaluated the way Home Assistant does (Jinja2, value_json)."""
+    env = SandboxedEnvironment()
+    return env.from_string(template).render(value=payload.decode(), value_json=json.loads(payload))
+
+
+def availability(config: dict, status: bytes) -> str:
+    [avail] = config["availability"]
+    state = render(avail["value_template"], status)
+    assert state in (avail["payload_available"], avail["payload_not_available"])
+    return "available" if state == avail["payload_available"] else "unavailable"
+
+
+def fresh(topic_filter: str, mosquitto, count: int = 1) -> list[Received]:
+    """What a subscriber arriving now gets: the retained messages."""
+    late = Collector(mosquitto, [topic_filter])
+    try:
+        return late.wait_count(topic_filter, count)
+    finally:
+        late.close()
+
+
+def test_node_is_discovered_and_availability_follows_its_status(
+    node_factory, mosquitto, topics, tiny_bundle
+) -> None:
+    node = node_factory(extra=["--telemetry-interval", "0.5"])
+    configs_filter = f"homeassistant/sensor/{object_id(node.node_id)}/+/config"
+    status_topic = f"repedge/nodes/{node.node_id}/status"
+    telemetry_topic = f"repedge/nodes/{node.node_id}/telemetry"
+    watcher = Collector(
+        mosquitto, [configs_filter, topics.labels, f"repedge/nodes/{node.node_id}/#"]
+    )
+    try:
+        node.start_and_wait_online(watcher)
+        watcher.wait_count(configs_filter, len(SENSORS))
+        # Retained: Home Assistant (re)started later still finds every sensor.
+        retained = fresh(configs_filter, mosquitto, len(SENSORS))
+        assert len(retained) == len(SENSORS) and all(m.retain for m in retained)
+        configs = [check_config(m.topic, m.payload, node.node_id) for m in retained]
+
+        # Each template reads a real telemetry report / status as Home Assistant would.
+        publish(mosquitto, topics.tweets, [f"lovely day {uuid.uuid4().hex[:6]}"])
+        watcher.wait_count(topics.labels, 1)
+        telemetry = watcher.wait_for(
+            lambda msgs: [
+                m for m in msgs if m.topic == telemetry_topic and m.json()["latency_p99_ms"]
+            ],
+            what="telemetry with a latency window",
+        )[-1]
+        [status] = fresh(status_topic, mosquitto)
+        for config in configs:
+            source = status if config["state_topic"] == status_topic else telemetry
+            assert config["state_topic"] in (status_topic, telemetry_topic)
+            shown = render(config["value_template"], source.payload)
+            if config["name"] == "Model version":
+                assert shown == tiny_bundle.identity()["version"]
+            else:
+                float(shown)  # a number, not "None" or a template error
+            assert availability(config, status.payload) == "available"
+
+        # Home Assistant's birth message makes the node publish its configs again.
+        seen = len(watcher.on(configs_filter))
+        publish(mosquitto, HA_STATUS_TOPIC, ["online"])
+        watcher.wait_count(configs_filter, seen + len(SENSORS))
+
+        # kill -9: the broker publishes the Last Will, and the sensors become unavailable.
+        node.kill()
+        watcher.wait_for(
+            lambda msgs: any(
+                m.topic == status_topic and m.json()["state"] == "offline" for m in msgs
+            ),
+            what="the Last Will",
+        )
+        [status] = fresh(status_topic, mosquitto)
+        assert all(availability(c, status.payload) == "unavailable" for c in configs)
+    finally:
+        watcher.close()
+
+
+def test_no_ha_discovery_publishes_nothing_under_homeassistant(node_factory, mosquitto) -> None:
+    node = node_factory(extra=["--telemetry-interval", "0.5", "--no-ha-discovery"])
+    telemetry_topic = f"repedge/nodes/{node.node_id}/telemetry"
+    watcher = Collector(mosquitto, ["homeassistant/#", f"repedge/nodes/{node.node_id}/#"])
+    try:
+        node.start_and_wait_online(watcher)
+        publish(mosquitto, HA_STATUS_TOPIC, ["online"])
+        # Two telemetry reports after the birth message: the node has had time to answer it.
+        seen = len(watcher.on(telemetry_topic))
+        watcher.wait_count(telemetry_topic, seen + 2)
+        ours = [
+            m.topic
+            for m in watcher.on("homeassistant/#")
+            if object_id(node.node_id) in m.topic or node.node_id.encode() in m.payload
+        ]
+        assert ours == []
+    finally:
+        watcher.close()

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+import time
+import urllib.error
 import urllib.request
+import uuid
+from collections import Counter
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from node.metrics import NodeMetrics
+from tests.conftest import WAIT_S, Collector, free_port, publish
 
 REPO = Path(__file__).resolve().parents[1]
 GRAFANA = REPO / "dashboard" / "grafana" / "repedge-node.json"
@@ -122,3 +127,77 @@ def test_grafana_queries_name_exported_metrics() -> None:
     metrics.observe_batch(["positive"], ["too_large"], 1, [0.01], batch_size=2)
     metrics.record_event({"event": "installed"})
     check_grafana_against(metrics.render().decode())
+
+
+# -- a real node on a real Mosquitto ----------------------------------------------------
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def scrape_until(port: int, ready, what: str) -> str:
+    """Scrape until ``ready(text)``: counters follow the records by up to one batch."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        try:
+            text = scrape(port)
+            if ready(text):
+                return text
+        except urllib.error.URLError:
+            text = "(not serving yet)"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; last scrape:\n{text}")
+        time.sleep(0.2)
+
+
+def test_node_metrics_match_the_records_it_published(
+    node_factory, mosquitto, topics, tiny_bundle
+) -> None:
+    port = free_port()
+    node = node_factory(extra=["--metrics-port", str(port), "--no-ha-discovery"])
+    watcher = Collector(
+        mosquitto, [topics.labels, topics.errors, f"repedge/nodes/{node.node_id}/#"]
+    )
+    try:
+        node.start_and_wait_online(watcher)
+        tag = uuid.uuid4().hex[:6]
+        good = [
+            json.dumps({"id": f"{tag}-{i}", "text": f"great phone number {i}"}) for i in range(12)
+        ]
+        bad = [
+            "{not json",
+            json.dumps({"id": f"{tag}-b", "text": 5}),
+            json.dumps({"id": f"{tag}-c", "text": "  "}),
+        ]
+        publish(mosquitto, topics.tweets, [*good, *bad])
+        labels = watcher.wait_count(topics.labels, len(good))
+        errors = watcher.wait_count(topics.errors, len(bad))
+        by_label = Counter(m.json()["label"] for m in labels)
+        by_reason = Counter(m.json()["reason"] for m in errors)
+        assert by_reason == {"malformed_json": 1, "bad_field": 1, "empty_text": 1}
+
+        text = scrape_until(
+            port,
+            lambda t: (
+                value(t, "repedge_labels_total") == len(good)
+                and value(t, "repedge_errors_total") == len(bad)
+            ),
+            f"{len(good)} labels and {len(bad)} errors in /metrics; node log:\n{node.log()}",
+        )
+        for label, count in by_label.items():
+            assert value(text, "repedge_labels_total", label=label) == count
+        for reason, count in by_reason.items():
+            assert value(text, "repedge_errors_total", reason=reason) == count
+        assert value(text, "repedge_latency_seconds_count") == len(good)
+        assert value(text, "repedge_batch_size_sum") == len(good) + len(bad)
+        [info] = [s for s in samples(text) if s.name == "repedge_model_info"]
+        assert info.labels == tiny_bundle.identity() and info.value == 1
+        [node_info] = [s for s in samples(text) if s.name == "repedge_node_info"]
+        assert node_info.labels == {"node_id": node.node_id}
+        assert value(text, "repedge_connected") == 1
+        assert value(text, "process_resident_memory_bytes") > 0
+        check_grafana_against(text)  # the dashboard's queries against a real scrape
+    finally:
+        watcher.close()
