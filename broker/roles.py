@@ -42,8 +42,11 @@ def check_role(role: str) -> None:
 
 
 def ha_object_prefix(node_id: str) -> str:
-    """Home Assistant's object ids allow [a-zA-Z0-9_-]; discovery uses repedge_<id>."""
-    return "repedge_" + re.sub(r"[^A-Za-z0-9_-]", "_", node_id)
+    """The node level of the node's Home Assistant discovery topics (repedge_<id>, made
+    of [a-zA-Z0-9_-]): node/ha_discovery.py's own rule, so the ACL always matches it."""
+    from node.ha_discovery import object_id
+
+    return object_id(node_id)
 
 
 def rules_for(name: str, role: str) -> list[str]:

@@ -6,9 +6,11 @@ import json
 import re
 import uuid
 
+import paho.mqtt.client as mqtt
 import pytest
 from jinja2.sandbox import SandboxedEnvironment
 
+from broker.roles import rules_for
 from node.ha_discovery import (
     DISCOVERY_PREFIX,
     HA_STATUS_TOPIC,
@@ -76,6 +78,16 @@ def test_sanitized_ids_stay_distinct() -> None:
     ids = ["pi.1", "pi_1", "pi 1", "pi-1"]
     assert len({object_id(i) for i in ids}) == len(ids)
     assert object_id("pi_1") == "repedge_pi_1"  # clean ids are kept as they are
+
+
+@pytest.mark.parametrize("node_id", ["node1", "pi.kitchen"])
+def test_a_node_users_acl_covers_its_discovery_topics(node_id: str) -> None:
+    writable = [r.split()[-1] for r in rules_for(node_id, "node") if "write" in r.split()[1]]
+    for topic, _payload in discovery_messages(node_id, "s", "t"):
+        assert any(mqtt.topic_matches_sub(pattern, topic) for pattern in writable), topic
+    if node_id == "pi.kitchen":  # "pi_kitchen" is another node, whose topics stay closed
+        other = discovery_messages("pi_kitchen", "s", "t")[0][0]
+        assert not any(mqtt.topic_matches_sub(pattern, other) for pattern in writable)
 
 
 def test_birth_message() -> None:
