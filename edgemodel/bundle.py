@@ -58,9 +58,17 @@ EMBEDDING_OUTPUT = "embedding"
 
 _CHUNK = 1 << 20
 
-# The product's default model, committed with the code (see models/default/MODEL_CARD.md);
-# REPEDGE_MODEL points elsewhere.
-DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parents[1] / "models" / "default"
+
+def _shipped_bundle_dir() -> Path:
+    """The product's default model (see models/default/MODEL_CARD.md): installed from a
+    wheel it is edgemodel/default_model/ (pyproject.toml maps models/default there), in a
+    checkout models/default. REPEDGE_MODEL points elsewhere."""
+    here = Path(__file__).resolve()
+    installed = here.parent / "default_model"
+    return installed if installed.is_dir() else here.parents[1] / "models" / "default"
+
+
+DEFAULT_BUNDLE_DIR = _shipped_bundle_dir()
 
 
 def default_bundle_path() -> Path | None:
