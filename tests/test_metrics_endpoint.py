@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -13,8 +14,11 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from node.metrics import NodeMetrics
-from tests.conftest import WAIT_S, Collector, free_port, publish
+from edgemodel.bundle import ModelBundle, update_manifest
+from edgemodel.inference import Classifier
+from node.metrics import NodeMetrics, attach
+from node.service import NodeConfig, NodeService
+from tests.conftest import WAIT_S, Collector, Topics, free_port, publish
 
 REPO = Path(__file__).resolve().parents[1]
 GRAFANA = REPO / "dashboard" / "grafana" / "repedge-node.json"
@@ -201,3 +205,43 @@ def test_node_metrics_match_the_records_it_published(
         check_grafana_against(text)  # the dashboard's queries against a real scrape
     finally:
         watcher.close()
+
+
+def test_hot_swap_and_provisioning_events_reach_the_metrics(
+    mosquitto, tiny_bundle, tmp_path
+) -> None:
+    """The hooks path: an embedded node, a model swap and a provisioning event."""
+    root = tmp_path / "v2"
+    shutil.copytree(tiny_bundle.root, root)
+    update_manifest(root, version="0.0.2")
+    second = ModelBundle.load(root)
+    topics = Topics(f"test/metrics/{uuid.uuid4().hex[:8]}")
+    config = NodeConfig(
+        node_id=f"m{uuid.uuid4().hex[:8]}",
+        host=mosquitto.host,
+        port=mosquitto.port,
+        tweets_topic=topics.tweets,
+        labels_topic=topics.labels,
+        errors_topic=topics.errors,
+        state_dir=tmp_path / "state",
+        session_expiry_s=60,
+    )
+    service = NodeService(config, Classifier(tiny_bundle, num_threads=1))
+    server = attach(service, 0, labels=tiny_bundle.labels)
+    service.start()
+    try:
+        assert service.wait_connected(WAIT_S)
+        text = scrape_until(server.port, lambda t: value(t, "repedge_connected") == 1, "online")
+        [info] = [s for s in samples(text) if s.name == "repedge_model_info"]
+        assert info.labels == tiny_bundle.identity()
+
+        service.swap_classifier(Classifier(second, num_threads=1))
+        service.record_event({"event": "installed", "version": "0.0.2"})
+        text = scrape(server.port)
+        [info] = [s for s in samples(text) if s.name == "repedge_model_info"]
+        assert info.labels == second.identity()
+        assert value(text, "repedge_provisioning_events_total", event="installed") == 1
+        assert value(text, "repedge_provisioning_last_event_timestamp_seconds") > 0
+    finally:
+        service.stop()
+        server.close()
