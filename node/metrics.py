@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("repedge.node")
 
-# Seconds from a tweet's arrival to its record's publish: a batch of one on a Pi is a
-# few ms, a full batch behind a backlog can reach a second.
+# Seconds from a tweet's arrival to its label (the record's latency_ms): a batch of one on
+# a Pi is a few ms, a full batch behind a backlog can reach a second.
 LATENCY_BUCKETS_S = (
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
 )  # fmt: skip
@@ -74,7 +74,7 @@ class NodeMetrics:
         self.batches = Counter("repedge_batches", "Batches processed.", registry=r)
         self.latency = Histogram(
             "repedge_latency_seconds",
-            "Seconds from a tweet's arrival to its label record's publish.",
+            "Seconds from a tweet's arrival to its label (the record's latency_ms).",
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
