@@ -25,6 +25,9 @@ TWEETS_TOPIC = "repedge/tweets"
 #   shared: one central feed on repedge/tweets, spread over all sites (each tweet goes to
 #           one site) by an MQTT 5 shared subscription the bridge makes at the centre.
 TWEETS_IN_MODES = ("off", "site", "shared")
+# MQTT 5 unless the centre only speaks 3.1.1 (RabbitMQ before 3.13, for one): Mosquitto 2.0's
+# MQTT 5 bridge does not fall back by itself, it retries MQTT 5 forever.
+PROTOCOLS = ("mqttv50", "mqttv311")
 SHARED_GROUP = "repedge-sites"
 # Debian's bundle of the system's trusted CAs, for mqtts:// without --bridge-cafile.
 SYSTEM_CA_PATH = "/etc/ssl/certs"
@@ -46,6 +49,7 @@ class BridgeConfig:
     password: str | None = None
     cafile: Path | None = None
     tweets_in: str = "off"
+    protocol: str = "mqttv50"
 
     def __post_init__(self) -> None:
         if not _SITE_RE.match(self.site):
@@ -53,6 +57,12 @@ class BridgeConfig:
                 f"site name {self.site!r}: use letters, digits, '.', '_' or '-' (at most 64), "
                 "it becomes part of topics and client ids"
             )
+        if self.protocol not in PROTOCOLS:
+            raise BridgeError(
+                f"bridge protocol {self.protocol!r}: choose one of {', '.join(PROTOCOLS)}"
+            )
+        if self.tweets_in == "shared" and self.protocol != "mqttv50":
+            raise BridgeError("bridge tweets-in 'shared' needs the mqttv50 bridge protocol")
         if self.tweets_in not in TWEETS_IN_MODES:
             raise BridgeError(
                 f"bridge tweets-in {self.tweets_in!r}: choose one of {', '.join(TWEETS_IN_MODES)}"
@@ -111,7 +121,7 @@ def render_bridge(bridge: BridgeConfig) -> str:
         "# Rendered by `broker start --bridge-to` (broker/bridge.py).",
         f"connection {bridge.client_id}",
         f"address {address}",
-        "bridge_protocol_version mqttv50",
+        f"bridge_protocol_version {bridge.protocol}",
         # Persistent sessions at both ends: the centre keeps what it owes the site, and the
         # site keeps (and saves to its persistence file) what the centre has not acknowledged.
         "cleansession false",
@@ -119,6 +129,9 @@ def render_bridge(bridge: BridgeConfig) -> str:
         f"remote_clientid {bridge.client_id}",
         f"local_clientid {bridge.client_id}-local",
         "start_type automatic",
+        # Mosquitto marks a 3.1.1 bridge by a high bit in the protocol level, which other
+        # brokers refuse as a corrupt header (RabbitMQ does); our topics cannot loop anyway.
+        *(["try_private false"] if bridge.protocol == "mqttv311" else []),
         "restart_timeout 5 30",
         "keepalive_interval 30",
         # The centre sees whether a site's uplink is up (1) or down (0, set by the will).

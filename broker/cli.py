@@ -134,6 +134,13 @@ def start(
             f"sites). One of: {', '.join(TWEETS_IN_MODES)}."
         ),
     ] = BridgeConfig.tweets_in,
+    bridge_protocol: Annotated[
+        str,
+        typer.Option(
+            help="MQTT version of the bridge: mqttv50, or mqttv311 for a central broker that "
+            "only speaks MQTT 3.1.1 (RabbitMQ before 3.13)."
+        ),
+    ] = BridgeConfig.protocol,
     mosquitto: Annotated[
         Path | None,
         typer.Option(
@@ -158,7 +165,13 @@ def start(
             raise _fail("--bridge-to and --site go together", 2)
         try:
             bridge = BridgeConfig(
-                bridge_to, site, bridge_user, bridge_password, bridge_cafile, bridge_tweets_in
+                bridge_to,
+                site,
+                bridge_user,
+                bridge_password,
+                bridge_cafile,
+                bridge_tweets_in,
+                bridge_protocol,
             )
         except BridgeError as exc:
             raise _fail(str(exc), 2) from None

@@ -7,6 +7,9 @@ archiver would be: what the centre accepted while that subscriber was away still
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -31,6 +34,7 @@ from tests.conftest import (
     free_port,
     publish,
     start_mosquitto,
+    wait_for_port,
 )
 
 OUTAGE_S = 30.0
@@ -141,6 +145,8 @@ def test_bridge_options_render_tls_credentials_and_central_feeds(tmp_path):
     assert "bridge_capath /etc/ssl/certs" in render_bridge(BridgeConfig("mqtts://c:1", "s1"))
     shared = render_bridge(BridgeConfig("mqtt://c", "s1", tweets_in="shared"))
     assert 'topic repedge/tweets in 1 "" $share/repedge-sites/' in shared
+    v311 = render_bridge(BridgeConfig("mqtt://c", "s1", protocol="mqttv311"))
+    assert "bridge_protocol_version mqttv311" in v311 and "try_private false" in v311
 
 
 @pytest.mark.parametrize(
@@ -154,6 +160,11 @@ def test_bridge_options_render_tls_credentials_and_central_feeds(tmp_path):
         ({"url": "mqtt://centre", "site": "a", "username": "x\ny"}, "one non-empty line"),
         ({"url": "mqtt://centre", "site": "a", "password": "p"}, "needs a bridge user"),
         ({"url": "mqtt://centre", "site": "a", "tweets_in": "all"}, "choose one of"),
+        ({"url": "mqtt://centre", "site": "a", "protocol": "mqttv31"}, "choose one of"),
+        (
+            {"url": "mqtt://c", "site": "a", "tweets_in": "shared", "protocol": "mqttv311"},
+            "needs the mqttv50",
+        ),
     ],
 )
 def test_bad_bridge_options_are_refused_with_a_reason(kwargs, message):
@@ -294,3 +305,91 @@ def test_a_central_feed_is_spread_over_sites_each_tweet_labelled_once(tmp_path, 
         for site in sites:
             site.stop()
         central.stop()
+
+
+# -- a clustered broker as the centre: RabbitMQ's MQTT plugin, where Debian's package is here ---
+
+RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+
+
+class RabbitMQ:
+    """A private RabbitMQ node (own ports, own epmd, own files) with the MQTT plugin."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.mqtt_port, amqp, dist, self.epmd_port = (free_port() for _ in range(4))
+        root.mkdir(parents=True)
+        (root / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = {amqp}\nmqtt.listeners.tcp.default = {self.mqtt_port}\n"
+            "mqtt.allow_anonymous = true\nloopback_users = none\n"
+        )
+        (root / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
+        self.env = {
+            **os.environ,
+            "HOME": str(root),  # the Erlang cookie goes here
+            "RABBITMQ_NODENAME": f"t{uuid.uuid4().hex[:8]}@localhost",
+            "RABBITMQ_MNESIA_BASE": str(root / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(root / "log"),
+            "RABBITMQ_CONFIG_FILE": str(root / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(root / "enabled_plugins"),
+            "RABBITMQ_DIST_PORT": str(dist),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+        }
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> RabbitMQ:
+        with open(self.root / "out.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [str(RABBITMQ_SERVER)], env=self.env, stdout=log, stderr=log,
+                start_new_session=True,
+            )  # fmt: skip
+        wait_for_port("127.0.0.1", self.mqtt_port, timeout=180)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(WAIT_S)
+        # The epmd this node started on its private port would outlive it.
+        subprocess.run(
+            ["epmd", "-port", str(self.epmd_port), "-kill"], capture_output=True, check=False
+        )
+
+
+@pytest.mark.skipif(not RABBITMQ_SERVER.exists(), reason="rabbitmq-server is not installed")
+def test_a_site_bridges_to_rabbitmq_over_mqtt_3_1_1(tmp_path, tiny_bundle):
+    # Debian 12's RabbitMQ is 3.10: MQTT 3.1.1 only, hence --bridge-protocol mqttv311.
+    rabbit = RabbitMQ(tmp_path / "rabbit").start()
+    site = Mosquitto("127.0.0.1", free_port(), tmp_path / "site")
+    node = site_node(site, tiny_bundle, tmp_path, "n-r")
+    received: list[mqtt.MQTTMessage] = []
+    subscribed = threading.Event()
+    centre = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id="archive", protocol=mqtt.MQTTv311,
+        clean_session=False,
+    )  # fmt: skip
+    centre.on_connect = lambda c, *a: c.subscribe("sites/+/repedge/labels", qos=1)
+    centre.on_subscribe = lambda *a: subscribed.set()
+    centre.on_message = lambda c, u, msg: received.append(msg)
+    try:
+        centre.connect("127.0.0.1", rabbit.mqtt_port)
+        centre.loop_start()
+        assert subscribed.wait(WAIT_S)
+        site.start(bridge=BridgeConfig(f"mqtt://127.0.0.1:{rabbit.mqtt_port}", "north",
+                                       protocol="mqttv311"))  # fmt: skip
+        local = Collector(site, [node.status_topic()])
+        node.start_and_wait_online(local)
+        local.close()
+        publish(site, "repedge/tweets", tweets("r", 300))
+        deadline = time.monotonic() + 120
+        while len({json.loads(m.payload)["id"] for m in received}) < 300:
+            assert time.monotonic() < deadline, f"{len(received)} of 300 labels at RabbitMQ"
+            time.sleep(0.2)
+        assert {m.topic for m in received} == {"sites/north/repedge/labels"}
+    finally:
+        centre.disconnect()
+        centre.loop_stop()
+        if node.alive():
+            node.kill()
+        site.stop()
+        rabbit.stop()
