@@ -304,7 +304,8 @@ function makeChart(canvasId, type, stacked, yTitle) {
       plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } } },
       scales: {
         x: { stacked, ticks: { maxTicksLimit: 12, autoSkip: true } },
-        y: { stacked, beginAtZero: true, title: { display: true, text: yTitle } },
+        // Counts are whole numbers; shares are not.
+        y: { stacked, beginAtZero: true, title: { display: true, text: yTitle }, ticks: { precision: yTitle === "%" ? undefined : 0 } },
       },
       elements: { point: { radius: 2 } }, // one-minute histories still show
     },
@@ -314,9 +315,16 @@ function makeChart(canvasId, type, stacked, yTitle) {
 function setSeries(chart, labels, series) {
   if (!chart) return;
   chart.data.labels = labels;
-  chart.data.datasets = series.map(({ label, data, color, fill }) => ({
-    label, data, backgroundColor: color, borderColor: color, borderWidth: fill ? 0 : 2, fill: false,
-  }));
+  const same = chart.data.datasets.length === series.length &&
+    chart.data.datasets.every((d, i) => d.label === series[i].label);
+  if (same) {
+    // Same series: new numbers in the same objects keeps what the user toggled in the legend.
+    series.forEach((s, i) => { chart.data.datasets[i].data = s.data; });
+  } else {
+    chart.data.datasets = series.map(({ label, data, color, fill }) => ({
+      label, data, backgroundColor: color, borderColor: color, borderWidth: fill ? 0 : 2, fill: false,
+    }));
+  }
   chart.update("none");
 }
 
