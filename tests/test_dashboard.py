@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 
 from dashboard.source import BrokerAddress, Subscriber
 from dashboard.state import MAX_ENTITIES, MAX_REASONS, SENTIMENT, DashboardState
 from dashboard.top import render
 from dashboard.web import DashboardServer, Hub
-from tests.conftest import WAIT_S, publish
+from tests.conftest import REPO, WAIT_S, publish
 
 STATIC = Path(__file__).resolve().parents[1] / "dashboard" / "static"
 
@@ -240,9 +245,6 @@ def test_terminal_frame_fits_80x24_and_prints_mqtt_strings_literally():
 def test_subscriber_reads_a_tls_broker_verified_against_cafile(tmp_path):
     import ssl
 
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
     from broker.certs import CA_CERT, make_certs
     from tests.conftest import start_mosquitto
 
@@ -270,3 +272,38 @@ def test_subscriber_reads_a_tls_broker_verified_against_cafile(tmp_path):
         sender.loop_stop()
         source.stop()
         broker.stop()
+
+
+def test_cli_refuses_a_bad_broker_url_with_a_clear_message():
+    run = subprocess.run(
+        [sys.executable, "-m", "dashboard", "serve", "--broker", "http://localhost:1883"],
+        cwd=REPO, capture_output=True, text=True, timeout=WAIT_S, check=False,
+        env={**os.environ, "COLUMNS": "200"},  # typer boxes its errors; keep them on one line
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "mqtt:// or mqtts://" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_top_once_prints_one_frame_from_the_broker(mosquitto, topics):
+    status = {"node_id": "once-node", "state": "online", "model": {"version": "9.9.9"}}
+    retained_topic = f"repedge/nodes/once-{topics.prefix.rsplit('/', 1)[-1]}/status"
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect(mosquitto.host, mosquitto.port)
+    client.loop_start()
+    try:
+        client.publish(retained_topic, json.dumps(status), qos=1, retain=True).wait_for_publish(
+            WAIT_S
+        )
+        run = subprocess.run(
+            [sys.executable, "-m", "dashboard", "top", "--broker", mosquitto.url,
+             "--topic", retained_topic, "--once", "--wait", "2"],
+            cwd=REPO, capture_output=True, text=True, timeout=WAIT_S, check=False,
+            env={**os.environ, "COLUMNS": "80", "LINES": "24"},
+        )  # fmt: skip
+    finally:
+        # Clear the retained status so no later test sees this made-up node.
+        client.publish(retained_topic, b"", qos=1, retain=True).wait_for_publish(WAIT_S)
+        client.disconnect()
+        client.loop_stop()
+    assert run.returncode == 0, run.stderr
+    assert "once-" in run.stdout and "9.9.9" in run.stdout and "online" in run.stdout
