@@ -22,7 +22,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --root) root="${2:?--root needs a folder}"; shift 2 ;;
         --bin) bin="${2:?--bin needs a folder}"; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
