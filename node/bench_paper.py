@@ -178,8 +178,8 @@ def render(model: Path, out: Path, rel: str) -> str:
                   f": the same weights as FlatBuffers and as ONNX (`trainer export-onnx`: tf2onnx, "
                   "opset 17; int8 = ONNX Runtime's `quantize_dynamic`), the same tweets "
                   f"({peer['tweets']['source']}), threads and batching, "
-                  f"{peer['settings']['rounds']} alternating rounds. Speed-up above 1: LiteRT "
-                  "is faster.", ""]  # fmt: skip
+                  f"{peer['settings']['rounds']} alternating rounds, measured {peer['date']}. "
+                  "Speed-up above 1: LiteRT is faster.", ""]  # fmt: skip
         pthreads = [str(t) for t in peer["settings"]["threads"]]
         prow = []
         for p in peer["peers"]:

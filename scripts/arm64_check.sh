@@ -74,7 +74,7 @@ arm() {  # the arm64 python, with the arm64 root as QEMU's library prefix
 host() { PYTHONPATH="$REPO" $NICE "$HOST_PY" "$@"; }
 
 # -- 3. aarch64 wheels: the node's dependencies from pyproject.toml, and the test runner --------
-if [ ! -d "$SITE/ai_edge_litert" ]; then
+if [ ! -d "$SITE/ai_edge_litert" ] || [ ! -d "$SITE/hypothesis" ]; then
     log "aarch64 wheels from PyPI"
     mapfile -t DEPS < <("$HOST_PY" -c 'import tomllib
 print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))')

@@ -206,3 +206,23 @@ def test_broker_row_through_mosquitto(bench_bundle, mosquitto, tmp_path) -> None
     assert 0 < rate["p50_ms"] <= rate["p99_ms"]
     assert 0 < row["node_idle_rss_mib"] <= row["node_peak_rss_mib"]
     assert "End to end through the broker" in (tmp_path / "report.md").read_text()
+
+
+def test_compare_labels_across_devices(bench_bundle, labelled_file, tmp_path) -> None:
+    """bench_compare, as scripts/arm64_check.sh uses it: the same dump twice is identical;
+    a changed label is reported with its index, and the summary holds no tweet text."""
+    from node.bench_compare import compare, dump
+
+    first = dump(bench_bundle, [labelled_file], sample=20)
+    same = compare(first, dump(bench_bundle, [labelled_file], sample=20))
+    assert same["all_identical"]
+    assert {k: v["tweets"] for k, v in same["sets"].items()} == {"canaries": 5, "labelled.tsv": 20}
+    assert same["sets"]["labelled.tsv"]["max_abs_logit_diff"] == 0.0
+    changed = json.loads(json.dumps(first))
+    item = next(i for i in changed["items"] if i["set"] == "labelled.tsv" and i["label"])
+    item["label"] = "neutral" if item["label"] != "neutral" else "positive"
+    result = compare(first, changed)
+    assert not result["all_identical"]
+    (difference,) = result["sets"]["labelled.tsv"]["differences"]
+    assert difference["index"] == changed["items"].index(item)
+    assert all(text not in json.dumps(result) for _, text in LABELLED)
