@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from dashboard.source import DEFAULT_TOPICS, BrokerAddress, Subscriber
+from broker.endpoint import BrokerEndpoint, EndpointError
+from dashboard.source import DEFAULT_TOPICS, Subscriber
 from dashboard.state import DashboardState
 
 app = typer.Typer(
@@ -32,8 +34,23 @@ Password = Annotated[
     str | None, typer.Option(help="Broker password.", envvar="REPEDGE_MQTT_PASSWORD")
 ]
 Cafile = Annotated[
-    str | None,
-    typer.Option(help="CA certificate (PEM) that signed the broker's; implies TLS."),
+    Path | None,
+    typer.Option(
+        help="With mqtts://: the CA certificate that signed the broker's (ca.crt from "
+        "`broker certs`). Default: the system's trusted CAs.",
+        show_default=False,
+    ),
+]
+Certfile = Annotated[
+    Path | None,
+    typer.Option(
+        help="With mqtts://: a client certificate (for a broker started with "
+        "--require-client-cert); needs --keyfile.",
+        show_default=False,
+    ),
+]
+Keyfile = Annotated[
+    Path | None, typer.Option(help="The private key of --certfile.", show_default=False)
 ]
 Topics = Annotated[
     list[str] | None,
@@ -53,14 +70,15 @@ def _start(
     broker: str,
     username: str | None,
     password: str | None,
-    cafile: str | None,
+    tls_files: tuple[Path | None, Path | None, Path | None],
     topic: list[str] | None,
     history: int,
     recent: int,
 ) -> tuple[DashboardState, Subscriber]:
+    cafile, certfile, keyfile = tls_files
     try:
-        address = BrokerAddress.parse(broker, cafile, username, password)
-    except ValueError as exc:
+        address = BrokerEndpoint.parse(broker, username, password, cafile, certfile, keyfile)
+    except EndpointError as exc:
         raise typer.BadParameter(str(exc), param_hint="--broker") from None
     state = DashboardState(history_minutes=history, recent=recent)
     source = Subscriber(state, address, topic or DEFAULT_TOPICS)
@@ -74,6 +92,8 @@ def serve(
     username: Username = None,
     password: Password = None,
     cafile: Cafile = None,
+    certfile: Certfile = None,
+    keyfile: Keyfile = None,
     port: Annotated[int, typer.Option(help="HTTP port of the dashboard.")] = 8080,
     host: Annotated[
         str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")
@@ -89,7 +109,8 @@ def serve(
     from dashboard.web import DashboardServer, Hub
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    state, source = _start(broker, username, password, cafile, topic, history, recent)
+    tls_files = (cafile, certfile, keyfile)
+    state, source = _start(broker, username, password, tls_files, topic, history, recent)
     hub = Hub(state, push_interval)
     try:
         server = DashboardServer((host, port), state, hub)
@@ -117,6 +138,8 @@ def top(
     username: Username = None,
     password: Password = None,
     cafile: Cafile = None,
+    certfile: Certfile = None,
+    keyfile: Keyfile = None,
     topic: Topics = None,
     history: History = 60,
     recent: Recent = 50,
@@ -130,7 +153,8 @@ def top(
 
     from dashboard.top import run
 
-    state, source = _start(broker, username, password, cafile, topic, history, recent)
+    tls_files = (cafile, certfile, keyfile)
+    state, source = _start(broker, username, password, tls_files, topic, history, recent)
     try:
         if once:
             time.sleep(wait)

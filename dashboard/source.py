@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import uuid
-from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from broker.endpoint import BrokerEndpoint
 from dashboard.state import DashboardState
 
 log = logging.getLogger("repedge.dashboard")
@@ -21,48 +19,6 @@ log = logging.getLogger("repedge.dashboard")
 # traffic the dashboard reads at full load for nothing it shows. `--topic 'repedge/#'`
 # widens it (the state ignores, and counts, topics it does not show).
 DEFAULT_TOPICS = ("repedge/labels", "repedge/errors", "repedge/nodes/+/+")
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    """``mqtt://host:port`` (plain) or ``mqtts://host:port`` (TLS, verified with cafile)."""
-
-    host: str
-    port: int
-    tls: bool = False
-    cafile: str | None = None
-    username: str | None = None
-    password: str | None = None
-
-    @classmethod
-    def parse(
-        cls,
-        url: str,
-        cafile: str | None = None,
-        username: str | None = None,
-        password: str | None = None,
-    ) -> BrokerAddress:
-        # NOTE: broker/endpoint.py (BrokerEndpoint) is meant to become the one parser of
-        # broker URLs; this is the dashboard's own until it lands.
-        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-        if parts.scheme not in ("mqtt", "tcp", "mqtts", "ssl"):
-            raise ValueError(f"broker URL must be mqtt:// or mqtts://, not {parts.scheme}://")
-        tls = parts.scheme in ("mqtts", "ssl") or cafile is not None
-        try:
-            port = parts.port or (8883 if tls else 1883)
-        except ValueError as exc:
-            raise ValueError(f"bad broker port in {url!r}: {exc}") from None
-        return cls(
-            host=parts.hostname or "localhost",
-            port=port,
-            tls=tls,
-            cafile=cafile,
-            username=username or parts.username,
-            password=password or parts.password,
-        )
-
-    def __str__(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
 class Subscriber:
@@ -74,7 +30,7 @@ class Subscriber:
     def __init__(
         self,
         state: DashboardState,
-        broker: BrokerAddress,
+        broker: BrokerEndpoint,
         topics: tuple[str, ...] | list[str] = DEFAULT_TOPICS,
     ) -> None:
         self.state = state
@@ -87,17 +43,14 @@ class Subscriber:
             client_id=f"repedge-dashboard-{uuid.uuid4().hex[:8]}",
             protocol=mqtt.MQTTv5,
         )
-        if broker.username:
-            self.client.username_pw_set(broker.username, broker.password)
-        if broker.tls:
-            self.client.tls_set(ca_certs=broker.cafile, cert_reqs=ssl.CERT_REQUIRED)
+        self._address = broker.configure(self.client)  # credentials and TLS, as the node does
         self.client.reconnect_delay_set(min_delay=1, max_delay=15)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
 
     def start(self) -> None:
-        self.client.connect_async(self.broker.host, self.broker.port, keepalive=30)
+        self.client.connect_async(*self._address, keepalive=30)
         self.state.set_broker(str(self.broker), False, "connecting")
         self.client.loop_start()
 

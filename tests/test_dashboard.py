@@ -22,7 +22,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 
-from dashboard.source import BrokerAddress, Subscriber
+from broker.endpoint import BrokerEndpoint
+from dashboard.source import Subscriber
 from dashboard.state import MAX_ENTITIES, MAX_REASONS, SENTIMENT, DashboardState
 from dashboard.top import render
 from dashboard.web import DashboardServer, Hub
@@ -184,7 +185,7 @@ def read_event(stream) -> tuple[str, dict]:
 def test_event_stream_gives_a_late_browser_the_history_then_live_deltas(mosquitto, topics):
     state = DashboardState()
     source = Subscriber(
-        state, BrokerAddress.parse(mosquitto.url), [topics.labels, "repedge/nodes/+/+"]
+        state, BrokerEndpoint.parse(mosquitto.url), [topics.labels, "repedge/nodes/+/+"]
     )
     source.start()
     hub = Hub(state, push_interval=0.05)
@@ -243,8 +244,6 @@ def test_terminal_frame_fits_80x24_and_prints_mqtt_strings_literally():
 
 
 def test_subscriber_reads_a_tls_broker_verified_against_cafile(tmp_path):
-    import ssl
-
     from broker.certs import CA_CERT, make_certs
     from tests.conftest import start_mosquitto
 
@@ -252,14 +251,13 @@ def test_subscriber_reads_a_tls_broker_verified_against_cafile(tmp_path):
     make_certs(certs)
     broker = start_mosquitto(tmp_path / "broker", tls_dir=certs)
     state = DashboardState()
-    address = BrokerAddress.parse(f"mqtts://localhost:{broker.port}", cafile=str(certs / CA_CERT))
+    address = BrokerEndpoint.parse(f"mqtts://localhost:{broker.port}", cafile=str(certs / CA_CERT))
     source = Subscriber(state, address, ["repedge/labels"])
     source.start()
     sender = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    sender.tls_set(ca_certs=str(certs / CA_CERT), cert_reqs=ssl.CERT_REQUIRED)
     try:
         assert source.connected.wait(WAIT_S), source.last_error
-        sender.connect("localhost", broker.port)
+        sender.connect(*address.configure(sender))
         sender.loop_start()
         sender.publish("repedge/labels", label(1), qos=1).wait_for_publish(WAIT_S)
         deadline = time.monotonic() + WAIT_S
@@ -281,7 +279,7 @@ def test_cli_refuses_a_bad_broker_url_with_a_clear_message():
         env={**os.environ, "COLUMNS": "200"},  # typer boxes its errors; keep them on one line
     )  # fmt: skip
     assert run.returncode == 2
-    assert "mqtt:// or mqtts://" in run.stderr and "Traceback" not in run.stderr
+    assert "use mqtt:// or mqtts://" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_top_once_prints_one_frame_from_the_broker(mosquitto, topics):
