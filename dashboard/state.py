@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 SENTIMENT = "sentiment"  # where tweets without an entity are grouped
@@ -45,7 +46,11 @@ def number(value: Any) -> float | None:
     """A finite number, or None (bool is an int subclass, and not a measurement)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        as_float = float(value)  # JSON integers are unbounded; 10**400 is no float
+    except OverflowError:
+        return None
+    return as_float if math.isfinite(as_float) else None
 
 
 def first_number(data: dict[str, Any], *paths: str) -> float | None:
@@ -123,13 +128,11 @@ class EntityView:
 
 def parse_iso(value: Any) -> float | None:
     """Epoch seconds of an ISO-8601 timestamp such as the node's ``...Z``; None if not one."""
-    from datetime import datetime
-
     if not isinstance(value, str) or len(value) > 40:
         return None
     try:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError, OSError):  # not a date, or out of the clock's range
         return None
 
 

@@ -122,6 +122,7 @@ def test_telemetry_reads_nested_and_flat_fields_and_ignores_wrong_types():
         "cpu_percent": "high",  # wrong type: not shown, not fatal
         "rss_bytes": 10_000_000,
         "cpu_temperature_c": None,
+        "queue_size": int("9" * 400),  # valid JSON, too big for a float
         "new_field": {"x": 1},
         "provisioning": [{"event": "installed", "time": "t", "version": "1.1.0"}],
     }
@@ -129,7 +130,7 @@ def test_telemetry_reads_nested_and_flat_fields_and_ignores_wrong_types():
     [card] = state.snapshot()["nodes"]
     t = card["telemetry"]
     assert (t["tweets_per_s"], t["p50_ms"], t["p99_ms"], t["queue_depth"]) == (12.5, 4, 20, 3)
-    assert t["cpu_percent"] is None and t["temperature_c"] is None
+    assert t["cpu_percent"] is None and t["temperature_c"] is None and t["queue_size"] is None
     assert card["last_event"]["event"] == "installed" and "1.1.0" in card["last_event"]["detail"]
     flat = {"tweets_per_s": 99.0, "latency_p99_ms": 7.5, "latency_ms": {"p99": 1000}}
     state.ingest("repedge/nodes/n1/telemetry", json.dumps(flat).encode())
