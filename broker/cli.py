@@ -84,6 +84,24 @@ def start(
     max_queued_messages: Annotated[
         int, typer.Option(help="Messages queued per client while it is offline or slow.")
     ] = BrokerConfig.max_queued_messages,
+    autosave_changes: Annotated[
+        int,
+        typer.Option(
+            help="Save the database to disk every N changes (queued or delivered messages, "
+            "retained messages, subscriptions). A broker crash loses at most the last N "
+            "acknowledged tweets; smaller N costs throughput (docs/broker.md).",
+            min=1,
+        ),
+    ] = BrokerConfig.autosave_interval,
+    autosave_seconds: Annotated[
+        int | None,
+        typer.Option(
+            help="Save every S seconds instead (Mosquitto's own default is 60): cheaper under "
+            "a large backlog, but a crash loses up to S seconds of acknowledged tweets.",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
     tls: Annotated[
         Path | None,
         typer.Option(
@@ -182,6 +200,8 @@ def start(
         websockets_port=websockets_port,
         auth=auth,
         max_queued_messages=max_queued_messages,
+        autosave_interval=autosave_seconds or autosave_changes,
+        autosave_on_changes=autosave_seconds is None,
         tls_dir=tls,
         require_client_cert=require_client_cert,
         bridge=bridge,

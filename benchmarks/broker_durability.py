@@ -1,0 +1,358 @@
+"""What broker durability costs: QoS 1 publish throughput against tweets lost to kill -9.
+
+Mosquitto 2.0 keeps its database in memory and writes all of it to ``mosquitto.db`` either
+every ``autosave_interval`` seconds, or (``autosave_on_changes true``) every
+``autosave_interval`` changes (a message queued for a client, a retained message, a
+subscription). A crash loses every change since the last save; the installed 2.0.11 has no
+persistence plugin to do better. For each setting this measures, in one run:
+
+* throughput: a burst of QoS 1 tweets (~200 bytes, 100 in flight) until the last PUBACK, with
+  the tweets queued for one offline persistent subscriber (a node that is away or behind),
+  once on an empty queue and once on top of a backlog (every save rewrites the whole queue);
+* drain: the subscriber comes back and takes that backlog (deliveries are changes too);
+* throughput with the subscriber online (connected and acking, as a node that keeps up);
+* loss: the same burst, the broker killed with SIGKILL after a random 25-75 % of it was
+  acknowledged, restarted on the same data folder; lost = tweets PUBACKed to the publisher that the
+  subscriber's session never receives afterwards.
+
+Run:  python benchmarks/broker_durability.py [--burst 5000] [--backlog 20000] [--trials 3]
+A table goes to stdout, everything to --out (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from broker.config import BrokerConfig, find_program, write_config  # noqa: E402
+
+TOPIC = "repedge/tweets"
+SINK_ID = "durability-sink"
+# (label, autosave_interval, autosave_on_changes)
+SETTINGS = [
+    ("60 s (Mosquitto's default)", 60, False),
+    ("1 s", 1, False),
+    ("every 1000 changes", 1000, True),
+    ("every 100 changes", 100, True),
+    ("every 10 changes", 10, True),
+    ("every change", 1, True),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Broker:
+    data_dir: Path
+    port: int
+    autosave_interval: int
+    on_changes: bool
+    process: subprocess.Popen | None = None
+
+    def start(self) -> Broker:
+        conf = write_config(
+            BrokerConfig(
+                data_dir=self.data_dir,
+                port=self.port,
+                autosave_interval=self.autosave_interval,
+                autosave_on_changes=self.on_changes,
+                max_queued_messages=1_000_000,
+                max_queued_bytes=1024**3,
+            )
+        )
+        with open(self.data_dir / "mosquitto.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [find_program("mosquitto"), "-c", str(conf)], stdout=log, stderr=log
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.02)
+        raise TimeoutError("broker did not start")
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(60)
+
+
+def _client(client_id: str = "", clean_start: bool = True) -> tuple[mqtt.Client, Properties]:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 0 if clean_start else 3600
+    return client, props
+
+
+def make_sink_session(broker: Broker) -> None:
+    """An offline persistent subscriber: the broker queues every tweet for it."""
+    client, props = _client(SINK_ID, clean_start=False)
+    done = threading.Event()
+    client.on_subscribe = lambda *a: done.set()
+    client.on_connect = lambda c, *a: c.subscribe(TOPIC, options=SubscribeOptions(qos=1))
+    client.connect("127.0.0.1", broker.port, clean_start=False, properties=props)
+    client.loop_start()
+    assert done.wait(30), "sink could not subscribe"
+    client.disconnect()
+    client.loop_stop()
+
+
+def payload(run: str, i: int) -> bytes:
+    text = f"tweet {i} of run {run}: the new phone from that brand is honestly not bad at all"
+    return json.dumps({"id": f"{run}-{i}", "text": text, "entity": "Samsung"}).encode()
+
+
+class Publisher:
+    """Publishes a burst with 100 QoS 1 messages in flight; records which were PUBACKed."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.client, props = _client()
+        self.client.max_inflight_messages_set(100)
+        self.client.max_queued_messages_set(0)
+        # mids stay unique: one publisher never sends 65,535 messages here.
+        self.acked_mids: set[int] = set()
+        self.mids: dict[int, int] = {}
+        self.gone = threading.Event()
+        self.client.on_publish = self._on_publish
+        self.client.on_disconnect = lambda *a: self.gone.set()
+        self.client.connect("127.0.0.1", broker.port, properties=props)
+        self.client.loop_start()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        if not reason_code.is_failure:
+            self.acked_mids.add(mid)
+
+    def send(self, run: str, count: int) -> None:
+        for i in range(count):
+            self.mids[self.client.publish(TOPIC, payload(run, i), qos=1).mid] = i
+
+    def acked(self) -> set[int]:
+        return {self.mids[m] for m in list(self.acked_mids) if m in self.mids}
+
+    def wait_acked(self, count: int, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.acked_mids) < count and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def throughput(broker: Broker, run: str, count: int) -> float:
+    publisher = Publisher(broker)
+    start = time.perf_counter()
+    publisher.send(run, count)
+    publisher.wait_acked(count)
+    elapsed = time.perf_counter() - start
+    publisher.close()
+    acked = len(publisher.acked_mids)
+    assert acked == count, f"only {acked} of {count} PUBACKed"
+    return count / elapsed
+
+
+def throughput_online(broker: Broker, run: str, count: int) -> float:
+    """Tweets/s until the last PUBACK while the subscriber is connected and acking."""
+    client, props = _client(SINK_ID, clean_start=False)
+    got = threading.Event()
+    client.on_connect = lambda c, *a: c.subscribe(TOPIC, options=SubscribeOptions(qos=1))
+    client.on_subscribe = lambda *a: got.set()
+    client.connect("127.0.0.1", broker.port, clean_start=False, properties=props)
+    client.loop_start()
+    assert got.wait(30), "sink could not subscribe"
+    try:
+        return throughput(broker, run, count)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def drain_rate(broker: Broker, count: int, idle_s: float = 5.0) -> float:
+    """The sink reconnects to a queue of ``count`` tweets and takes them all (auto-ack, as
+    fast as paho goes): tweets/s from the first to the last, a node draining a backlog."""
+    times: list[float] = []
+
+    def on_message(client, userdata, msg):
+        times.append(time.perf_counter())
+
+    client, props = _client(SINK_ID, clean_start=False)
+    client.on_message = on_message
+    client.connect("127.0.0.1", broker.port, clean_start=False, properties=props)
+    client.loop_start()
+    last = (0, time.monotonic())
+    while len(times) < count:
+        if len(times) != last[0]:
+            last = (len(times), time.monotonic())
+        elif time.monotonic() - last[1] > idle_s:
+            break
+        time.sleep(0.05)
+    client.disconnect()
+    client.loop_stop()
+    assert len(times) >= count, f"drained {len(times)} of {count}"
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+def drain_sink(broker: Broker, run: str, idle_s: float = 3.0) -> set[int]:
+    """Reconnect the sink's session; the indexes of this run's tweets it receives."""
+    got: set[int] = set()
+    last = [time.monotonic()]
+    prefix = f'"id": "{run}-'.encode()
+
+    def on_message(client, userdata, msg):
+        last[0] = time.monotonic()
+        start = msg.payload.find(prefix)
+        if start >= 0:
+            rest = msg.payload[start + len(prefix) :]
+            got.add(int(rest[: rest.index(b'"')]))
+
+    client, props = _client(SINK_ID, clean_start=False)
+    client.on_message = on_message
+    client.connect("127.0.0.1", broker.port, clean_start=False, properties=props)
+    client.loop_start()
+    while time.monotonic() - last[0] < idle_s:
+        time.sleep(0.1)
+    client.disconnect()
+    client.loop_stop()
+    return got
+
+
+def crash_trial(broker: Broker, run: str, count: int, kill_after: int) -> dict[str, int]:
+    publisher = Publisher(broker)
+    sender = threading.Thread(target=publisher.send, args=(run, count), daemon=True)
+    sender.start()
+    publisher.wait_acked(kill_after)
+    broker.kill9()
+    publisher.gone.wait(10)
+    sender.join(30)
+    publisher.client.loop_stop()
+    acked = publisher.acked()
+    broker.start()
+    received = drain_sink(broker, run)
+    return {"acked": len(acked), "lost": len(acked - received), "received": len(received)}
+
+
+def measure(label: str, interval: int, on_changes: bool, args: argparse.Namespace) -> dict:
+    rng = random.Random(f"{label}-{args.seed}")
+    root = Path(tempfile.mkdtemp(prefix="durability-"))
+    try:
+        empty, online, backlog, drain = [], [], [], []
+        for r in range(args.trials):
+            broker = Broker(root / f"tp{r}", free_port(), interval, on_changes).start()
+            make_sink_session(broker)
+            online.append(throughput_online(broker, f"o{r}", args.burst))
+            empty.append(throughput(broker, f"e{r}", args.burst))
+            broker.stop()
+            # The backlog goes in fast (default saving), then the setting is measured on it.
+            filler = Broker(root / f"bl{r}", free_port(), 60, False).start()
+            make_sink_session(filler)
+            throughput(filler, "fill", args.backlog)
+            filler.stop()
+            broker = Broker(filler.data_dir, filler.port, interval, on_changes).start()
+            backlog.append(throughput(broker, f"b{r}", args.burst))
+            drain.append(drain_rate(broker, args.backlog + args.burst))
+            broker.stop()
+        trials = []
+        for r in range(args.trials):
+            broker = Broker(root / f"crash{r}", free_port(), interval, on_changes).start()
+            make_sink_session(broker)
+            # A random kill point: saves come every N changes, the kill must not align.
+            kill_after = rng.randrange(args.burst // 4, args.burst * 3 // 4)
+            trials.append(crash_trial(broker, f"c{r}", args.burst, kill_after))
+            broker.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    row = {
+        "setting": label,
+        "autosave_interval": interval,
+        "autosave_on_changes": on_changes,
+        "tweets_per_s_subscriber_online": round(statistics.median(online)),
+        "tweets_per_s_empty_queue": round(statistics.median(empty)),
+        "tweets_per_s_on_backlog": round(statistics.median(backlog)),
+        "drain_tweets_per_s": round(statistics.median(drain)),
+        "crash_trials": trials,
+        "lost_median": statistics.median(t["lost"] for t in trials),
+        "lost_max": max(t["lost"] for t in trials),
+    }
+    acked = statistics.median(t["acked"] for t in trials)
+    print(
+        f"| {label} | {row['tweets_per_s_subscriber_online']:,} "
+        f"| {row['tweets_per_s_empty_queue']:,} | {row['tweets_per_s_on_backlog']:,} "
+        f"| {row['drain_tweets_per_s']:,} "
+        f"| {row['lost_median']:g} (max {row['lost_max']}) of {acked:,.0f} |",
+        flush=True,
+    )
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--burst", type=int, default=5000, help="tweets per burst")
+    parser.add_argument("--backlog", type=int, default=20000, help="tweets queued first")
+    parser.add_argument("--trials", type=int, default=3, help="repeats (medians reported)")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "broker_durability.json")
+    parser.add_argument("--seed", type=int, default=0, help="for the random kill points")
+    parser.add_argument(
+        "--only", action="append", help="run the settings whose label contains this (repeatable)"
+    )
+    args = parser.parse_args()
+    print(
+        "| autosave | QoS 1 tweets/s, subscriber online | subscriber offline, empty queue "
+        f"| offline, on a {args.backlog:,} backlog | draining that backlog "
+        "| PUBACKed tweets lost to kill -9 (median) |"
+    )
+    print("|---|---|---|---|---|---|")
+    chosen = [s for s in SETTINGS if not args.only or any(o in s[0] for o in args.only)]
+    rows = [measure(label, iv, oc, args) for label, iv, oc in chosen]
+    mosquitto = subprocess.run(
+        [find_program("mosquitto"), "-h"], capture_output=True, text=True, check=False
+    ).stdout.splitlines()[0]
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "mosquitto": mosquitto,
+        "burst": args.burst,
+        "backlog": args.backlog,
+        "trials": args.trials,
+        "rows": rows,
+    }
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
