@@ -344,6 +344,11 @@ def main() -> int:
         f" {result['errors_counted']}/{result['errors_sent']} errors; drained {drain_s} s"
         f" after the publisher stopped; page script errors {page['errors']}"
     )
+    if result["acked_labels_per_s"] < 0.9 * args.rate * 0.99:  # 1 % of messages are errors
+        print(
+            "WARNING: the publisher did not reach the offered rate (machine too busy?): this "
+            "run measures the publisher, not the dashboard"
+        )
     print(f"JSON: {args.out}")
     return 0
 
