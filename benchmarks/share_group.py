@@ -102,12 +102,21 @@ def tweets(run: str, n: int) -> list[str]:
     ]
 
 
-def start_group(broker: Mosquitto, model: Path, work: Path, size: int, topics: Topics) -> list:
+def start_group(
+    broker: Mosquitto,
+    model: Path,
+    work: Path,
+    size: int,
+    topics: Topics,
+    session_expiry: int | None = None,
+) -> list:
     nodes = []
     for _ in range(size):
         node_id = f"b{uuid.uuid4().hex[:8]}"
         node = NodeProcess(model, broker, node_id, topics, work / node_id / "state")
         node.extra = ["--share-group", "bench", "--log-level", "warning"]
+        if session_expiry is not None:  # the last --session-expiry given wins
+            node.extra += ["--session-expiry", str(session_expiry)]
         nodes.append(node)
     watcher = Collector(broker, ["repedge/nodes/+/status"])
     for node in nodes:
@@ -145,21 +154,26 @@ def saturation(broker: Mosquitto, model: Path, work: Path, size: int, count: int
             node.wait()
 
 
-def stranded_by_kill(broker: Mosquitto, model: Path, work: Path, count: int) -> dict:
-    """kill -9 one of three members, send ``count`` tweets, count what the others label."""
+def stranded_by_kill(
+    broker: Mosquitto, model: Path, work: Path, count: int, session_expiry: int | None = None
+) -> dict:
+    """kill -9 one of three members, send ``count`` tweets, count what the others label,
+    then restart the member with the same id (after its session expired, if it was short)."""
     topics = Topics(f"kill/{uuid.uuid4().hex[:6]}")
-    nodes = start_group(broker, model, work, 3, topics)
+    nodes = start_group(broker, model, work, 3, topics, session_expiry)
     clock = LabelClock(broker, topics.labels)
     try:
         nodes[1].kill()
         publish(broker, topics.tweets, tweets(topics.prefix, count))
         with contextlib.suppress(TimeoutError):  # it only succeeds if nothing is stranded
-            clock.wait(count, timeout=15)
+            clock.wait(count, timeout=15)  # also longer than the short expiry tried
         labelled_without = len(clock.times)
         nodes[1].start()
-        clock.wait(count, timeout=300)
+        with contextlib.suppress(TimeoutError):
+            clock.wait(count, timeout=120 if session_expiry is None else 30)
         return {
             "members": 3,
+            "session_expiry_s": session_expiry or "default (7 days)",
             "tweets": count,
             "labelled_while_one_member_dead": labelled_without,
             "stranded_in_dead_member_session": count - labelled_without,
@@ -180,6 +194,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--out", type=Path, help="Also write the results here, as JSON.")
+    parser.add_argument(
+        "--kill-only", action="store_true", help="Only the kill -9 trials, no throughput runs."
+    )
     args = parser.parse_args()
 
     load_before = os.getloadavg()
@@ -188,18 +205,21 @@ def main() -> None:
         work = Path(tmp)
         broker = start_mosquitto(work / "broker")
         try:
-            for repeat in range(args.repeats):
+            for repeat in range(0 if args.kill_only else args.repeats):
                 for size in args.sizes:  # interleaved: machine noise hits every size alike
                     result = saturation(broker, args.model, work, size, args.tweets)
                     runs[size].append(result)
                     print(f"repeat {repeat + 1}: {size} node(s) {result['tweets_per_s']} tweets/s",
                           file=sys.stderr)  # fmt: skip
             kill = stranded_by_kill(broker, args.model, work, 900)
+            short = stranded_by_kill(broker, args.model, work, 900, session_expiry=3)
         finally:
             broker.stop()
 
-    medians = {size: statistics.median(r["tweets_per_s"] for r in rs) for size, rs in runs.items()}
-    base = medians[args.sizes[0]]
+    medians = {
+        size: statistics.median(r["tweets_per_s"] for r in rs) for size, rs in runs.items() if rs
+    }
+    base = medians.get(args.sizes[0], 1.0)
     report = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
@@ -212,15 +232,20 @@ def main() -> None:
         "ratio_to_first": {size: round(m / base, 2) for size, m in medians.items()},
         "runs": runs,
         "kill_9": kill,
+        "kill_9_short_session": short,
     }
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"\n{'nodes':>5} {'tweets/s (median)':>18} {'ratio':>6}")
-    for size in args.sizes:
+    for size in medians:
         print(f"{size:>5} {medians[size]:>18.0f} {report['ratio_to_first'][size]:>6.2f}")
     print(f"\nkill -9 of 1 of 3 members, {kill['tweets']} tweets sent after: "
           f"{kill['stranded_in_dead_member_session']} stranded in its session, "
           f"{kill['labelled_after_restart_same_id']} labelled after restarting it")  # fmt: skip
+    ever = short["labelled_after_restart_same_id"]
+    print(f"same with --session-expiry 3 (restart after it expired): "
+          f"{short['stranded_in_dead_member_session']} stranded, "
+          f"{ever} of {short['tweets']} ever labelled")  # fmt: skip
     print(f"load average (1 min) before/after: {report['load_average_1m_before_after']}")
 
 
