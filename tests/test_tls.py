@@ -88,6 +88,15 @@ def test_cli_certs_and_start_dry_run(tmp_path: Path) -> None:
     assert conf.returncode == 0, conf.stderr
     assert "listener 8883 127.0.0.1" in conf.stdout
     assert f"certfile {out.resolve()}/server.crt" in conf.stdout
+    wss = subprocess.run(
+        [sys.executable, "-m", "broker", "start", "--dry-run", "--tls", str(out), "--auth",
+         "--websockets-port", "9443", "--data-dir", str(tmp_path / "b")],
+        capture_output=True, text=True, timeout=WAIT_S, check=False,
+    )  # fmt: skip
+    assert wss.returncode == 0, wss.stderr
+    websockets_part = wss.stdout.split("listener 9443", 1)[1].split("\n\n", 1)[0]
+    assert "protocol websockets" in websockets_part
+    assert f"certfile {out.resolve()}/server.crt" in websockets_part  # wss://, not ws://
     missing = subprocess.run(
         [sys.executable, "-m", "broker", "start", "--dry-run", "--tls", str(tmp_path / "none"),
          "--data-dir", str(tmp_path / "b")],
