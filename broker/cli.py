@@ -290,7 +290,8 @@ def users_add(
         typer.Option(
             help="What the user may do: node (read tweets, write labels/errors and only its "
             "own repedge/nodes/NAME/# and Home Assistant configs), feeder (write tweets), "
-            "dashboard (read repedge/#), admin (everything).",
+            "dashboard (read repedge/#), site (a site's bridge at a central broker: write "
+            "sites/NAME/repedge/#, read tweets), admin (everything).",
         ),
     ],
     password: Annotated[

@@ -16,7 +16,7 @@ import re
 import tempfile
 from pathlib import Path
 
-ROLES = ("node", "feeder", "dashboard", "admin")
+ROLES = ("node", "feeder", "dashboard", "site", "admin")
 ROLES_FILE = "roles"
 LOCAL_ACL_FILE = "acl.local"
 
@@ -69,6 +69,16 @@ def rules_for(name: str, role: str) -> list[str]:
         return ["topic write repedge/tweets"]
     if role == "dashboard":
         return ["topic read repedge/#", "topic read homeassistant/status", "topic read $SYS/#"]
+    if role == "site":
+        # A site broker's bridge at a central broker (broker/bridge.py): its user name is
+        # the site name. It forwards under sites/<site>/ and may take tweets addressed to
+        # the site or shared among sites.
+        return [
+            f"topic write sites/{name}/repedge/#",
+            f"topic read sites/{name}/repedge/tweets",
+            "topic read repedge/tweets",
+            "topic read $share/+/repedge/tweets",
+        ]
     return ["topic readwrite #", "topic readwrite $share/#", "topic read $SYS/#"]  # admin
 
 

@@ -33,6 +33,7 @@ USERS = {
     "victim": "node",
     "feeder1": "feeder",
     "dash": "dashboard",
+    "north": "site",
     "root": "admin",
 }
 
@@ -289,6 +290,31 @@ def test_dashboard_only_reads(broker: Mosquitto) -> None:
         broker,
         "dash",
         [("repedge/tweets", False), ("repedge/labels", False), ("repedge/nodes/x/status", False)],
+    )
+
+
+def test_site_bridge_writes_only_under_its_site(broker: Mosquitto) -> None:
+    writes_through(
+        broker,
+        "north",
+        [
+            ("sites/north/repedge/labels", True),
+            ("sites/north/repedge/nodes/pi/status", True),
+            ("sites/south/repedge/labels", False),
+            ("repedge/labels", False),
+            ("repedge/tweets", False),
+        ],
+    )
+    reads_through(
+        broker,
+        "north",
+        [
+            ("sites/north/repedge/tweets", True),
+            ("repedge/tweets", True),  # shared among sites at the centre
+            ("sites/south/repedge/tweets", False),
+            ("sites/south/repedge/labels", False),
+            ("repedge/labels", False),
+        ],
     )
 
 
