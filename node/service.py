@@ -215,6 +215,7 @@ class NodeService:
         )
         self.core = BatchStep(config.core_config(), self.store)
         self._store_status = self.store.status
+        self._over_delivery_seen = False
 
         self._subscribed = threading.Event()
         self._ready_lock = threading.Lock()
@@ -405,6 +406,7 @@ class NodeService:
                 retried=result.retried_singly,
             )
             self._check_store()
+            self._check_flow_control()
             if self.hooks.on_batch:
                 report = BatchReport(result, seconds, self._batcher.depth(), self.store.status)
                 _call_all(self.hooks.on_batch, report)
@@ -412,6 +414,23 @@ class NodeService:
                 # The first inference has packed the weights; the mapped file is dead weight.
                 release_file_pages(classifier.bundle.model_path)
                 trimmed = classifier
+
+    def _check_flow_control(self) -> None:
+        # Tweets held unacknowledged: those in the queue and those whose record waits for
+        # the broker's PUBACK. The broker should never let this exceed Receive Maximum.
+        held = self._batcher.depth() + self.shell.ledger.stats().in_flight_qos1
+        if self._over_delivery_seen or held <= 2 * self.shell.receive_maximum:
+            return
+        self._over_delivery_seen = True
+        log.warning(
+            "the broker has %d tweets out to this node unacknowledged, beyond its Receive "
+            "Maximum of %d: Mosquitto before 2.0.13 ignores it once acks flow "
+            "(eclipse/mosquitto#2306, fixed by 330bf6e). Record acknowledgements then queue "
+            "behind the broker's whole backlog and memory grows with it; see docs/node.md",
+            held,
+            self.shell.receive_maximum,
+        )
+        self._event("broker_over_delivery", {"held": held})
 
     def _check_store(self) -> None:
         status = self.store.status
@@ -430,6 +449,8 @@ class NodeService:
             "queue_size": self._batcher.maxsize,
             "connected": self.shell.connected.is_set(),
             "record_store": self.store.status,
+            # Records published and not yet acknowledged by the broker (their tweets wait).
+            "in_flight_records": self.shell.ledger.stats().in_flight_qos1,
             "model": self.model_identity(),
             "provisioning": list(self._events),
         }

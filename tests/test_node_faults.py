@@ -436,3 +436,61 @@ def test_canaries_run_when_serving_an_installed_model(tiny_bundle, tmp_path):
         load_classifier(tiny_bundle.root, None, 1, canaries)
     label = Classifier(tiny_bundle, num_threads=1).classify(["good car"])[0].label
     assert load_classifier(tiny_bundle.root, None, 1, [{**canaries[0], "label": label}])
+
+
+# -- the broker's flow control, which the node's memory bound relies on ------------------
+
+
+def mosquitto_version() -> tuple[int, ...]:
+    from broker.config import find_program
+
+    out = subprocess.run([find_program("mosquitto"), "-h"], capture_output=True, text=True)
+    words = out.stdout.split()
+    return tuple(int(x) for x in words[words.index("version") + 1].split("."))
+
+
+@pytest.mark.xfail(
+    mosquitto_version() < (2, 0, 13),
+    reason="Mosquitto before 2.0.13 refills its send quota wrongly on in-order PUBACKs "
+    "(eclipse/mosquitto#2306): Receive Maximum does not bound what a node holds",
+    strict=True,
+)
+def test_broker_honours_receive_maximum_while_acks_flow(mosquitto):
+    """A subscriber with Receive Maximum 16 that acks 4 messages, oldest first, may hold
+    at most 16 unacknowledged. The node relies on this to keep its memory bounded under
+    a backlog (docs/node.md, "Memory under a backlog")."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    topic = f"test/rm/{uuid.uuid4().hex[:8]}"
+    got: list[int] = []
+    subscribed = threading.Event()
+    sub = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"rm-{uuid.uuid4().hex[:8]}",
+        protocol=mqtt.MQTTv5,
+        manual_ack=True,
+    )
+    sub.on_message = lambda c, u, m: got.append(m.mid)
+    sub.on_subscribe = lambda *a: subscribed.set()
+    props = Properties(PacketTypes.CONNECT)
+    props.ReceiveMaximum = 16
+    props.SessionExpiryInterval = 60
+    sub.connect(mosquitto.host, mosquitto.port, clean_start=True, properties=props)
+    sub.subscribe(topic, qos=1)
+    sub.loop_start()
+    try:
+        assert subscribed.wait(WAIT_S)
+        publish(mosquitto, topic, [str(i) for i in range(200)])
+        time.sleep(0.5)
+        for _ in range(4):
+            sub.ack(got[0], 1)
+            got.pop(0)
+            time.sleep(0.2)
+        time.sleep(0.5)
+        assert len(got) <= 16, f"{len(got)} unacknowledged deliveries with Receive Maximum 16"
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
