@@ -226,3 +226,37 @@ def test_compare_labels_across_devices(bench_bundle, labelled_file, tmp_path) ->
     (difference,) = result["sets"]["labelled.tsv"]["differences"]
     assert difference["index"] == changed["items"].index(item)
     assert all(text not in json.dumps(result) for _, text in LABELLED)
+
+
+def test_export_onnx_from_run_folder(tmp_path: Path) -> None:
+    """`trainer export-onnx --run`: a run's best checkpoint, rebuilt as the run built it,
+    becomes ONNX beside a copy of the run's bundle; the ONNX model is that checkpoint."""
+    import keras
+
+    from edgemodel.bundle import ModelBundle, update_manifest
+    from node.bench_runners import OnnxRunner
+    from trainer.tiny import build_tiny_bundle, tiny_classifier
+
+    model = tiny_classifier(seed=5)
+    run = tmp_path / "run"
+    build_tiny_bundle(run / "bundle", variants=("int8",), model=model)
+    update_manifest(run / "bundle", training={"config": {"base": "tiny-bert"}})
+    (run / "checkpoints").mkdir()
+    model.save_weights(run / "checkpoints" / "best.weights.h5")
+    out = tmp_path / "peer"
+    done = run_cli("export-onnx", "--run", run, "--out", out, module="trainer")
+    assert done.returncode == 0, done.stderr
+    assert {p.name for p in out.glob("*.onnx")} == {"onnx-fp32.onnx", "onnx-int8.onnx"}
+    bundle = ModelBundle.load(out)  # the copied bundle still verifies
+    peer = OnnxRunner(bundle, out / "onnx-fp32.onnx", 1)
+    batch = [peer.encode(text, "BMW") for _, text in LABELLED[:4]]
+    from edgemodel.inference import pad_batch
+
+    x = pad_batch(batch)
+    expected = keras.ops.convert_to_numpy(
+        model([x["input_ids"], x["segment_ids"], x["attention_mask"]], training=False)["logits"]
+    )
+    np.testing.assert_allclose(peer.predict_logits(batch), expected, atol=1e-4)
+    missing = run_cli("export-onnx", "--run", tmp_path / "nothing", module="trainer")
+    message = " ".join(missing.stderr.replace("│", " ").split())  # rich wraps the box
+    assert missing.returncode == 2 and "best.weights.h5" in message
