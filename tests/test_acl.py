@@ -22,7 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from broker.config import BrokerConfig, render_config
+from broker.config import BrokerConfig, render_config, write_config
 from broker.roles import RoleError, read_roles, render_acl, set_role
 from broker.users import add_user
 from tests.conftest import WAIT_S, Collector, Mosquitto, start_mosquitto
@@ -176,6 +176,15 @@ def test_acl_has_no_catch_all_and_every_user_is_named(tmp_path: Path) -> None:
         assert f"user {name}\n" in text
     conf = render_config(BrokerConfig(data_dir=tmp_path, auth=True))
     assert "use_username_as_clientid true" in conf
+    # An acl left by an older version (one catch-all line for everyone) does not survive
+    # the next start; hand-written rules belong in acl.local, which does.
+    config = BrokerConfig(data_dir=tmp_path / "old", auth=True)
+    config.data_dir.mkdir()
+    config.acl_file.write_text("pattern readwrite repedge/#\n")
+    (config.data_dir / "acl.local").write_text("user extra\ntopic read extra/#\n")
+    write_config(config)
+    acl = config.acl_file.read_text()
+    assert "pattern" not in acl and "topic read extra/#" in acl
 
 
 def test_bad_role_or_name_is_refused(tmp_path: Path) -> None:
