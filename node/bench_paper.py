@@ -189,12 +189,15 @@ def render(model: Path, out: Path, rel: str) -> str:
                 f"{lite['size_bytes'] / 1e6:.1f} / {onnx['size_bytes'] / 1e6:.1f}",
                 f"{lite['latency']['p50_ms']:.2f} / {onnx['latency']['p50_ms']:.2f}",
                 f"**{p['latency_p50_speedup']:.2f}x**",
+                f"{lite['latency']['p99_ms']:.1f} / {onnx['latency']['p99_ms']:.1f} = "
+                f"{p['latency_p99_speedup']:.2f}x",
                 *[f"{lite['throughput_tweets_per_s'][t]['median']:.0f} / "
                   f"{onnx['throughput_tweets_per_s'][t]['median']:.0f} = "
                   f"**{p['throughput_speedup'][t]:.2f}x**" for t in pthreads],
                 _f(p.get("label_agreement"), 4),
             ])  # fmt: skip
         lines += _table(["pair", "MB (LiteRT / ORT)", "p50 ms (LiteRT / ORT)", "p50 speed-up",
+                         "p99 ms (LiteRT / ORT), speed-up",
                          *[f"tweets/s {t} thr (LiteRT / ORT)" for t in pthreads],
                          "same label"], prow)  # fmt: skip
     lines += ["", "## Plots", ""]
