@@ -35,6 +35,10 @@ ONNX_PREFIX = "onnx-"  # onnx-fp32.onnx is the peer of fp32, onnx-int8.onnx of i
 Progress = Callable[[str], None]
 
 
+class BenchError(RuntimeError):
+    """A model file could not be measured (the message says why)."""
+
+
 @dataclass(frozen=True)
 class Target:
     name: str
@@ -125,7 +129,9 @@ def _run_worker(spec: MeasureSpec, work: Path, progress: Progress) -> dict[str, 
             if line.startswith(f"{spec.name}: "):
                 progress(line)
     if proc.returncode != 0:
-        raise RuntimeError(f"measuring {spec.name} failed:\n" + "\n".join(tail))
+        # The worker's last line is its exception ("ValueError: none of the tweets ...").
+        last = next((line for line in reversed(tail) if line.strip()), "no output")
+        raise BenchError(f"measuring {spec.name} failed: {last}")
     return json.loads(result_path.read_text(encoding="utf-8"))
 
 

@@ -31,7 +31,7 @@ def _positive(name: str, value: float) -> None:
 
 
 def run_from_cli(a: dict[str, Any]) -> None:
-    from node.bench import BenchOptions, run_bench
+    from node.bench import BenchError, BenchOptions, run_bench
     from node.bench_tweets import labelled_tweets, plain_tweets, synthetic_tweets
     from node.serve import default_interpreter_threads
 
@@ -91,3 +91,6 @@ def run_from_cli(a: dict[str, Any]) -> None:
         run_bench(Path(model), tweets, options, Path(a["out"]), broker=broker, progress=progress)
     except BundleError as exc:
         raise typer.BadParameter(str(exc), param_hint="--model") from None
+    except (BenchError, ValueError, RuntimeError) as exc:  # e.g. no tweet readable, no ORT
+        typer.echo(f"node bench: {exc}", err=True)
+        raise typer.Exit(1) from None

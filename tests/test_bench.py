@@ -191,6 +191,14 @@ def test_bad_input_is_a_clear_error(bench_bundle, tmp_path, args, message) -> No
     assert message in done.stderr and "Traceback" not in done.stderr
 
 
+def test_unreadable_tweets_are_a_clear_error(bench_bundle, tmp_path) -> None:
+    tweets = tmp_path / "runes.txt"
+    tweets.write_text("ᚠᚢᚦ\nᚠᚦ\n", encoding="utf-8")
+    done = run_cli("bench", "--model", bench_bundle, "--tweets", tweets, "--out", tmp_path, *QUICK)
+    assert done.returncode == 1
+    assert "none of the tweets is readable" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_broker_row_through_mosquitto(bench_bundle, mosquitto, tmp_path) -> None:
     done = run_cli(
         "bench", "--model", bench_bundle, "--variants", "int8", "--out", tmp_path,
