@@ -22,6 +22,12 @@ pids=()
 cleanup() {
     trap - EXIT INT TERM
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # Every process of the label pipeline is a child of this script, not only its last one:
+    # a mosquitto_sub left behind would wait for the centre for ever.
+    pkill -TERM -P $$ 2>/dev/null || true
+    sleep 1
+    # mosquitto_sub can miss SIGTERM (a thread blocks it); nothing may outlive the demo.
+    pkill -KILL -P $$ 2>/dev/null || true
     wait 2>/dev/null || true
     echo "fleet stopped (logs in $STATE)"
 }
@@ -73,8 +79,9 @@ pids+=($!)
 
 # Wait until every node has said it is online (retained status, forwarded by the bridges).
 for _ in $(seq 600); do
-    online=$(timeout 1 mosquitto_sub -p "$BASE" -t 'sites/+/repedge/nodes/+/status' -W 1 2>/dev/null \
-        | grep -c '"online"' || true)
+    # -s KILL: mosquitto_sub -W can hang with SIGTERM blocked, and plain timeout then waits.
+    online=$(timeout -s KILL 3 mosquitto_sub -p "$BASE" -t 'sites/+/repedge/nodes/+/status' -W 1 \
+        2>/dev/null | grep -c '"online"' || true)
     [[ "$online" -ge 4 ]] && break
 done
 

@@ -6,9 +6,11 @@ archiver would be: what the centre accepted while that subscriber was away still
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -26,6 +28,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from broker.bridge import BridgeConfig, BridgeError, parse_bridge_url, render_bridge
 from broker.config import BrokerConfig, render_config
 from tests.conftest import (
+    REPO,
     WAIT_S,
     Collector,
     Mosquitto,
@@ -393,3 +396,36 @@ def test_a_site_bridges_to_rabbitmq_over_mqtt_3_1_1(tmp_path, tiny_bundle):
             node.kill()
         site.stop()
         rabbit.stop()
+
+
+# -- the fleet demo: one command, a centre and two bridged sites with two nodes each -----------
+
+
+def test_fleet_demo_brings_every_label_to_the_centre(tmp_path):
+    base = free_port()
+    env = {
+        **os.environ,
+        "REPEDGE_FLEET_PORT": str(base),
+        "REPEDGE_FLEET_STATE": str(tmp_path / "fleet"),
+    }
+    out, err = tmp_path / "demo.out", tmp_path / "demo.err"
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        # Its own session: whatever happens, the whole demo can be killed as one group.
+        demo = subprocess.Popen(
+            ["bash", str(REPO / "scripts" / "fleet-demo.sh"), "--once"],
+            cwd=REPO, env=env, stdout=stdout, stderr=stderr, start_new_session=True,
+        )  # fmt: skip
+    try:
+        assert demo.wait(600) == 0, err.read_text()[-2000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(demo.pid, signal.SIGKILL)
+    lines = out.read_text().splitlines()
+    summary = [line for line in lines if "labels reached the centre" in line]
+    assert summary == ["14 labels reached the centre (14 tweets sent)"], "\n".join(lines[-30:])
+    rows = [line.split() for line in lines if line.startswith(("north ", "south "))]
+    assert {row[1] for row in rows} == {"north-1", "north-2", "south-1", "south-2"}
+    assert all(row[1].startswith(row[0]) for row in rows)  # each site's labels, its own nodes
+    for port in (base, base + 1, base + 2):  # torn down
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
