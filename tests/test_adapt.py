@@ -136,3 +136,18 @@ def test_data_of_several_brands_needs_entity(parent, tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "give --entity" in result.output
+
+
+def test_each_entity_fits_one_head_per_brand(parent, tmp_path: Path) -> None:
+    a = brand_tsv(tmp_path / "a.tsv", "Acme").read_text().splitlines()
+    b = brand_tsv(tmp_path / "b.tsv", "Bolt", seed=1).read_text().splitlines()[1:]
+    both = tmp_path / "both.tsv"
+    both.write_text("\n".join(a + b) + "\n")
+    out = tmp_path / "o"
+    result = CliRunner().invoke(
+        trainer_app,
+        ["adapt", "--model", str(parent.root), "--data", str(both), "--out", str(out),
+         "--each-entity"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert ModelBundle.load(out).manifest.entity_heads["entities"] == ["Acme", "Bolt"]

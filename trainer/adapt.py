@@ -224,52 +224,55 @@ def adapt_bundle(
     entity: str | None = None,
     version: str | None = None,
     config: AdaptConfig | None = None,
-) -> tuple[ModelBundle, EntityHead]:
-    """A copy of the bundle (all variants) with a head for ``entity`` added or replaced.
+    each_entity: bool = False,
+) -> tuple[ModelBundle, list[EntityHead]]:
+    """A copy of the bundle (all variants) with a head for ``entity`` added or replaced;
+    with ``each_entity``, one head per entity the data names (tweets without one unused).
 
-    The head is fitted on the outputs of the bundle's default variant; the other
-    variants carry the same head (their embeddings agree to quantization noise).
+    A head is fitted on the outputs of the bundle's default variant; the other variants
+    carry the same head (their embeddings agree to quantization noise).
     """
     config = config or AdaptConfig()
     started = time.monotonic()
     parent = ModelBundle.load(bundle_path)
-    entities = {e.entity for e in examples if e.entity}
-    if entity is None:
-        if len(entities) != 1:
-            raise AdaptError(
-                f"the data names {len(entities)} entities ({sorted(entities)[:5]}); "
-                "give --entity, or data of one brand"
-            )
-        entity = entities.pop()
-    entity = " ".join(entity.split())
-    if not entity:
-        raise AdaptError("the entity name is empty")
     if not parent.manifest.entity_input:
         raise AdaptError(f"{parent.root}: this model does not read entities")
+    groups = _group_by_entity(examples, entity, each_entity)
     classifier = Classifier(parent)
-    data = brand_outputs(classifier, examples, entity)
-    head = fit_entity_head(data, entity, config)
-
-    heads = {k: h for k, h in classifier.entity_heads.items() if k != entity_key(entity)}
-    heads[entity_key(entity)] = head
+    heads = dict(classifier.entity_heads)
+    fitted: list[EntityHead] = []
+    adapted = list(parent.manifest.training.get("adapted", []))
+    dim = 0
+    for name, mine in groups.items():
+        try:
+            data = brand_outputs(classifier, mine, name)
+            dim = data.embedding.shape[1]
+            head = fit_entity_head(data, name, config)
+        except AdaptError as exc:
+            if not each_entity:
+                raise
+            print(f"skipped {name}: {exc}", flush=True)
+            continue
+        heads[entity_key(name)] = head
+        fitted.append(head)
+        adapted.append(
+            {
+                "entity": name,
+                "tweets": len(mine),
+                "unreadable": data.unreadable,
+                "parent_version": parent.manifest.version,
+                "config": asdict(config),
+                **dict(head.info or {}),
+            }
+        )
+    if not fitted:
+        raise AdaptError("no entity had enough labelled tweets for a head")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.heads.json"
-    save_entity_heads(staging, heads, embedding_dim=data.embedding.shape[1])
-    training = dict(parent.manifest.training)
-    adapted = list(training.get("adapted", []))
-    adapted.append(
-        {
-            "entity": entity,
-            "tweets": len(examples),
-            "unreadable": data.unreadable,
-            "parent_version": parent.manifest.version,
-            "config": asdict(config),
-            **dict(head.info or {}),
-            "seconds": round(time.monotonic() - started, 1),
-        }
-    )
-    training["adapted"] = adapted
+    save_entity_heads(staging, heads, embedding_dim=dim)
+    adapted[-1]["seconds"] = round(time.monotonic() - started, 1)
+    training = {**parent.manifest.training, "adapted": adapted}
     all_variants = {v: parent.root / info.file for v, info in parent.manifest.variants.items()}
     try:
         bundle = write_derived_bundle(
@@ -284,8 +287,33 @@ def adapt_bundle(
         )
     finally:
         staging.unlink(missing_ok=True)
-    return bundle, head
+    return bundle, fitted
 
 
-def describe_head(head: EntityHead) -> str:
-    return json.dumps({"entity": head.entity, **dict(head.info or {})}, indent=2)
+def _group_by_entity(
+    examples: Sequence[Example], entity: str | None, each_entity: bool
+) -> dict[str, list[Example]]:
+    if each_entity:
+        groups: dict[str, list[Example]] = {}
+        for e in examples:
+            if e.entity and e.entity.strip():
+                groups.setdefault(" ".join(e.entity.split()), []).append(e)
+        if not groups:
+            raise AdaptError("--each-entity: the data names no entity")
+        return groups
+    entities = {e.entity for e in examples if e.entity}
+    if entity is None:
+        if len(entities) != 1:
+            raise AdaptError(
+                f"the data names {len(entities)} entities ({sorted(entities)[:5]}); "
+                "give --entity, or data of one brand, or --each-entity"
+            )
+        entity = entities.pop()
+    entity = " ".join(entity.split())
+    if not entity:
+        raise AdaptError("the entity name is empty")
+    return {entity: list(examples)}
+
+
+def describe_heads(heads: Sequence[EntityHead]) -> str:
+    return json.dumps([{"entity": h.entity, **dict(h.info or {})} for h in heads], indent=2)

@@ -219,6 +219,9 @@ def adapt(
     version: Annotated[
         str | None, Opt(help="Version of the new bundle; default: the parent's + .1")
     ] = None,
+    each_entity: Annotated[
+        bool, Opt(help="One head per entity the data names (e.g. RepLab's labelled tweets).")
+    ] = False,
 ) -> None:
     """Add a per-brand head to a bundle from a few hundred labelled tweets of that brand.
 
@@ -226,18 +229,20 @@ def adapt(
     bundle (provision bundle OUT ...). See docs/trainer.md#adapting-to-a-new-brand.
     """
     from edgemodel.bundle import BundleError
-    from trainer.adapt import AdaptError, adapt_bundle, describe_head
+    from trainer.adapt import AdaptError, adapt_bundle, describe_heads
     from trainer.data import DataError, read_labeled
 
     try:
         examples = read_labeled(data, entity_column=entity_column)
         if entity:
             examples = [e for e in examples if e.entity in (None, entity)] or examples
-        bundle, head = adapt_bundle(model, examples, out, entity=entity, version=version)
+        bundle, heads = adapt_bundle(
+            model, examples, out, entity=entity, version=version, each_entity=each_entity
+        )
     except (AdaptError, BundleError, DataError) as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from None
-    typer.echo(describe_head(head))
+    typer.echo(describe_heads(heads))
     typer.echo(f"bundle: {bundle.root} (version {bundle.manifest.version})")
 
 
