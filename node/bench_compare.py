@@ -136,6 +136,30 @@ def compare(ref: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def tolerance_lines(summary: dict[str, Any]) -> list[str]:
+    """What the comparison shows, in words: identical, or differing only on near ties."""
+    sets = summary["sets"].values()
+    total = sum(s["tweets"] for s in sets)
+    same = sum(s["same_label"] for s in sets)
+    drift = max(s["max_abs_logit_diff"] for s in sets)
+    diffs = [d for s in sets for d in s["differences"]]
+    lines = [f"- {same} of {total} tweets get the same label; the largest difference of any "
+             f"logit between the two is {drift:.3g}."]  # fmt: skip
+    if not diffs:
+        return lines
+    margins = ", ".join(f"{d['reference_margin']:.3g}" for d in diffs)
+    ties = all(d["reference_margin"] <= 2 * drift for d in diffs)
+    lines.append(
+        f"- The {len(diffs)} that differ are near ties on the reference side (top-1 minus "
+        f"top-2 logit: {margins})"
+        + (", each within twice the largest logit difference: the labels agree within the "
+           "stated tolerance (logits within the drift above; labels identical except where "
+           "the reference's top two logits are closer than twice that drift)."
+           if ties else ": NOT all explained by the drift; see the differences in the JSON.")
+    )  # fmt: skip
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
