@@ -292,7 +292,12 @@ class NodeService:
         )
 
     def wait_connected(self, timeout: float) -> bool:
-        return self.shell.connected.wait(timeout)
+        """Connected, and the broker has acknowledged the tweets subscription: a tweet
+        published from now on reaches this node (before the SUBACK it may not)."""
+        deadline = time.monotonic() + timeout
+        return self.shell.connected.wait(timeout) and self._subscribed.wait(
+            max(0.0, deadline - time.monotonic())
+        )
 
     def stop(self) -> bool:
         """Finish queued work, say offline, disconnect. True if everything was drained.
