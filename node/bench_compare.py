@@ -26,9 +26,9 @@ import numpy as np
 
 
 def dump(model: Path, data: list[Path], sample: int) -> dict[str, Any]:
+    from edgemodel.canaries import DEFAULT_CANARIES
     from edgemodel.inference import Classifier, EmptyTextError
     from node.bench_tweets import labelled_tweets
-    from provisioning.selftest import DEFAULT_CANARIES
 
     classifier = Classifier.from_path(model, num_threads=1)
     items = [{"set": "canaries", "text": t, "entity": None} for t in DEFAULT_CANARIES]

@@ -119,7 +119,7 @@ def run_canaries(classifier: Classifier, canaries: list[dict[str, Any]]) -> list
     """What goes wrong when ``classifier`` answers ``canaries``; [] when all agree."""
     if not canaries:
         return []
-    from provisioning.selftest import Canary, check_canaries
+    from edgemodel.canaries import Canary, check_canaries
 
     try:
         parsed = [

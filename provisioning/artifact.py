@@ -31,6 +31,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgemodel.bundle import MANIFEST_FILE, ModelBundle
+from edgemodel.canaries import Canary
 from edgemodel.inference import Classifier, load_interpreter_class
 from provisioning.fsutil import (
     copy_durable,
@@ -41,7 +42,6 @@ from provisioning.fsutil import (
     write_new_durable,
 )
 from provisioning.keys import SIGNATURE_BYTES, TrustedKey, find_signer, sign
-from provisioning.selftest import Canary
 from provisioning.versions import VersionError, parse_version, runtime_version_at_least
 
 ARTIFACT_FORMAT = "repedge-artifact/1"

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from edgemodel.bundle import BundleError, ModelBundle
+from edgemodel.canaries import DEFAULT_CANARIES, compute_canaries
 from edgemodel.inference import Classifier
 from provisioning.artifact import (
     ArtifactError,
@@ -20,7 +21,6 @@ from provisioning.artifact import (
 from provisioning.install import Installer, StateError
 from provisioning.keys import KeyFileError, fingerprint, load_private_key, load_trusted_keys
 from provisioning.keys import generate_keypair as _generate_keypair
-from provisioning.selftest import DEFAULT_CANARIES, compute_canaries
 from provisioning.usb import write_to_stick
 from provisioning.versions import VersionError
 

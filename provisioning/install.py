@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from edgemodel.bundle import ModelBundle, write_json_atomic
+from edgemodel.canaries import check_canaries
 from edgemodel.inference import Classifier
 from provisioning.artifact import (
     BUNDLE_DIR,
@@ -51,7 +52,6 @@ from provisioning.fsutil import (
     write_new_durable,
 )
 from provisioning.keys import load_trusted_keys
-from provisioning.selftest import check_canaries
 from provisioning.usb import check_real_folders, find_artifacts
 from provisioning.versions import is_newer, parse_version
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from edgemodel.bundle import VariantInfo, update_manifest
+from edgemodel.canaries import DEFAULT_CANARIES
 from edgemodel.inference import Classifier
 from node.dedup import RecordStore
 from node.messages import content_id
 from node.service import NodeConfig, NodeService
-from provisioning.selftest import DEFAULT_CANARIES
 from tests.conftest import REPO, WAIT_S, Collector, Topics, publish
 from trainer.tiny import build_tiny_bundle
 

@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgemodel.bundle import ModelBundle
+from edgemodel.canaries import DEFAULT_CANARIES, Canary, compute_canaries
 from edgemodel.inference import Classifier
 from provisioning.artifact import (
     MANIFEST_NAME,
@@ -29,7 +30,6 @@ from provisioning.artifact import (
 from provisioning.cli import app
 from provisioning.install import Installer
 from provisioning.keys import generate_keypair, load_private_key, sign
-from provisioning.selftest import DEFAULT_CANARIES, Canary, compute_canaries
 from provisioning.usb import STICK_DIR, find_artifacts, write_to_stick
 from provisioning.versions import VersionError, is_newer, parse_version
 from provisioning.watch import MountWatcher

@@ -280,21 +280,33 @@ def copy_bundle(
     src: Annotated[Path, typer.Argument(help="Bundle folder to copy from.")],
     dst: Annotated[Path, typer.Argument(help="New bundle folder.")],
     variants: Annotated[str, Opt(help="Comma-separated variants to keep.")] = "int8",
+    version: Annotated[str | None, Opt(help="Version of the copy (default: the source's).")] = None,
 ) -> None:
-    """Copy a bundle keeping only some FlatBuffer variants (e.g. the int8 one to ship)."""
-    from edgemodel.bundle import ModelBundle, write_derived_bundle
+    """Copy a bundle keeping only some FlatBuffer variants (e.g. the int8 one to ship).
+
+    The copy records canary tweets (edgemodel.canaries) answered by its default variant, so
+    `node start` refuses it if a weight is corrupted or a runtime computes differently.
+    """
+    from edgemodel.bundle import ModelBundle, update_manifest, write_derived_bundle
+    from edgemodel.canaries import DEFAULT_CANARIES, compute_canaries
+    from edgemodel.inference import Classifier
 
     bundle = ModelBundle.load(src)
     m = bundle.manifest
     keep = variants.split(",")
-    write_derived_bundle(
+    copied = write_derived_bundle(
         bundle,
         dst,
         variant_files={v: src / m.variants[v].file for v in keep},
         default_variant=keep[0],
         metrics=m.metrics,
+        **({"version": version} if version else {}),
     )
-    typer.echo(f"wrote {dst} ({', '.join(keep)})")
+    canaries, warnings = compute_canaries(Classifier(copied), list(DEFAULT_CANARIES))
+    update_manifest(dst, canaries=[c.to_json() for c in canaries])
+    for warning in warnings:
+        typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
+    typer.echo(f"wrote {dst} ({', '.join(keep)}, {len(canaries)} canaries)")
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""Canary tweets: labels recorded at packaging time, re-checked on the node before switching.
+"""Canary tweets: labels recorded when a bundle is made or signed, re-checked before serving.
 
 A canary mismatch means the node would not serve the model the operator tested and signed
 (a different runtime, a broken build, a mismatched tokenizer), so the install is refused.
