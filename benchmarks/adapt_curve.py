@@ -1,5 +1,8 @@
 """Learning curve of `trainer adapt`: accuracy on a brand vs labelled tweets of it.
 
+BMW and Volvo have no tweet in any training data; brands with training-period tweets
+(e.g. Chrysler, Yamaha) show what current labels add on top of the protocol's training.
+
 For each brand (default BMW and Volvo: no tweet of theirs is in any training data), its
 test-period tweets are split once, seeded, into an evaluation half and a pool. For each
 size n, ``--repeats`` random draws of n pool tweets (labelled as a user would label them:
@@ -144,7 +147,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("trainer adapt: a brand the model never saw (mean, min-max over draws)")
+    fig.suptitle("trainer adapt: accuracy vs labelled current tweets of a brand (mean, min-max)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
