@@ -299,6 +299,26 @@ class NodeProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def embedded_node(mosquitto: Mosquitto, tmp_path: Path, classifier, **config: Any):
+    """A NodeService (not started) on its own topics, node id and state folder; settings
+    for tests (short session expiry, quiet telemetry) that ``config`` may override."""
+    from node.service import NodeConfig, NodeService
+
+    topics = Topics(f"test/embedded/{uuid.uuid4().hex[:8]}")
+    settings: dict[str, Any] = {
+        "node_id": f"e{uuid.uuid4().hex[:8]}",
+        "host": mosquitto.host,
+        "port": mosquitto.port,
+        "tweets_topic": topics.tweets,
+        "labels_topic": topics.labels,
+        "errors_topic": topics.errors,
+        "state_dir": tmp_path / "state",
+        "session_expiry_s": 60,
+        "telemetry_interval_s": 60,
+    }
+    return NodeService(NodeConfig(**(settings | config)), classifier), topics
+
+
 @pytest.fixture
 def topics(request: pytest.FixtureRequest) -> Topics:
     return Topics(f"test/{request.node.name}/{uuid.uuid4().hex[:6]}")

@@ -17,8 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from edgemodel.bundle import ModelBundle, update_manifest
 from edgemodel.inference import Classifier
 from node.metrics import NodeMetrics, attach
-from node.service import NodeConfig, NodeService
-from tests.conftest import WAIT_S, Collector, Topics, free_port, publish
+from tests.conftest import WAIT_S, Collector, embedded_node, free_port, publish
 
 REPO = Path(__file__).resolve().parents[1]
 GRAFANA = REPO / "dashboard" / "grafana" / "repedge-node.json"
@@ -215,18 +214,9 @@ def test_hot_swap_and_provisioning_events_reach_the_metrics(
     shutil.copytree(tiny_bundle.root, root)
     update_manifest(root, version="0.0.2")
     second = ModelBundle.load(root)
-    topics = Topics(f"test/metrics/{uuid.uuid4().hex[:8]}")
-    config = NodeConfig(
-        node_id=f"m{uuid.uuid4().hex[:8]}",
-        host=mosquitto.host,
-        port=mosquitto.port,
-        tweets_topic=topics.tweets,
-        labels_topic=topics.labels,
-        errors_topic=topics.errors,
-        state_dir=tmp_path / "state",
-        session_expiry_s=60,
+    service, _ = embedded_node(
+        mosquitto, tmp_path, Classifier(tiny_bundle, num_threads=1), telemetry_interval_s=5.0
     )
-    service = NodeService(config, Classifier(tiny_bundle, num_threads=1))
     server = attach(service, 0, labels=tiny_bundle.labels)
     service.start()
     try:

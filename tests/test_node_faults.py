@@ -21,8 +21,7 @@ from edgemodel.canaries import DEFAULT_CANARIES
 from edgemodel.inference import Classifier
 from node.dedup import RecordStore
 from node.messages import content_id
-from node.service import NodeConfig, NodeService
-from tests.conftest import REPO, WAIT_S, Collector, Topics, publish
+from tests.conftest import REPO, WAIT_S, Collector, embedded_node, publish
 from trainer.tiny import build_tiny_bundle
 
 POISON = [
@@ -32,23 +31,6 @@ POISON = [
     b'{"id":"px4","text":"deep","x":' + b"[" * 2000 + b"]" * 2000 + b"}",
     b'{"id":"' + b"7" * 300 + b'","text":"an id of 300 characters"}',
 ]
-
-
-def service_for(mosquitto, tmp_path, classifier, **config) -> tuple[NodeService, Topics]:
-    topics = Topics(f"test/faults/{uuid.uuid4().hex[:8]}")
-    cfg = NodeConfig(
-        node_id=f"f{uuid.uuid4().hex[:8]}",
-        host=mosquitto.host,
-        port=mosquitto.port,
-        tweets_topic=topics.tweets,
-        labels_topic=topics.labels,
-        errors_topic=topics.errors,
-        state_dir=tmp_path / "state",
-        session_expiry_s=60,
-        telemetry_interval_s=60,
-        **config,
-    )
-    return NodeService(cfg, classifier), topics
 
 
 def ids_on(watcher: Collector, topic: str) -> list[str]:
@@ -111,7 +93,7 @@ def test_full_disk_under_the_record_store_degrades_and_recovers(mosquitto, tiny_
     must keep labelling, say "degraded" in telemetry, and recover by itself once the cap
     is lifted ("space returns"). Before: the batch raised, was never acked, and the node
     stalled until restarted."""
-    service, topics = service_for(
+    service, topics = embedded_node(
         mosquitto, tmp_path, Classifier(tiny_bundle, num_threads=1), store_retry_s=0.3
     )
     watcher = Collector(mosquitto, [topics.labels, topics.errors])
@@ -166,7 +148,7 @@ def test_unopenable_record_store_at_start_labels_and_recovers(mosquitto, tiny_bu
     """A store path that cannot be opened (a directory where the file should be: works
     the same for root, unlike permissions) -> the node starts, labels, reports degraded,
     and opens the store once the path is usable."""
-    service, topics = service_for(
+    service, topics = embedded_node(
         mosquitto, tmp_path, Classifier(tiny_bundle, num_threads=1), store_retry_s=0.3
     )
     service.config.store_path.mkdir(parents=True)
@@ -198,7 +180,7 @@ def test_label_drawing_a_telemetry_id_is_not_acked_before_its_puback(
     label draws M again, as it would after 65,535 more publishes. The tweet's ack must
     come after the broker's PUBACK for the label. Before: paho had reported the QoS 0
     publish, M sat in the node's "early" set, and the tweet was acked at once."""
-    service, topics = service_for(mosquitto, tmp_path, Classifier(tiny_bundle, num_threads=1))
+    service, topics = embedded_node(mosquitto, tmp_path, Classifier(tiny_bundle, num_threads=1))
     client = service.shell.client
     events: list[tuple[str, int]] = []
     lock = threading.Lock()

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 
 import pytest
 
 from edgemodel.bundle import ModelBundle, update_manifest
 from edgemodel.inference import Classifier
-from node.service import NodeConfig, NodeService
-from tests.conftest import WAIT_S, Collector, Topics, publish
+from tests.conftest import WAIT_S, Collector, embedded_node, publish
 
 
 @pytest.fixture
@@ -23,22 +21,6 @@ def second_model(tiny_bundle, tmp_path) -> ModelBundle:
     return ModelBundle.load(root)
 
 
-def make_service(mosquitto, tmp_path, classifier) -> tuple[NodeService, Topics]:
-    topics = Topics(f"test/hooks/{uuid.uuid4().hex[:8]}")
-    config = NodeConfig(
-        node_id=f"h{uuid.uuid4().hex[:8]}",
-        host=mosquitto.host,
-        port=mosquitto.port,
-        tweets_topic=topics.tweets,
-        labels_topic=topics.labels,
-        errors_topic=topics.errors,
-        state_dir=tmp_path / "state",
-        session_expiry_s=60,
-        telemetry_interval_s=60,
-    )
-    return NodeService(config, classifier), topics
-
-
 def versions(watcher: Collector, topic: str) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for record in watcher.json(topic):
@@ -47,7 +29,7 @@ def versions(watcher: Collector, topic: str) -> dict[str, list[str]]:
 
 
 def test_swap_between_batches_and_events(mosquitto, tiny_bundle, second_model, tmp_path):
-    service, topics = make_service(mosquitto, tmp_path, Classifier(tiny_bundle, num_threads=1))
+    service, topics = embedded_node(mosquitto, tmp_path, Classifier(tiny_bundle, num_threads=1))
     events_topic = service.config.node_topic("events")
     watcher = Collector(mosquitto, [topics.labels, events_topic])
     service.start()
@@ -81,7 +63,7 @@ def test_swap_between_batches_and_events(mosquitto, tiny_bundle, second_model, t
 
 
 def test_without_a_model_tweets_wait_for_one(mosquitto, tiny_bundle, tmp_path):
-    service, topics = make_service(mosquitto, tmp_path, None)
+    service, topics = embedded_node(mosquitto, tmp_path, None)
     watcher = Collector(mosquitto, [topics.labels])
     service.start()
     try:
