@@ -35,13 +35,19 @@ def _bench(args: list[str]) -> None:
     subprocess.run(cmd, cwd=REPO, check=True)
 
 
-def run_parts(model: Path, data: Path, out: Path, peer: Path | None) -> None:
+def run_parts(
+    model: Path, data: Path, out: Path, peer: Path | None, reference: Path | None
+) -> None:
     semeval = data / "semeval2017" / "train_2013-2016.tsv"
     replab = data / "replab2013" / "automotive_en.tsv"
     _bench(["--model", str(model), "--data", str(semeval), "--split", "test", "--broker", "local",
             "--out", str(out / "shipped")])  # fmt: skip
     _bench(["--model", str(model), "--data", str(replab), "--split", "test", "--accuracy-only",
             "--out", str(out / "shipped-replab")])  # fmt: skip
+    if reference is not None:
+        for name, path in (("reference", semeval), ("reference-replab", replab)):
+            _bench(["--model", str(reference), "--variants", "fp32", "--data", str(path),
+                    "--split", "test", "--accuracy-only", "--out", str(out / name)])  # fmt: skip
     if peer is not None:
         _bench(["--model", str(peer), "--data", str(semeval), "--split", "test", "--sample",
                 "1000", "--rounds", "3", "--out", str(out / "peer")])  # fmt: skip
@@ -60,12 +66,18 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def _fp32_reference(main: dict[str, Any], model: Path) -> tuple[float | None, str]:
-    """fp32 accuracy on the same held-out tweets: measured here if the bundle has fp32,
-    else the one `trainer evaluate` recorded in the manifest when the model was built."""
+def _fp32_reference(main: dict[str, Any], model: Path, out: Path) -> tuple[float | None, str]:
+    """fp32 accuracy on the same held-out tweets: measured here if the bundle has fp32, else
+    the --reference bundle's fp32 measured here, else the manifest's record."""
     row = main["variants"].get("fp32")
     if row and row.get("accuracy"):
         return row["accuracy"]["accuracy"], "fp32 measured in this run"
+    ref = _read(out / "reference" / "report.json")
+    if ref and (ref["variants"].get("fp32") or {}).get("accuracy"):
+        m = ref["model"]
+        return ref["variants"]["fp32"]["accuracy"]["accuracy"], (
+            f"fp32 parent {m['name']} {m['version']} (`{m['path']}`), measured in this run"
+        )
     manifest = _read(model / "manifest.json") or {}
     recorded = manifest.get("metrics", {}).get("semeval", {}).get("variants", {}).get("fp32")
     if recorded:
@@ -102,7 +114,7 @@ def render(model: Path, out: Path, rel: str) -> str:
         "## The table",
         "",
         f"SemEval-2017: held-out test split of `trainer train` ({main['tweets']['count']} "
-        "tweets); RepLab 2013: held-out brands"
+        "tweets); RepLab 2013 automotive, test period, `--split test` (BMW, Honda, Volvo)"
         + (f" ({replab['tweets']['count']} tweets)" if replab else "")
         + f". Latency: one tweet per call, {s['latency_threads']} interpreter thread. "
         "Throughput: a backlog with the node's batching.",
@@ -129,7 +141,7 @@ def render(model: Path, out: Path, rel: str) -> str:
     # -- point by point with the paper -----------------------------------------------------
     smallest = min(main["variants"].items(), key=lambda kv: kv[1]["size_bytes"])
     ratio = BERT_LARGE_MB * 1e6 / smallest[1]["size_bytes"]
-    ref, ref_source = _fp32_reference(main, model)
+    ref, ref_source = _fp32_reference(main, model, out)
     served = main["variants"].get("int8") or smallest[1]
     served_name = "int8" if "int8" in main["variants"] else smallest[0]
     ours_acc = (served.get("accuracy") or {}).get("accuracy")
@@ -214,7 +226,8 @@ def render(model: Path, out: Path, rel: str) -> str:
         "## Regenerate",
         "",
         "```sh",
-        "python -m node.bench_paper --model models/default [--peer PEER_BUNDLE]",
+        "python -m node.bench_paper --model models/default [--reference RUN/bundle] "
+        "[--peer PEER_BUNDLE]",
         "```",
         "",
         "Full reports (device, settings, every variant) are in "
@@ -234,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=REPO / "models" / "default")
     parser.add_argument("--peer", type=Path, help="bundle with ONNX exports of its weights")
+    parser.add_argument(
+        "--reference", type=Path, help="bundle with the model's fp32 parent (the drop's baseline)"
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "bench")
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmark.md")
@@ -241,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model, out = args.model.resolve(), args.out.resolve()
     if not args.render_only:
-        run_parts(model, args.data, out, args.peer)
+        run_parts(model, args.data, out, args.peer, args.reference)
     rel = Path("..") / out.relative_to(REPO) if out.is_relative_to(REPO) else out
     rel_str = str(rel).removeprefix("../docs/") if str(rel).startswith("../docs/") else str(rel)
     write_markdown_keeping_notes(args.doc, render(model, out, rel_str))
