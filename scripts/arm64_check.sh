@@ -232,7 +232,7 @@ lines += ["", *tolerance_lines(summary),
           "- Differences per tweet (index into the dump, labels, margin): "
           "labels_in_process.json, labels_node_mqtt.json."]
 lines += ["", "## node bench --accuracy-only: arm64 vs x86_64", "",
-          "Seeded samples of the whole files, tweets the model was trained on included: these "
+          "Seeded samples of the whole files, which may include tweets the model was trained on: these "
           "figures compare the two architectures, not the model's quality (docs/benchmark.md "
           "has that, on held-out tweets).", "",
           "| data (seeded sample) | accuracy x86_64 | accuracy arm64 | macro-F1 x86_64 | macro-F1 arm64 | AvgRec x86_64 | AvgRec arm64 |",
