@@ -51,6 +51,14 @@ class BridgeConfig:
     tweets_in: str = "off"
     protocol: str = "mqttv50"
 
+    @property
+    def wire_protocol(self) -> str:
+        """The protocol the bridge speaks. A shared central feed needs MQTT 3.1.1: an MQTT 5
+        bridge of Mosquitto subscribes with No Local, which MQTT 5 forbids on a shared
+        subscription (a protocol error that Mosquitto 2.0.21 enforces by disconnecting
+        the bridge), while a 3.1.1 subscription has no such flag."""
+        return "mqttv311" if self.tweets_in == "shared" else self.protocol
+
     def __post_init__(self) -> None:
         if not _SITE_RE.match(self.site):
             raise BridgeError(
@@ -61,8 +69,6 @@ class BridgeConfig:
             raise BridgeError(
                 f"bridge protocol {self.protocol!r}: choose one of {', '.join(PROTOCOLS)}"
             )
-        if self.tweets_in == "shared" and self.protocol != "mqttv50":
-            raise BridgeError("bridge tweets-in 'shared' needs the mqttv50 bridge protocol")
         if self.tweets_in not in TWEETS_IN_MODES:
             raise BridgeError(
                 f"bridge tweets-in {self.tweets_in!r}: choose one of {', '.join(TWEETS_IN_MODES)}"
@@ -121,7 +127,7 @@ def render_bridge(bridge: BridgeConfig) -> str:
         "# Rendered by `broker start --bridge-to` (broker/bridge.py).",
         f"connection {bridge.client_id}",
         f"address {address}",
-        f"bridge_protocol_version {bridge.protocol}",
+        f"bridge_protocol_version {bridge.wire_protocol}",
         # Persistent sessions at both ends: the centre keeps what it owes the site, and the
         # site keeps (and saves to its persistence file) what the centre has not acknowledged.
         "cleansession false",
@@ -131,7 +137,7 @@ def render_bridge(bridge: BridgeConfig) -> str:
         "start_type automatic",
         # Mosquitto marks a 3.1.1 bridge by a high bit in the protocol level, which other
         # brokers refuse as a corrupt header (RabbitMQ does); our topics cannot loop anyway.
-        *(["try_private false"] if bridge.protocol == "mqttv311" else []),
+        *(["try_private false"] if bridge.wire_protocol == "mqttv311" else []),
         "restart_timeout 5 30",
         "keepalive_interval 30",
         # The centre sees whether a site's uplink is up (1) or down (0, set by the will).
