@@ -153,7 +153,7 @@ def render(model: Path, out: Path, rel: str) -> str:
         ["size: 160x smaller than BERT-large (1.34 GB -> 8.4 MB)",
          f"{smallest[0]}: {smallest[1]['size_bytes'] / 1e6:.1f} MB = {ratio:.0f}x",
          "met" if ratio >= PAPER_RATIO else f"not met ({ratio / PAPER_RATIO:.2f} of the way; "
-         "docs/size_frontier.md reaches 8.05 MB = 167x with a pruned vocabulary + int4)"],
+         "docs/size_frontier_protocol.md: int4 points of 8.0-8.7 MB lose 1.2-1.8 points)"],
         [f"accuracy: {PAPER_DROP_PCT} % drop for the compressed model",
          "n/a" if drop is None else f"{served_name} vs fp32 on SemEval: accuracy drop "
          f"{drop:+.2f} points{' (int8 scores higher)' if drop < 0 else ''} ({ref_source})",
