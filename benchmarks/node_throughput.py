@@ -1,5 +1,5 @@
 """The node's end-to-end row alone: a thin wrapper over `node bench --broker local`'s code
-(node/bench_mqtt.py), kept for its JSON and its table of targets.
+(node/bench/mqtt.py), kept for its JSON and its table of targets.
 
 Measures, with medians over --repeats: the model call alone on backlogs with the node's
 batching; the node draining a backlog queued for it in a private Mosquitto, first label to
@@ -21,9 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from node.bench_device import device_info  # noqa: E402
-from node.bench_mqtt import BrokerBenchConfig, run_broker_bench  # noqa: E402
-from node.bench_tweets import plain_tweets, synthetic_tweets  # noqa: E402
+from node.bench.device import device_info  # noqa: E402
+from node.bench.mqtt import BrokerBenchConfig, run_broker_bench  # noqa: E402
+from node.bench.tweets import plain_tweets, synthetic_tweets  # noqa: E402
 
 
 def main() -> int:

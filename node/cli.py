@@ -398,6 +398,6 @@ def bench(
     ] = 3,
 ) -> None:
     """Measure a model on this device: size, load time, RSS, latency, throughput, accuracy."""
-    from node.bench_cli import run_from_cli
+    from node.bench.cli import run_from_cli
 
     run_from_cli(locals())

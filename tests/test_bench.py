@@ -142,7 +142,7 @@ def test_accuracy_equals_trainer_evaluate(report, bench_bundle, labelled_file, t
 
 def test_onnx_peer_same_weights(report, bench_bundle) -> None:
     from edgemodel.bundle import ModelBundle
-    from node.bench_runners import LITERT, OnnxRunner, open_runner
+    from node.bench.runners import LITERT, OnnxRunner, open_runner
 
     _, data = report
     pairs = {p["onnxruntime"]: p for p in data["peers"]}
@@ -219,7 +219,7 @@ def test_broker_row_through_mosquitto(bench_bundle, mosquitto, tmp_path) -> None
 def test_compare_labels_across_devices(bench_bundle, labelled_file, tmp_path) -> None:
     """bench_compare, as scripts/arm64_check.sh uses it: the same dump twice is identical;
     a changed label is reported with its index, and the summary holds no tweet text."""
-    from node.bench_compare import compare, dump
+    from node.bench.compare import compare, dump
 
     first = dump(bench_bundle, [labelled_file], sample=20)
     same = compare(first, dump(bench_bundle, [labelled_file], sample=20))
@@ -242,7 +242,7 @@ def test_export_onnx_from_run_folder(tmp_path: Path) -> None:
     import keras
 
     from edgemodel.bundle import ModelBundle, update_manifest
-    from node.bench_runners import OnnxRunner
+    from node.bench.runners import OnnxRunner
     from trainer.tiny import build_tiny_bundle, tiny_classifier
 
     model = tiny_classifier(seed=5)

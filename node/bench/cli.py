@@ -1,4 +1,4 @@
-"""`node bench` options -> :func:`node.bench.run_bench`, with clear errors for bad input."""
+"""`node bench` options -> :func:`node.bench.suite.run_bench`, with clear errors for bad input."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ def _positive(name: str, value: float) -> None:
 
 
 def run_from_cli(a: dict[str, Any]) -> None:
-    from node.bench import BenchError, BenchOptions, run_bench
-    from node.bench_tweets import labelled_tweets, plain_tweets, synthetic_tweets
+    from node.bench.suite import BenchError, BenchOptions, run_bench
+    from node.bench.tweets import labelled_tweets, plain_tweets, synthetic_tweets
     from node.serve import default_interpreter_threads
 
     for name in ("latency_samples", "saturation_tweets", "repeats", "rounds", "rate", "seconds",
