@@ -13,14 +13,8 @@ import pytest
 from edgemodel.bundle import EMBEDDING_OUTPUT, RELATED_OUTPUT
 from edgemodel.inference import Classifier, pad_batch, softmax
 from tests.conftest import Collector, publish
+from tests.test_task_heads import TWEETS
 from trainer.tiny import build_tiny_bundle, tiny_classifier
-
-TWEETS = [
-    ("recall announced for the new hatchback", "Honda"),
-    ("recall announced for the new hatchback", None),
-    ("what a drive, love it", "BMW"),
-    ("what a drive, love it", None),
-]
 
 
 @pytest.fixture(scope="module")

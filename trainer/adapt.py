@@ -34,6 +34,7 @@ from edgemodel.bundle import (
 from edgemodel.entity_heads import Correction, EntityHead, entity_key, save_entity_heads
 from edgemodel.inference import Classifier, EmptyTextError, Encoded
 from trainer.data import Example
+from trainer.evaluate import outputs_in_length_order
 
 # L2 strengths tried by cross-validation (per example, on the weight only).
 DEFAULT_L2_GRID = (1e-3, 1e-2, 1e-1, 1.0)
@@ -156,14 +157,7 @@ def brand_outputs(
             continue
     if not encoded:
         raise AdaptError("no readable tweet in the data")
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    outputs: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        for name, value in classifier.run([encoded[i] for i in rows]).items():
-            outputs.setdefault(name, []).append(value)
-    inverse = np.argsort(order)
-    merged = {name: np.concatenate(parts)[inverse] for name, parts in outputs.items()}
+    merged = outputs_in_length_order(classifier.run, encoded, batch_size)
     labels = list(classifier.labels)
     return BrandData(
         embedding=merged[EMBEDDING_OUTPUT],

@@ -189,17 +189,30 @@ def predict_in_length_order(
     batch_size: int,
     num_labels: int,
 ) -> np.ndarray:
-    """``predict`` over length-sorted batches, logits returned in input order.
+    """``predict`` over length-sorted batches, logits returned in input order."""
+    if not inputs:
+        return np.zeros((0, num_labels), np.float32)
+    return outputs_in_length_order(lambda b: {"logits": predict(b)}, inputs, batch_size)["logits"]
+
+
+def outputs_in_length_order(
+    run: Callable[[Sequence[Encoded]], dict[str, np.ndarray]],
+    inputs: Sequence[Encoded],
+    batch_size: int,
+) -> dict[str, np.ndarray]:
+    """``run`` (named outputs per batch) over length-sorted batches, rows in input order.
 
     Sorting puts tweets of similar length together, so a batch pads to little more
     than its own length instead of to the longest tweet in the data set.
     """
     order = np.argsort([len(e) for e in inputs], kind="stable")
-    logits = np.zeros((len(inputs), num_labels), np.float32)
+    parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        logits[rows] = predict([inputs[i] for i in rows])
-    return logits
+        for name, value in run([inputs[i] for i in rows]).items():
+            parts.setdefault(name, []).append(np.asarray(value))
+    inverse = np.argsort(order, kind="stable")
+    return {name: np.concatenate(values)[inverse] for name, values in parts.items()}
 
 
 def _measure_latency(clf: Classifier, inputs: Sequence[Encoded], samples: int) -> dict[str, Any]:

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from edgemodel.bundle import ModelBundle
-from edgemodel.inference import Classifier, EmptyTextError, Encoded
+from edgemodel.bundle import RELATED_LABELS, ModelBundle
+from edgemodel.inference import Classifier, EmptyTextError, Encoded, softmax
 from trainer.data import POLARITY_LABELS, Example, read_replab, read_semeval
-from trainer.evaluate import machine_info
+from trainer.evaluate import machine_info, outputs_in_length_order
 from trainer.metrics import index_accuracy, index_macro_recall, paired_bootstrap_interval
 from trainer.splits import period_split, stratified_split
 
@@ -79,13 +79,23 @@ def answer(clf: Classifier, examples: Sequence[Example], batch_size: int = 32) -
     polarity = np.full(len(examples), -1)
     related = np.full(len(examples), -1)
     readable = [i for i, x in enumerate(encoded) if x is not None]
-    readable.sort(key=lambda i: len(encoded[i]))  # type: ignore[arg-type]
-    for start in range(0, len(readable), batch_size):
-        rows = readable[start : start + batch_size]
-        for row, p in zip(rows, clf.predict([encoded[i] for i in rows]), strict=True):  # type: ignore[misc]
-            polarity[row] = POLARITY_LABELS.index(p.label)
-            if p.related is not None:
-                related[row] = int(p.related)
+    if not readable:
+        return Answers(polarity, related)
+
+    def run(batch: Sequence[Encoded]) -> dict[str, np.ndarray]:
+        out = clf.predict_outputs(batch)
+        extra = {} if out.related_logits is None else {"related": out.related_logits}
+        return {"logits": out.logits, **extra}
+
+    outputs = outputs_in_length_order(run, [encoded[i] for i in readable], batch_size)
+    # The bundle's label order, mapped to the protocol's.
+    to_protocol = np.array([POLARITY_LABELS.index(label) for label in clf.labels])
+    polarity[readable] = to_protocol[outputs["logits"].argmax(axis=1)]
+    if "related" in outputs:
+        logits = outputs["related"]
+        answered = ~np.isnan(logits).any(axis=1)  # NaN rows: tweets without an entity
+        is_related = softmax(np.nan_to_num(logits))[:, RELATED_LABELS.index("related")] >= 0.5
+        related[readable] = np.where(answered, is_related.astype(int), -1)
     return Answers(polarity, related)
 
 

@@ -22,7 +22,7 @@ import tensorflow as tf
 from edgemodel.inference import EmptyTextError, Encoded, TweetEncoder, pad_batch
 from edgemodel.textclean import CleaningConfig
 from trainer.data import FILTER_LABELS, POLARITY_LABELS, Example
-from trainer.evaluate import predict_in_length_order
+from trainer.evaluate import outputs_in_length_order
 from trainer.metrics import classification_report
 from trainer.model import RELATED_OUTPUT, build_classifier
 
@@ -211,20 +211,19 @@ class Trainer:
             lambda: self._training_stream(data, weights), output_signature=signature
         ).prefetch(4)
 
-    def predict_logits(
-        self, inputs: Sequence[Encoded], batch_size: int = 128, output: str = "logits"
-    ) -> np.ndarray:
-        """The Keras model's ``output`` (dev scoring), same batching as the evaluation."""
+    def predict_outputs(
+        self, inputs: Sequence[Encoded], batch_size: int = 128
+    ) -> dict[str, np.ndarray]:
+        """The Keras model's outputs (dev scoring), same batching as the evaluation."""
 
-        def predict(batch: Sequence[Encoded]) -> np.ndarray:
+        def predict(batch: Sequence[Encoded]) -> dict[str, np.ndarray]:
             x = pad_batch(batch, self.encoder.pad_id)
             pred = self.model(
                 [x["input_ids"], x["segment_ids"], x["attention_mask"]], training=False
             )
-            return keras.ops.convert_to_numpy(pred[output])
+            return {name: keras.ops.convert_to_numpy(value) for name, value in pred.items()}
 
-        width = len(FILTER_LABELS) if output == RELATED_OUTPUT else len(POLARITY_LABELS)
-        return predict_in_length_order(predict, inputs, batch_size, width)
+        return outputs_in_length_order(predict, inputs, batch_size)
 
     def fit(self, train: EncodedSet, dev: EncodedSet, run_dir: Path) -> dict:
         cfg = self.config
@@ -309,7 +308,8 @@ class DevEvaluation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         # Polarity is scored on tweets that have one; unrelated RepLab tweets (in dev only
         # with the related head) count for the related/unrelated accuracy.
-        pred = self.trainer.predict_logits(self.dev.inputs).argmax(axis=1)
+        outputs = self.trainer.predict_outputs(self.dev.inputs)
+        pred = outputs["logits"].argmax(axis=1)
         gold = self.dev.polarity
         labelled = gold >= 0
         sources = np.asarray(self.dev.source)
@@ -325,8 +325,7 @@ class DevEvaluation(keras.callbacks.Callback):
         related_accuracy = None
         if self.trainer.config.filter_head and (self.dev.related >= 0).any():
             has = self.dev.related >= 0
-            inputs = [x for x, keep in zip(self.dev.inputs, has, strict=True) if keep]
-            rel = self.trainer.predict_logits(inputs, output=RELATED_OUTPUT).argmax(axis=1)
+            rel = outputs[RELATED_OUTPUT][has].argmax(axis=1)
             related_accuracy = float((rel == self.dev.related[has]).mean())
         score = dev_score(by_source, related_accuracy)
         entry = {
