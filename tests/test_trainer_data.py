@@ -128,3 +128,32 @@ def test_split_like_training_matches_what_train_does(tmp_path):
     assert {e.entity for e in split.test} == {"BMW", "Honda", "Volvo"}
     assert {e.entity for e in split.dev} == {"Suzuki", "Volkswagen"}
     assert {e.entity for e in split.train} == {"Ford"}
+
+
+def test_temporal_split_holds_out_the_latest_tweets_by_snowflake_time():
+    # Snowflake ids: time << 22; ids are shuffled so that file order says nothing.
+    import random
+
+    from trainer.data import Example
+    from trainer.splits import TEMPORAL_SOURCE, semeval_splits, tweet_time_ms
+
+    ids = [str((1_000_000_000 + i * 60_000) << 22) for i in range(200)]
+    random.Random(1).shuffle(ids)
+    labels = ("negative", "neutral", "positive")
+    examples = [
+        Example(text=f"tweet number {i}", label=labels[i % 3], source="semeval", tweet_id=tid)
+        for i, tid in enumerate(ids)
+    ]
+    assert tweet_time_ms(str(5 << 22)) == 5 + 1288834974657
+    assert tweet_time_ms("not-an-id") is None
+    splits = semeval_splits(examples, seed=13)
+    temporal = splits[TEMPORAL_SOURCE]
+    assert len(temporal.test) == 20 and len(temporal.dev) == 10
+    times = lambda part: [tweet_time_ms(e.tweet_id) for e in part]  # noqa: E731
+    assert min(times(temporal.test)) > max(times(temporal.dev))
+    assert min(times(temporal.dev)) > max(times(splits["semeval"].train))
+    assert {e.source for e in temporal.dev + temporal.test} == {TEMPORAL_SOURCE}
+    # The stratified test is the same as without the temporal hold-out: comparable figures.
+    assert splits["semeval"].test == stratified_split(examples, seed=13).test
+    held = {e.tweet_id for e in temporal.test}
+    assert not held & {e.tweet_id for e in splits["semeval"].train + splits["semeval"].dev}

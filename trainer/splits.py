@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edgemodel.textclean import clean_tweet
@@ -102,6 +102,73 @@ def period_split(
     return _drop_leaks(split)
 
 
+# Twitter snowflake ids carry their creation time: (id >> 22) + this epoch, in ms.
+TWITTER_EPOCH_MS = 1288834974657
+# SemEval's temporal hold-out: the latest share of tweets by time is the temporal test,
+# the share just before it the temporal dev (model selection); both are kept out of train.
+TEMPORAL_TEST_SHARE = 0.10
+TEMPORAL_DEV_SHARE = 0.05
+TEMPORAL_SOURCE = "semeval_temporal"
+
+
+def tweet_time_ms(tweet_id: str) -> int | None:
+    """Creation time (Unix ms) of a tweet from its snowflake id; None for other ids."""
+    if not tweet_id.isdigit() or int(tweet_id) < 1 << 22:
+        return None
+    return (int(tweet_id) >> 22) + TWITTER_EPOCH_MS
+
+
+def temporal_split(
+    examples: Sequence[Example],
+    dev: float = TEMPORAL_DEV_SHARE,
+    test: float = TEMPORAL_TEST_SHARE,
+) -> Split:
+    """Latest ``test`` share of the timed tweets to test, the ``dev`` share before it to dev.
+
+    A stratified hold-out draws its tweets from the same weeks as training and hides what
+    a later period does to the model; this one asks the question a deployment asks. Ties
+    in time are broken by id, so the split is the same on every machine.
+    """
+    timed = sorted(
+        (e for e in examples if tweet_time_ms(e.tweet_id) is not None),
+        key=lambda e: (tweet_time_ms(e.tweet_id), e.tweet_id),
+    )
+    n_test, n_dev = round(len(timed) * test), round(len(timed) * dev)
+    cut_test = len(timed) - n_test
+    return Split(
+        train=timed[: cut_test - n_dev],
+        dev=timed[cut_test - n_dev : cut_test],
+        test=timed[cut_test:],
+    )
+
+
+def semeval_splits(examples: Sequence[Example], seed: int = 13) -> dict[str, Split]:
+    """SemEval's stratified split (unchanged test, comparable across models) and its
+    temporal hold-out, with every temporal tweet taken out of the stratified train and
+    the temporal test tweets out of the stratified dev too."""
+    stratified = stratified_split(examples, seed=seed)
+    timed = temporal_split(examples)
+    temporal = Split(
+        dev=[replace(e, source=TEMPORAL_SOURCE) for e in timed.dev],
+        test=[replace(e, source=TEMPORAL_SOURCE) for e in timed.test],
+    )
+    held = {e.tweet_id for e in timed.dev + timed.test}
+    test_ids = {e.tweet_id for e in timed.test}
+    kept = Split(
+        train=[e for e in stratified.train if e.tweet_id not in held],
+        dev=[e for e in stratified.dev if e.tweet_id not in test_ids],
+        test=stratified.test,
+    )
+    # Same text in a held-out part: out of train (retweets recur).
+    return {"semeval": _drop_leaks_against(kept, temporal), TEMPORAL_SOURCE: temporal}
+
+
+def _drop_leaks_against(split: Split, other: Split) -> Split:
+    held_out = {clean_tweet(e.text).lower() for e in other.dev + other.test}
+    train = [e for e in split.train if clean_tweet(e.text).lower() not in held_out]
+    return Split(train=train, dev=split.dev, test=split.test)
+
+
 def split_like_training(examples: Sequence[Example], seed: int = 13) -> Split:
     """The split ``trainer train --semeval/--replab`` makes: RepLab by entity, else stratified."""
     if examples and all(e.source == "replab" for e in examples):
@@ -133,7 +200,7 @@ class DataSources:
     def load(self, seed: int) -> dict[str, Split]:
         splits: dict[str, Split] = {}
         if self.semeval:
-            splits["semeval"] = split_like_training(read_semeval(self.semeval), seed)
+            splits.update(semeval_splits(read_semeval(self.semeval), seed))
         if self.replab:
             splits["replab"] = split_like_training(read_replab(self.replab), seed)
         if self.replab_train or self.replab_test:

@@ -271,11 +271,13 @@ class Trainer:
 
 
 def dev_score(metrics_by_source: dict[str, dict], related_accuracy: float | None = None) -> float:
-    """Model selection: mean of SemEval AvgRec, RepLab accuracy and, with the related head,
-    RepLab related/unrelated accuracy (the targets of issues 4 and 9)."""
+    """Model selection: mean of SemEval AvgRec (stratified dev and, where given, the
+    temporal dev: the tweets just before the temporal test), RepLab accuracy and, with the
+    related head, RepLab related/unrelated accuracy (the targets of issues 4, 9 and 18)."""
     parts = [] if related_accuracy is None else [related_accuracy]
-    if "semeval" in metrics_by_source:
-        parts.append(metrics_by_source["semeval"]["macro_recall"])
+    for source in ("semeval", "semeval_temporal"):
+        if source in metrics_by_source:
+            parts.append(metrics_by_source[source]["macro_recall"])
     if "replab" in metrics_by_source:
         parts.append(metrics_by_source["replab"]["accuracy"])
     if not parts:  # other sources: macro recall over everything
