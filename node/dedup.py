@@ -9,14 +9,18 @@ reuses an id with other content is a different tweet and is labelled afresh. Key
 id alone would hand it the stored record of another text: a wrong label, delivered
 silently (issue 11, item 5).
 
-Schema (``PRAGMA user_version`` 2)::
+Schema (``PRAGMA user_version`` 3)::
 
     records(seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, digest TEXT,
             topic TEXT, payload TEXT, UNIQUE(id, digest))
 
-A store file of the first version (``id`` alone unique, no digest) is migrated in place
-when it is opened: its rows are kept with digest NULL. Their content is unknown, so they
-answer nothing and are pruned with age like any other row.
+The digest is :func:`node.messages.content_id`. Older store files are migrated in place
+when they are opened, their rows kept with digest NULL: version 1 had no digest, and
+version 2's digest joined text and entity with U+001F, which two different tweets could
+share (issue 20 item 6). Rows with a NULL digest answer nothing and are pruned with age
+like any other row, so a tweet labelled before the upgrade and redelivered after it is
+labelled afresh (a second record for it, as in the at-least-once case), never given
+another tweet's record.
 
 :class:`ResilientStore` wraps the store for the node: it never raises. When SQLite fails
 (a full disk, a file that cannot be opened), the node keeps labelling without the store,
@@ -38,7 +42,7 @@ log = logging.getLogger("repedge.node")
 
 DEFAULT_MAX_RECORDS = 200_000
 DEFAULT_RETRY_S = 30.0
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Prune in chunks rather than on every insert.
 _PRUNE_SLACK = 0.1
 # SQLite caps the number of parameters per statement.
@@ -95,6 +99,10 @@ class RecordStore:
                     " SELECT seq, id, NULL, topic, payload FROM records_v1"
                 )
                 self._db.execute("DROP TABLE records_v1")
+            elif columns:
+                # Version 2 digests used the collision-prone encoding: forget them.
+                log.info("migrating record store %s to schema %d", self.path, SCHEMA_VERSION)
+                self._db.execute("UPDATE records SET digest = NULL")
             else:
                 self._db.execute(_CREATE)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

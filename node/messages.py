@@ -48,8 +48,10 @@ class BadInput(ValueError):
 def content_id(text: str, entity: str | None = None) -> str:
     """Digest of a tweet's content; also the id of a tweet that came without one
     (identical text and entity, identical id)."""
-    # The unit separator keeps ("ab", "c") and ("a", "bc") apart.
-    data = f"{text}\x1f{entity or ''}".encode()
+    # A JSON array is a structured encoding: every string is quoted and escaped, so no
+    # character inside a text or an entity can pass for the boundary between them (a
+    # joining separator could: "a\x1fb" + "" and "a" + "b\x1f" collided, issue 20 item 6).
+    data = json.dumps([text, entity], ensure_ascii=True, separators=(",", ":")).encode()
     return hashlib.sha256(data).hexdigest()[:CONTENT_ID_HEX]
 
 

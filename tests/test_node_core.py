@@ -107,6 +107,22 @@ def test_redelivery_gets_the_stored_record_and_id_reuse_is_labelled_afresh(tmp_p
     assert entity.records[0].kind == "label" and entity.id_reused == 1
 
 
+def test_separator_characters_cannot_make_two_tweets_one(tmp_path) -> None:
+    """Issue 20 item 6: the content digest once joined text and entity with U+001F, so a
+    text ending in U+001F + entity and that text with the entity + U+001F collided."""
+    step = BatchStep(CONFIG, RecordStore(tmp_path / "r.sqlite"))
+    a = json.dumps({"id": "r3", "text": "a new model\u001fBMW"})
+    b = json.dumps({"id": "r3", "text": "a new model", "entity": "BMW\u001f"})
+    first, second = (step.run(tweets(p), FakeClassifier()) for p in (a, b))
+    assert first.records[0].kind == "label"
+    assert second.records[0].kind == "label" and second.id_reused == 1
+    assert json.loads(second.records[0].payload)["entity"] == "BMW\u001f"
+    # Tweets without an id get their content digest as id: those two stay apart too.
+    assert content_id("a new model\x1fBMW") != content_id("a new model", "BMW\x1f")
+    assert content_id("ab", "c") != content_id("a", "bc")
+    assert content_id("x", None) != content_id("x", "")
+
+
 def test_same_tweet_twice_in_one_batch_gets_one_record(tmp_path) -> None:
     step = BatchStep(CONFIG, RecordStore(tmp_path / "r.sqlite"))
     body = '{"id": "d", "text": "twice"}'

@@ -294,7 +294,35 @@ def test_a_first_version_store_file_is_migrated(tmp_path):
     reopened = RecordStore(path)  # already migrated: opens as is
     assert len(reopened) == 3
     version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
-    assert version == 2
+    assert version == 3
+
+
+def test_a_second_version_store_forgets_its_collision_prone_digests(tmp_path):
+    """Schema 2 keyed on sha256(text U+001F entity): after the upgrade its rows answer
+    nothing (their digests cannot be recomputed: the store holds no texts), so a tweet
+    redelivered across the upgrade is labelled afresh, never given another's record."""
+    path = tmp_path / "records.sqlite"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE records (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL,"
+        " digest TEXT, topic TEXT NOT NULL, payload TEXT NOT NULL, UNIQUE (id, digest))"
+    )
+    old_digest = hashlib.sha256(b"a new model\x1fBMW\x1f").hexdigest()[:16]
+    db.execute(
+        "INSERT INTO records (id, digest, topic, payload) VALUES (?, ?, ?, ?)",
+        ("r3", old_digest, "labels", '{"id":"r3"}'),
+    )
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+    store = RecordStore(path)
+    assert len(store) == 1  # kept, pruned with age
+    assert store.lookup([("r3", old_digest)]) == ({}, set())
+    # Not counted as an id reused for other content either: its content is unknown.
+    assert store.lookup([("r3", content_id("a new model", "BMW\x1f"))]) == ({}, set())
+    store.close()
+    version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
+    assert version == 3
 
 
 # -- 10. the Last Will says when it was set -----------------------------------------------

@@ -72,6 +72,19 @@ def test_clear_errors(tmp_path, name, content, message):
         read_labeled(write(tmp_path, name, content))
 
 
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("r.tsv", REPLAB), ("s.tsv", SEMEVAL), ("t.csv", "text,label\ngreat car,positive\n")],
+)
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path, name, content):
+    """Issue 20: a TSV saved with a UTF-8 BOM failed with "missing column(s) ['entity']"."""
+    plain = read_labeled(write(tmp_path, name, content))
+    with_bom = read_labeled(write(tmp_path, "bom-" + name, b"\xef\xbb\xbf" + content.encode()))
+    assert [(e.text, e.label, e.entity) for e in with_bom] == [
+        (e.text, e.label, e.entity) for e in plain
+    ]
+
+
 def test_missing_file_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         read_labeled(tmp_path / "absent.tsv")

@@ -36,7 +36,9 @@ def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a file saved with a byte order mark (Excel, Notepad) would otherwise
+        # carry U+FEFF into its first header name and fail as a "missing column".
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
     # Split on newlines only: str.splitlines() also breaks at U+2028 etc. inside tweets.
