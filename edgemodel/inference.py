@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -70,6 +70,9 @@ class Prediction:
     # Probability that the tweet is about its entity; None for tweets without an entity
     # or models without the related head.
     related_score: float | None = None
+    # The FlatBuffer's pooled embedding of the tweet (models with that output): what the
+    # node keeps for teaching, where the active-learning selector measures diversity.
+    embedding: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def related(self) -> bool | None:
@@ -83,6 +86,7 @@ class Outputs:
 
     logits: np.ndarray  # [batch, num_labels]
     related_logits: np.ndarray | None  # [batch, 2]
+    embedding: np.ndarray | None = None  # [batch, dim], where the model has the output
 
 
 class TweetEncoder:
@@ -215,8 +219,8 @@ class Classifier:
             related = out[RELATED_OUTPUT]
             no_entity = np.array([e.entity is None for e in batch])
             related[no_entity] = np.nan
-        if self.entity_heads:
-            embedding = out[EMBEDDING_OUTPUT]
+        embedding = out.get(EMBEDDING_OUTPUT)
+        if self.entity_heads and embedding is not None:
             for row, encoded in enumerate(batch):
                 head = self.entity_heads.get(entity_key(encoded.entity or ""))
                 if head is None or encoded.entity is None:
@@ -224,7 +228,7 @@ class Classifier:
                 logits[row] += head.polarity(embedding[row])
                 if related is not None and head.related is not None:
                     related[row] += head.related(embedding[row])
-        return Outputs(logits, related)
+        return Outputs(logits, related, embedding)
 
     def predict_logits(self, batch: Sequence[Encoded]) -> np.ndarray:
         """Polarity logits [len(batch), num_labels] as served (per-entity heads applied)."""
@@ -237,8 +241,10 @@ class Classifier:
             if outputs.related_logits is not None
             else np.full((len(batch), len(RELATED_LABELS)), np.nan, np.float32)
         )
+        embedding = outputs.embedding
         return [
-            self._to_prediction(row, rel) for row, rel in zip(outputs.logits, related, strict=True)
+            self._to_prediction(row, rel, None if embedding is None else embedding[n])
+            for n, (row, rel) in enumerate(zip(outputs.logits, related, strict=True))
         ]
 
     def classify(
@@ -248,14 +254,19 @@ class Classifier:
         entities = entities if entities is not None else [None] * len(texts)
         return self.predict([self.encode(t, e) for t, e in zip(texts, entities, strict=True)])
 
-    def _to_prediction(self, logits: np.ndarray, related_logits: np.ndarray) -> Prediction:
+    def _to_prediction(
+        self, logits: np.ndarray, related_logits: np.ndarray, embedding: np.ndarray | None
+    ) -> Prediction:
         probs = softmax(logits)
         scores = {label: round(float(p), 6) for label, p in zip(self.labels, probs, strict=True)}
         related = None
         if not np.isnan(related_logits).any():
             related = round(float(softmax(related_logits)[RELATED_LABELS.index("related")]), 6)
         return Prediction(
-            label=self.labels[int(np.argmax(logits))], scores=scores, related_score=related
+            label=self.labels[int(np.argmax(logits))],
+            scores=scores,
+            related_score=related,
+            embedding=embedding,
         )
 
     def describe(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from node.paths import default_state_dir
 
 # The defaults of `node start` are NodeConfig's: one place for the CLI, files and docs.
 from node.service import NodeConfig
+from node.teach_cli import labels_app, texts_app
 
 app = typer.Typer(
     help=(
@@ -33,6 +34,10 @@ app = typer.Typer(
 @app.callback()
 def _main() -> None:
     """Keeps `start` a named sub-command (`node start`), room for more later."""
+
+
+app.add_typer(texts_app, name="texts")
+app.add_typer(labels_app, name="labels")
 
 
 def parse_broker_url(url: str) -> tuple[str, int]:
@@ -236,6 +241,14 @@ def start(
             "retained configs under homeassistant/).",
         ),
     ] = True,
+    texts_per_entity: Annotated[
+        int,
+        typer.Option(
+            help="Labelled tweets kept per entity in STATE_DIR/teach.sqlite for the Teach "
+            "view (the most recent ones; 0 keeps none). docs/teach.md.",
+            min=0,
+        ),
+    ] = NodeConfig.texts_per_entity,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve a model: read tweets from MQTT, publish labels, until SIGTERM or Ctrl-C."""
@@ -283,6 +296,7 @@ def start(
             "drain_timeout_s": drain_timeout,
             "default_entity": entity.strip() if entity and entity.strip() else None,
             "share_group": share_group,
+            "texts_per_entity": texts_per_entity,
         },
         "model": str(model.absolute()) if model else None,
         "variant": variant,

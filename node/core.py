@@ -80,6 +80,9 @@ class BatchResult:
     id_reused: int = 0  # tweets whose id the store holds for other content
     retried_singly: bool = False  # the batch raised and was redone tweet by tweet
     latencies_ms: list[float] = field(default_factory=list)
+    # The tweets labelled in this batch with the model's answer (what the teach text
+    # store keeps); duplicates and errors are not in it.
+    labelled_tweets: list[tuple[Tweet, Prediction]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ class _Draft:
 
     out: Outbound
     key: tuple[str, str] | None = None
+    labelled: tuple[Tweet, Prediction] | None = None
 
 
 class BatchStep:
@@ -158,6 +162,7 @@ class BatchStep:
             total.duplicates += one.duplicates
             total.id_reused += one.id_reused
             total.latencies_ms.extend(one.latencies_ms)
+            total.labelled_tweets.extend(one.labelled_tweets)
         return total
 
     def _unprocessable(self, item: Inbound, exc: Exception) -> BatchResult:
@@ -218,7 +223,7 @@ class BatchStep:
                 latency = (done - item.received) * 1000
                 record = label_record(tweet, prediction, model, cfg.node_id, latency)
                 out = Outbound("label", cfg.labels_topic, dumps(record), item, tweet.id)
-                drafts.append(_Draft(out, (tweet.id, tweet.digest)))
+                drafts.append(_Draft(out, (tweet.id, tweet.digest), (tweet, prediction)))
                 result.latencies_ms.append(latency)
         result.ran_inference = bool(groups)
 
@@ -241,6 +246,8 @@ class BatchStep:
             result.records.append(out)
             if out.kind == "label":
                 result.labelled += 1
+                if draft.labelled is not None:
+                    result.labelled_tweets.append(draft.labelled)
             elif out.kind == "error":
                 result.errors += 1
             else:

@@ -62,6 +62,7 @@ from node.memory import release_file_pages
 from node.messages import DEFAULT_MAX_BYTES, now_iso
 from node.mqtt_shell import Delivery, Handler, MqttShell, Publish
 from node.paths import default_state_dir
+from node.teachstore import DEFAULT_TEXTS_PER_ENTITY, TeachStore, TextKeeper
 from node.telemetry import Stats
 from node.updates import ModelUpdates
 
@@ -104,6 +105,8 @@ class NodeConfig:
     cafile: Path | None = None
     certfile: Path | None = None
     keyfile: Path | None = None
+    # Tweets kept per entity for teaching (node/teachstore.py); 0 keeps none.
+    texts_per_entity: int = DEFAULT_TEXTS_PER_ENTITY
 
     def __post_init__(self) -> None:
         if not self.node_id or any(c in self.node_id for c in "/+#\x00"):
@@ -145,8 +148,12 @@ class NodeConfig:
         return f"repedge/nodes/{self.node_id}/{leaf}"
 
     @property
+    def resolved_state_dir(self) -> Path:
+        return self.state_dir or default_state_dir(self.node_id)
+
+    @property
     def store_path(self) -> Path:
-        return (self.state_dir or default_state_dir(self.node_id)) / "records.sqlite"
+        return self.resolved_state_dir / "records.sqlite"
 
     def core_config(self) -> CoreConfig:
         return CoreConfig(
@@ -216,6 +223,10 @@ class NodeService:
         self.core = BatchStep(config.core_config(), self.store)
         self._store_status = self.store.status
         self._over_delivery_seen = False
+        # Texts for teaching: opened in start(); a store that cannot be opened costs
+        # teaching, never labelling.
+        self.teach_store: TeachStore | None = None
+        self.text_keeper: TextKeeper | None = None
 
         self._subscribed = threading.Event()
         self._ready_lock = threading.Lock()
@@ -276,6 +287,7 @@ class NodeService:
     def start(self) -> None:
         self.store.open()  # a store that cannot be opened: degraded, retried later
         self._store_status = self.store.status
+        self._open_teach_store()
         self._worker.start()
         self._telemetry.start()
         self.shell.start()
@@ -324,8 +336,23 @@ class NodeService:
         self.shell.stop(deadline)
         if not self._worker.is_alive():
             self.store.close()
+            if self.text_keeper is not None:
+                self.text_keeper.stop()
         log.info("node %s stopped (drained: %s)", self.config.node_id, drained)
         return drained
+
+    def _open_teach_store(self) -> None:
+        try:
+            self.teach_store = TeachStore.in_state_dir(
+                self.config.resolved_state_dir, self.config.texts_per_entity
+            )
+        except Exception as exc:
+            log.error("teach store %s cannot be opened (%s): no texts kept for teaching",
+                      self.config.resolved_state_dir, exc)  # fmt: skip
+            return
+        if self.config.texts_per_entity > 0:
+            self.text_keeper = TextKeeper(self.teach_store)
+            self.text_keeper.start()
 
     # -- MQTT side --------------------------------------------------------------------
 
@@ -402,6 +429,9 @@ class NodeService:
             seconds = time.monotonic() - started
             for out in result.records:
                 self.shell.publish(out.topic, out.payload, qos=1, completes=[out.inbound.handle])
+            if self.text_keeper is not None and result.labelled_tweets:
+                sha = classifier.bundle.identity().get("sha256")
+                self.text_keeper.offer([(t, p, sha) for t, p in result.labelled_tweets])
             self.stats.add_batch(
                 result.labelled,
                 result.errors,
@@ -458,7 +488,14 @@ class NodeService:
             "in_flight_records": self.shell.ledger.stats().in_flight_qos1,
             "model": self.model_identity(),
             "provisioning": list(self._events),
+            "teach_texts": self._teach_texts_report(),
         }
+
+    def _teach_texts_report(self) -> dict[str, int] | None:
+        keeper = self.text_keeper
+        if keeper is None:
+            return None
+        return {"kept": keeper.kept, "dropped": keeper.dropped, "failed": keeper.failed}
 
     def _telemetry_loop(self) -> None:
         while not self._stop_telemetry.wait(self.config.telemetry_interval_s):

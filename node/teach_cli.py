@@ -1,0 +1,118 @@
+"""`node texts ...` and `node labels ...`: the teach store on this machine's disk.
+
+They open the node's ``STATE_DIR/teach.sqlite`` directly (SQLite's WAL lets them run while
+the node does), so they work on a stopped node and need no broker.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from node.paths import default_state_dir
+
+texts_app = typer.Typer(
+    help="The tweet texts a node keeps for teaching (STATE_DIR/teach.sqlite).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+labels_app = typer.Typer(
+    help="The labels given in the Teach view: export and import them between nodes.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+NodeId = Annotated[
+    str | None,
+    typer.Option(help="The node whose store this is (default: the host name).", show_default=False),
+]
+StateDir = Annotated[
+    Path | None,
+    typer.Option(
+        help="The node's state folder (default: ~/.local/state/repedge/NODE_ID).",
+        show_default=False,
+    ),
+]
+Entity = Annotated[
+    str | None, typer.Option(help="Only this entity (default: all).", show_default=False)
+]
+
+
+def _store(node_id: str | None, state_dir: Path | None):
+    from node.teachstore import TEACH_DB, TeachStore
+
+    folder = state_dir or default_state_dir(node_id or socket.gethostname())
+    if not (folder / TEACH_DB).exists():
+        raise typer.BadParameter(f"no teach store at {folder / TEACH_DB}", param_hint="--state-dir")
+    return TeachStore.in_state_dir(folder)
+
+
+@texts_app.command("purge")
+def purge(
+    entity: Entity = None,
+    labels: Annotated[
+        bool, typer.Option("--labels", help="Delete the labels given for them too.")
+    ] = False,
+    node_id: NodeId = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Delete the kept texts now (of one entity, or all); labels stay unless --labels."""
+    store = _store(node_id, state_dir)
+    texts, answers = store.purge(entity, answers=labels)
+    store.close()
+    what = f"entity {entity!r}" if entity else "all entities"
+    typer.echo(f"purged {texts} kept texts and {answers} labels of {what} from {store.path}")
+
+
+@texts_app.command("list")
+def list_entities(node_id: NodeId = None, state_dir: StateDir = None) -> None:
+    """Entities with kept texts and labels, and how many of each."""
+    store = _store(node_id, state_dir)
+    for e in store.entities():
+        typer.echo(
+            f"{e['entity']}\t{e['texts']} texts\t{e['labels']} labels\t{e['skipped']} skipped"
+        )
+    store.close()
+
+
+@labels_app.command("export")
+def export(
+    out: Annotated[Path, typer.Option(help="TSV file to write ('-': standard output).")],
+    entity: Entity = None,
+    node_id: NodeId = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Write the labels as TSV: id, entity, filtering, polarity, text (RepLab's columns)."""
+    store = _store(node_id, state_dir)
+    tsv = store.export_tsv(entity)
+    store.close()
+    if str(out) == "-":
+        sys.stdout.write(tsv)
+        return
+    out.write_text(tsv, encoding="utf-8")
+    typer.echo(f"wrote {tsv.count(chr(10)) - 1} labels to {out}")
+
+
+@labels_app.command("import")
+def import_labels(
+    path: Annotated[Path, typer.Argument(help="A TSV written by `node labels export`.")],
+    node_id: NodeId = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Add labels from another node; a text this node already has a label for is skipped."""
+    from node.teachstore import TEACH_DB, TeachStore, TeachStoreError
+
+    folder = state_dir or default_state_dir(node_id or socket.gethostname())
+    store = TeachStore(folder / TEACH_DB)
+    try:
+        added, present = store.import_tsv(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, TeachStoreError) as exc:
+        typer.echo(f"error: {path}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        store.close()
+    typer.echo(f"imported {added} labels ({present} already here) into {store.path}")
