@@ -7,7 +7,7 @@ For each brand (default BMW and Volvo: no tweet of theirs is in any training dat
 test-period tweets are split once, seeded, into an evaluation half and a pool. For each
 size n, ``--repeats`` random draws of n pool tweets (labelled as a user would label them:
 related or not, and polarity where related) fit a per-entity head exactly as
-`trainer adapt` does (:func:`trainer.adapt.fit_entity_head`, same cross-validated L2),
+`trainer adapt` does (:func:`edgemodel.adaptation.fit_entity_head`, same cross-validated L2),
 which is scored on the evaluation half. n = 0 is the general model. Everything runs
 through the bundle's FlatBuffer and the node's inference code.
 
@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from edgemodel.bundle import ModelBundle  # noqa: E402
 from edgemodel.inference import Classifier  # noqa: E402
-from trainer.adapt import AdaptConfig, BrandData, brand_outputs, fit_entity_head  # noqa: E402
+from trainer.adapt import AdaptConfig, BrandData, brand_outputs  # noqa: E402
 from trainer.data import read_replab  # noqa: E402
 from trainer.evaluate import machine_info, write_markdown_keeping_notes  # noqa: E402
 
@@ -85,7 +85,7 @@ def curve(
                 continue
             rows = np.asarray(random.Random(seed * 1000 + r).sample(pool, min(n, len(pool))))
             try:
-                head = fit_entity_head(subset(data, rows), entity, AdaptConfig(seed=seed + r))
+                head = subset(data, rows).fit(entity, AdaptConfig(seed=seed + r)).head
             except ValueError as exc:  # e.g. a draw without two polarity labels
                 print(f"{entity} n={n} draw {r}: {exc}", flush=True)
                 continue

@@ -63,14 +63,15 @@ def adapted(parent: ModelBundle, tmp_path_factory: pytest.TempPathFactory) -> Mo
 
 def test_adapted_bundle_names_its_head_and_a_newer_version(parent, adapted) -> None:
     m = adapted.manifest
-    assert m.version == "2.0.0.1"
+    assert m.version == "2.0.0+acme"  # distinct per entity, not one "2.0.0.1" for all
     assert m.entity_heads and m.entity_heads["entities"] == ["Acme"]
     assert adapted.model_sha256 == parent.model_sha256  # the FlatBuffer is untouched
     (record,) = m.training["adapted"]
     assert record["entity"] == "Acme" and record["tweets"] == 120
     # Cross-validation never picks a correction that scores below no correction.
-    cv = record["polarity_cv_accuracy"]
+    cv = record["polarity"]["cv_accuracy"]
     assert max(cv.values()) >= cv["0"]
+    assert record["polarity"]["before"]["total"] == record["polarity_tweets"]
 
 
 def test_the_brand_gets_its_head_and_other_tweets_are_untouched(parent, adapted) -> None:
@@ -151,3 +152,56 @@ def test_each_entity_fits_one_head_per_brand(parent, tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert ModelBundle.load(out).manifest.entity_heads["entities"] == ["Acme", "Bolt"]
+
+
+def test_entity_the_data_does_not_name_is_an_error_listing_those_it_does(
+    parent, tmp_path: Path
+) -> None:
+    a = brand_tsv(tmp_path / "a.tsv", "Acme").read_text().splitlines()
+    b = brand_tsv(tmp_path / "b.tsv", "Bolt").read_text().splitlines()[1:]
+    both = tmp_path / "both.tsv"
+    both.write_text("\n".join(a + b) + "\n")
+    out = tmp_path / "o"
+    result = CliRunner().invoke(
+        trainer_app,
+        ["adapt", "--model", str(parent.root), "--data", str(both), "--out", str(out),
+         "--entity", "Acm"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "names no entity 'Acm'" in result.output and "Acme, Bolt" in result.output
+    assert not out.exists()
+
+
+def test_entity_picks_its_tweets_name_version_words_and_curve(parent, tmp_path: Path) -> None:
+    a = brand_tsv(tmp_path / "a.tsv", "Acme").read_text().splitlines()
+    b = brand_tsv(tmp_path / "b.tsv", "Bolt", n=50).read_text().splitlines()[1:]
+    both = tmp_path / "both.tsv"
+    both.write_text("\n".join(a + b) + "\n")
+    out, png = tmp_path / "o", tmp_path / "curve.png"
+    result = CliRunner().invoke(
+        trainer_app,
+        ["adapt", "--model", str(parent.root), "--data", str(both), "--out", str(out),
+         "--entity", "bolt", "--name", "bolt-polarity", "--version", "7.1.0", "--curve", str(png)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    m = ModelBundle.load(out).manifest
+    assert (m.name, m.version) == ("bolt-polarity", "7.1.0")
+    (record,) = m.training["adapted"]
+    assert record["entity"] == "Bolt" and record["tweets"] == 50  # only Bolt's tweets
+    # Before and after in words, with intervals; no raw JSON dump.
+    assert "current model on the labels:" in result.output
+    assert "95 % interval" in result.output and "{" not in result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_adapting_an_adapted_bundle_adds_the_entity_to_the_version(adapted, tmp_path) -> None:
+    data = brand_tsv(tmp_path / "bolt.tsv", "Bolt", seed=3)
+    out = tmp_path / "o"
+    result = CliRunner().invoke(
+        trainer_app,
+        ["adapt", "--model", str(adapted.root), "--data", str(data), "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    m = ModelBundle.load(out).manifest
+    assert m.version == "2.0.0+acme.bolt"
+    assert m.entity_heads["entities"] == ["Acme", "Bolt"]

@@ -1,129 +1,42 @@
-"""Adapt a bundle to one brand from a few hundred of its labelled tweets.
+"""`trainer adapt`: run a brand's labelled tweets through a bundle, fit its head, write a bundle.
 
-The bundle's FlatBuffer is run through the node's own inference code
-(:meth:`edgemodel.inference.Classifier.run`); a linear correction of its polarity (and
-related) logits is fitted on the pooled ``embedding`` output, and written into a copy of
-the bundle as a per-entity head (:mod:`edgemodel.entity_heads`). The FlatBuffer itself is
-not touched, so the new bundle serves every other entity exactly as before, and it signs
-and provisions like any bundle. Needs no TensorFlow: a few seconds on 2 cores.
-
-The correction starts at zero (the general model) and is pulled towards it by an L2
-penalty whose strength is chosen by cross-validation on the brand's own tweets; with no
-strength better than zero correction, the head stays at zero.
+The fitting itself is :mod:`edgemodel.adaptation` (numpy only, what a node calls to adapt
+on-device); this module only reads the labelled tweets, runs them through the bundle's
+FlatBuffer with the node's own inference code (:meth:`edgemodel.inference.Classifier.run`,
+heads not applied) and writes the adapted bundle. The FlatBuffer itself is not touched,
+so the new bundle serves every other entity exactly as before, and it signs and provisions
+like any bundle. Needs no TensorFlow: a few seconds on 2 cores.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgemodel.bundle import (
-    EMBEDDING_OUTPUT,
-    OUTPUT_NAME,
-    RELATED_OUTPUT,
-    ModelBundle,
-    write_derived_bundle,
+from edgemodel.adaptation import (
+    AdaptationError,
+    AdaptConfig,
+    FittedEntityHead,
+    config_record,
+    fit_entity_head,
+    write_adapted_bundle,
 )
-from edgemodel.entity_heads import Correction, EntityHead, entity_key, save_entity_heads
+from edgemodel.bundle import EMBEDDING_OUTPUT, OUTPUT_NAME, RELATED_OUTPUT, ModelBundle
+from edgemodel.entity_heads import entity_key
 from edgemodel.inference import Classifier, EmptyTextError, Encoded
 from trainer.data import Example
 from trainer.evaluate import outputs_in_length_order
 
-# L2 strengths tried by cross-validation (per example, on the weight only).
-DEFAULT_L2_GRID = (1e-3, 1e-2, 1e-1, 1.0)
+__all__ = ["AdaptConfig", "AdaptError", "BrandData", "adapt_bundle", "brand_outputs"]
 
 
-class AdaptError(ValueError):
+class AdaptError(AdaptationError):
     """The data cannot adapt this bundle (no entity, too few tweets, no embedding output)."""
-
-
-@dataclass
-class AdaptConfig:
-    l2_grid: tuple[float, ...] = DEFAULT_L2_GRID
-    folds: int = 5
-    steps: int = 300
-    learning_rate: float = 0.05
-    seed: int = 13
-
-
-@dataclass
-class FittedHead:
-    correction: Correction
-    l2: float | None  # None: zero correction won cross-validation
-    cv_accuracy: dict[str, float] = field(default_factory=dict)  # "0" = no correction
-    n: int = 0
-
-
-def fit_correction(
-    embedding: np.ndarray,
-    logits: np.ndarray,
-    labels: np.ndarray,
-    l2: float,
-    config: AdaptConfig,
-) -> Correction:
-    """Minimise cross-entropy of ``logits + embedding @ W + b`` + l2 * |W|^2 (Adam, full batch)."""
-    n, dim = embedding.shape
-    classes = logits.shape[1]
-    onehot = np.eye(classes, dtype=np.float64)[labels]
-    weight = np.zeros((dim, classes))
-    bias = np.zeros(classes)
-    moments = [np.zeros_like(weight), np.zeros_like(bias)]
-    squares = [np.zeros_like(weight), np.zeros_like(bias)]
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
-    x = embedding.astype(np.float64)
-    for step in range(1, config.steps + 1):
-        z = logits + x @ weight + bias
-        z -= z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(axis=1, keepdims=True)
-        grad_z = (p - onehot) / n
-        grads = [x.T @ grad_z + 2 * l2 * weight, grad_z.sum(axis=0)]
-        for i, (param, grad) in enumerate(zip((weight, bias), grads, strict=True)):
-            moments[i] = beta1 * moments[i] + (1 - beta1) * grad
-            squares[i] = beta2 * squares[i] + (1 - beta2) * grad**2
-            m_hat = moments[i] / (1 - beta1**step)
-            v_hat = squares[i] / (1 - beta2**step)
-            param -= config.learning_rate * m_hat / (np.sqrt(v_hat) + eps)
-    return Correction(weight.astype(np.float32), bias.astype(np.float32))
-
-
-def _folds(n: int, k: int, seed: int) -> list[np.ndarray]:
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    return [np.asarray(order[i::k]) for i in range(k)]
-
-
-def select_and_fit(
-    embedding: np.ndarray, logits: np.ndarray, labels: np.ndarray, config: AdaptConfig
-) -> FittedHead:
-    """Choose the L2 strength (or no correction) by k-fold accuracy, then fit on all."""
-    n = len(labels)
-    k = min(config.folds, n)
-    scores: dict[str, float] = {"0": float((logits.argmax(1) == labels).mean())}
-    if k >= 2:
-        folds = _folds(n, k, config.seed)
-        for l2 in config.l2_grid:
-            correct = 0
-            for held in folds:
-                train = np.setdiff1d(np.arange(n), held)
-                c = fit_correction(embedding[train], logits[train], labels[train], l2, config)
-                pred = (logits[held] + c(embedding[held])).argmax(1)
-                correct += int((pred == labels[held]).sum())
-            scores[str(l2)] = correct / n
-    best = max(scores, key=lambda key: (scores[key], key != "0"))
-    if best == "0":
-        dim, classes = embedding.shape[1], logits.shape[1]
-        zero = Correction(np.zeros((dim, classes), np.float32), np.zeros(classes, np.float32))
-        return FittedHead(zero, None, scores, n)
-    l2 = float(best)
-    return FittedHead(fit_correction(embedding, logits, labels, l2, config), l2, scores, n)
 
 
 @dataclass
@@ -136,6 +49,17 @@ class BrandData:
     polarity: np.ndarray  # label index, -1 for unrelated tweets
     related: np.ndarray  # 1/0, -1 where the data has no filtering label
     unreadable: int = 0
+
+    def fit(self, entity: str, config: AdaptConfig | None = None) -> FittedEntityHead:
+        return fit_entity_head(
+            entity,
+            self.embedding,
+            self.logits,
+            self.related_logits,
+            self.polarity,
+            self.related,
+            config,
+        )
 
 
 def brand_outputs(
@@ -169,48 +93,6 @@ def brand_outputs(
     )
 
 
-def fit_entity_head(data: BrandData, entity: str, config: AdaptConfig) -> EntityHead:
-    """Fit the polarity correction on related tweets, the related one where labelled."""
-    has_polarity = data.polarity >= 0
-    if has_polarity.sum() < 2:
-        raise AdaptError(f"{entity}: need at least 2 tweets with a polarity label")
-    polarity = select_and_fit(
-        data.embedding[has_polarity],
-        data.logits[has_polarity],
-        data.polarity[has_polarity],
-        config,
-    )
-    info = {
-        "polarity_tweets": polarity.n,
-        "polarity_l2": polarity.l2,
-        "polarity_cv_accuracy": polarity.cv_accuracy,
-    }
-    related = None
-    has_related = data.related >= 0
-    if data.related_logits is not None and len(set(data.related[has_related].tolist())) == 2:
-        fitted = select_and_fit(
-            data.embedding[has_related],
-            data.related_logits[has_related],
-            data.related[has_related],
-            config,
-        )
-        related = fitted.correction
-        info |= {
-            "related_tweets": fitted.n,
-            "related_l2": fitted.l2,
-            "related_cv_accuracy": fitted.cv_accuracy,
-        }
-    return EntityHead(entity=entity, polarity=polarity.correction, related=related, info=info)
-
-
-def next_version(version: str) -> str:
-    """1.2 -> 1.2.1, 1.2.3.4 -> 1.2.3.5: an adapted bundle is newer than its parent."""
-    parts = version.split(".")
-    if len(parts) < 4:
-        return ".".join([*parts, "1"])
-    return ".".join([*parts[:-1], str(int(parts[-1]) + 1)])
-
-
 def adapt_bundle(
     bundle_path: str | os.PathLike[str],
     examples: Sequence[Example],
@@ -219,7 +101,8 @@ def adapt_bundle(
     version: str | None = None,
     config: AdaptConfig | None = None,
     each_entity: bool = False,
-) -> tuple[ModelBundle, list[EntityHead]]:
+    name: str | None = None,
+) -> tuple[ModelBundle, list[FittedEntityHead]]:
     """A copy of the bundle (all variants) with a head for ``entity`` added or replaced;
     with ``each_entity``, one head per entity the data names (tweets without one unused).
 
@@ -231,83 +114,151 @@ def adapt_bundle(
     parent = ModelBundle.load(bundle_path)
     if not parent.manifest.entity_input:
         raise AdaptError(f"{parent.root}: this model does not read entities")
-    groups = _group_by_entity(examples, entity, each_entity)
+    groups = group_by_entity(examples, entity, each_entity)
     classifier = Classifier(parent)
-    heads = dict(classifier.entity_heads)
-    fitted: list[EntityHead] = []
-    adapted = list(parent.manifest.training.get("adapted", []))
-    dim = 0
-    for name, mine in groups.items():
+    fitted: list[FittedEntityHead] = []
+    records: list[dict] = []
+    for brand, mine in groups.items():
         try:
-            data = brand_outputs(classifier, mine, name)
-            dim = data.embedding.shape[1]
-            head = fit_entity_head(data, name, config)
-        except AdaptError as exc:
+            data = brand_outputs(classifier, mine, brand)
+            result = data.fit(brand, config)
+        except AdaptationError as exc:
             if not each_entity:
-                raise
-            print(f"skipped {name}: {exc}", flush=True)
+                raise AdaptError(str(exc)) from None
+            print(f"skipped {brand}: {exc}", flush=True)
             continue
-        heads[entity_key(name)] = head
-        fitted.append(head)
-        adapted.append(
+        fitted.append(result)
+        records.append(
             {
-                "entity": name,
+                "entity": result.head.entity,
                 "tweets": len(mine),
                 "unreadable": data.unreadable,
                 "parent_version": parent.manifest.version,
-                "config": asdict(config),
-                **dict(head.info or {}),
+                "config": config_record(config),
+                **dict(result.head.info or {}),
             }
         )
     if not fitted:
         raise AdaptError("no entity had enough labelled tweets for a head")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.heads.json"
-    save_entity_heads(staging, heads, embedding_dim=dim)
-    adapted[-1]["seconds"] = round(time.monotonic() - started, 1)
-    training = {**parent.manifest.training, "adapted": adapted}
-    all_variants = {v: parent.root / info.file for v, info in parent.manifest.variants.items()}
-    try:
-        bundle = write_derived_bundle(
-            parent,
-            out_dir,
-            variant_files=all_variants,
-            version=version or next_version(parent.manifest.version),
-            default_variant=parent.manifest.default_variant,
-            metrics={},  # the parent's figures do not describe the adapted model
-            training=training,
-            entity_heads_file=staging,
-        )
-    finally:
-        staging.unlink(missing_ok=True)
+    records[-1]["seconds"] = round(time.monotonic() - started, 1)
+    bundle = write_adapted_bundle(
+        parent,
+        [f.head for f in fitted],
+        out_dir,
+        version=version,
+        name=name,
+        adapted=records,
+    )
     return bundle, fitted
 
 
-def _group_by_entity(
+def group_by_entity(
     examples: Sequence[Example], entity: str | None, each_entity: bool
 ) -> dict[str, list[Example]]:
+    """The tweets to fit each head on. With ``entity``, the data's tweets of that entity
+    (and those naming none); an entity the data does not name is an error."""
+    named: dict[str, str] = {}  # entity_key -> first spelling seen
+    for e in examples:
+        if e.entity and e.entity.strip():
+            named.setdefault(entity_key(e.entity), " ".join(e.entity.split()))
     if each_entity:
+        if entity:
+            raise AdaptError("give --entity or --each-entity, not both")
         groups: dict[str, list[Example]] = {}
         for e in examples:
             if e.entity and e.entity.strip():
-                groups.setdefault(" ".join(e.entity.split()), []).append(e)
+                groups.setdefault(named[entity_key(e.entity)], []).append(e)
         if not groups:
             raise AdaptError("--each-entity: the data names no entity")
         return groups
-    entities = {e.entity for e in examples if e.entity}
     if entity is None:
-        if len(entities) != 1:
+        if len(named) != 1:
             raise AdaptError(
-                f"the data names {len(entities)} entities ({sorted(entities)[:5]}); "
+                f"the data names {len(named)} entities ({_listing(named)}); "
                 "give --entity, or data of one brand, or --each-entity"
             )
-        entity = entities.pop()
+        entity = next(iter(named.values()))
     entity = " ".join(entity.split())
     if not entity:
         raise AdaptError("the entity name is empty")
-    return {entity: list(examples)}
+    key = entity_key(entity)
+    if named and key not in named:
+        raise AdaptError(f"the data names no entity {entity!r}; it names {_listing(named)}")
+    mine = [e for e in examples if not e.entity or entity_key(e.entity) == key]
+    return {named.get(key, entity): mine}  # the data's spelling of the name
 
 
-def describe_heads(heads: Sequence[EntityHead]) -> str:
-    return json.dumps([{"entity": h.entity, **dict(h.info or {})} for h in heads], indent=2)
+def _listing(named: dict[str, str], limit: int = 20) -> str:
+    names = sorted(named.values(), key=str.casefold)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def describe(fitted: Sequence[FittedEntityHead]) -> str:
+    """Before / after accuracies of each fitted head, in words."""
+    return "\n".join(f.summary() for f in fitted)
+
+
+def write_curve(path: Path, points: Sequence[dict], entity: str) -> Path:
+    """Draw a learning curve (see :func:`learning_curve`) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for task in ("polarity", "related"):
+        pts = [p for p in points if p.get(task)]
+        if not pts:
+            continue
+        xs = [p["n"] for p in pts]
+        ys = [p[task]["accuracy"] for p in pts]
+        lo = [p[task]["accuracy"] - p[task]["low"] for p in pts]
+        hi = [p[task]["high"] - p[task]["accuracy"] for p in pts]
+        line = ax.errorbar(
+            xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=f"{task}, adapted head"
+        )
+        base = pts[-1][task]["before"]
+        color = line.lines[0].get_color()
+        ax.axhline(base, color=color, linestyle="--", alpha=0.7, label=f"{task}, current model")
+    ax.set_xlabel("labelled tweets used")
+    ax.set_ylabel("cross-validated accuracy")
+    ax.set_title(f"{entity}: learning curve of the adapted head")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def learning_curve(
+    data: BrandData, entity: str, config: AdaptConfig | None = None, steps: int = 5
+) -> list[dict]:
+    """Cross-validated accuracy of heads fitted on growing prefixes of a fixed shuffle of
+    the labels (the last point uses them all): is labelling more still paying off?"""
+    config = config or AdaptConfig()
+    n = len(data.polarity)
+    order = np.random.default_rng(config.seed).permutation(n)
+    sizes = sorted({max(10, round(n * (i + 1) / steps)) for i in range(steps)})
+    points = []
+    for size in sizes:
+        rows = order[: min(size, n)]
+        try:
+            fitted = fit_entity_head(
+                entity,
+                data.embedding[rows],
+                data.logits[rows],
+                None if data.related_logits is None else data.related_logits[rows],
+                data.polarity[rows],
+                data.related[rows],
+                config,
+            )
+        except AdaptationError:
+            continue
+        point: dict = {"n": len(rows)}
+        for task, fit in (("polarity", fitted.polarity), ("related", fitted.related)):
+            if fit is not None:
+                point[task] = {**fit.after.to_json(), "before": fit.before.value}
+        points.append(point)
+    return points
