@@ -292,7 +292,9 @@ def replab_protocol(
     ],
     replab_train: Annotated[Path, Opt(help="RepLab 2013 training period TSV.")],
     replab_test: Annotated[Path, Opt(help="RepLab 2013 test period TSV.")],
-    semeval: Annotated[Path | None, Opt(help="SemEval TSV (its stratified hold-out).")] = None,
+    semeval: Annotated[
+        Path | None, Opt(help="SemEval TSV (its stratified and temporal hold-outs).")
+    ] = None,
     out: Annotated[Path | None, Opt(help="Write OUT.md and OUT.json.")] = None,
     threads: Annotated[int | None, Opt(help="Interpreter threads.")] = None,
 ) -> None:

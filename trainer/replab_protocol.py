@@ -10,7 +10,9 @@ interval, and per-entity tables:
   of the two classes' precisions and S the product of their recalls; per entity, then
   averaged over entities, as RepLab averages);
 - polarity accuracy on entities with no training tweet at all ("unseen": BMW, Volvo);
-- SemEval AvgRec on the trainer's stratified hold-out (the sentiment head).
+- SemEval AvgRec on the trainer's stratified hold-out (the sentiment head), and on its
+  temporal hold-out: the latest 10 % of SemEval tweets by time, which no training run sees
+  (a stratified hold-out shares its weeks with training and hides what a later period does).
 
 Several bundles (or variants) are scored on the same tweets; the first is the reference,
 and every other gets paired-bootstrap intervals of its difference to it.
@@ -32,7 +34,7 @@ from edgemodel.inference import Classifier, EmptyTextError, Encoded, softmax
 from trainer.data import POLARITY_LABELS, Example, read_replab, read_semeval
 from trainer.evaluate import machine_info, outputs_in_length_order
 from trainer.metrics import index_accuracy, index_macro_recall, paired_bootstrap_interval
-from trainer.splits import period_split, stratified_split
+from trainer.splits import TEMPORAL_SOURCE, period_split, semeval_splits
 
 DRAWS = 1000
 
@@ -40,7 +42,8 @@ DRAWS = 1000
 @dataclass
 class ProtocolData:
     test: list[Example]  # test-period tweets (all have an entity)
-    semeval: list[Example]
+    semeval: list[Example]  # the stratified hold-out
+    semeval_temporal: list[Example]  # the latest 10 % by time
     known: set[str]  # entities with training-period tweets
     train_majority: dict[str, str]  # entity -> majority polarity of its training tweets
 
@@ -54,9 +57,11 @@ def load_protocol_data(
     for e in split.train:
         if e.entity and e.label:
             counts[e.entity][e.label] += 1
+    semeval_parts = semeval_splits(read_semeval(semeval), seed=seed) if semeval else {}
     return ProtocolData(
         test=split.test,
-        semeval=stratified_split(read_semeval(semeval), seed=seed).test if semeval else [],
+        semeval=semeval_parts["semeval"].test if semeval_parts else [],
+        semeval_temporal=semeval_parts[TEMPORAL_SOURCE].test if semeval_parts else [],
         known={e.entity for e in split.train if e.entity},
         train_majority={k: c.most_common(1)[0][0] for k, c in counts.items()},
     )
@@ -144,12 +149,17 @@ def targets(data: ProtocolData) -> list[Target]:
         Target("related accuracy, unseen brands", np.flatnonzero(~known),
                related[~known].astype(int), index_accuracy, "related"),
     ]  # fmt: skip
-    if data.semeval:
-        truth = np.array([POLARITY_LABELS.index(e.label) for e in data.semeval])
-        out.append(
-            Target("SemEval AvgRec", n + np.arange(len(truth)), truth, index_macro_recall,
-                   "polarity")
-        )  # fmt: skip
+    offset = n
+    for name, part in (
+        ("SemEval AvgRec", data.semeval),
+        ("SemEval AvgRec, temporal", data.semeval_temporal),
+    ):
+        if part:
+            truth = np.array([POLARITY_LABELS.index(e.label) for e in part])
+            out.append(
+                Target(name, offset + np.arange(len(truth)), truth, index_macro_recall, "polarity")
+            )
+            offset += len(truth)
     return out
 
 
@@ -162,7 +172,7 @@ def score_models(
     specs: Sequence[str], data: ProtocolData, threads: int | None = None
 ) -> dict[str, Any]:
     """Every model on the same tweets; the first is the reference for differences."""
-    examples = data.test + data.semeval
+    examples = data.test + data.semeval + data.semeval_temporal
     answers: dict[str, Answers] = {}
     identity: dict[str, dict[str, str]] = {}
     for spec in specs:
@@ -198,7 +208,8 @@ def score_models(
                     pred, ref_pred, t.truth, t.metric
                 )
             block[name] = entry
-        results["targets"][t.name] = block
+        if block:  # empty: a related target and no model with a related head
+            results["targets"][t.name] = block
     for name, a in answers.items():
         results["per_entity"][name] = per_entity(data, a)
     return results
