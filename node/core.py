@@ -203,7 +203,8 @@ class BatchStep:
             try:
                 encoded = classifier.encode(tweet.text, tweet.entity)
             except EmptyTextError as exc:
-                drafts.append(_Draft(self._error(item, tweet.id, "no_known_tokens", str(exc)), key))
+                error = self._error(item, tweet.id, "no_known_tokens", str(exc), tweet)
+                drafts.append(_Draft(error, key))
                 continue
             to_classify.append((item, tweet, encoded))
 
@@ -215,7 +216,7 @@ class BatchStep:
             except Exception as exc:  # a broken model must not stop the node
                 log.exception("inference failed")
                 for item, tweet, _ in group:
-                    error = self._error(item, tweet.id, "inference_failed", str(exc)[:200])
+                    error = self._error(item, tweet.id, "inference_failed", str(exc)[:200], tweet)
                     drafts.append(_Draft(error, (tweet.id, tweet.digest)))
                 continue
             done = self._clock()
@@ -254,8 +255,15 @@ class BatchStep:
                 result.duplicates += 1
         return result
 
-    def _error(self, item: Inbound, tweet_id: str | None, reason: str, detail: str) -> Outbound:
+    def _error(
+        self,
+        item: Inbound,
+        tweet_id: str | None,
+        reason: str,
+        detail: str,
+        tweet: Tweet | None = None,
+    ) -> Outbound:
         cfg = self.config
-        record = error_record(tweet_id, reason, detail, cfg.node_id, len(item.payload))
+        record = error_record(tweet_id, reason, detail, cfg.node_id, len(item.payload), tweet)
         log.info("bad input (%s): %s", reason, detail)
         return Outbound("error", cfg.errors_topic, dumps(record), item, tweet_id, reason)

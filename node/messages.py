@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from edgemodel.inference import Prediction
+from node.event_time import EventTimeError, parse_created_at
 
 DEFAULT_MAX_BYTES = 4096
 # Longest tweet id accepted (characters). Twitter's ids have 19 digits; anything far
@@ -28,6 +29,9 @@ class Tweet:
     id: str
     text: str
     entity: str | None = None
+    # Event time (node/event_time.py): normalised, or why the tweet's value was not used.
+    created_at: str | None = None
+    created_at_error: str | None = None
 
     @property
     def digest(self) -> str:
@@ -120,7 +124,13 @@ def _parse_json(text: str, default_entity: str | None) -> Tweet:
         tweet_id = content_id(tweet_text, entity)
     if not tweet_text.strip():
         raise BadInput("empty_text", "'text' is empty or blank", tweet_id)
-    return Tweet(id=tweet_id, text=tweet_text, entity=entity)
+    created_at = created_at_error = None
+    if data.get("created_at") is not None:
+        try:
+            created_at = parse_created_at(data["created_at"])
+        except EventTimeError as exc:
+            created_at_error = str(exc)
+    return Tweet(tweet_id, tweet_text, entity, created_at, created_at_error)
 
 
 def label_record(
@@ -139,6 +149,7 @@ def label_record(
         "latency_ms": round(latency_ms, 3),
         "timestamp": now_iso(),
     }
+    record.update(event_time_fields(tweet))
     if tweet.entity is not None:
         record["entity"] = tweet.entity
         # Models with the related head answer whether the tweet is about the entity;
@@ -149,9 +160,26 @@ def label_record(
     return record
 
 
+def event_time_fields(tweet: Tweet | None) -> dict[str, str]:
+    """``created_at`` or ``created_at_error`` for a record, when the tweet gave a time."""
+    if tweet is None:
+        return {}
+    if tweet.created_at is not None:
+        return {"created_at": tweet.created_at}
+    if tweet.created_at_error is not None:
+        return {"created_at_error": tweet.created_at_error}
+    return {}
+
+
 def error_record(
-    tweet_id: str | None, reason: str, detail: str, node_id: str, payload_bytes: int
+    tweet_id: str | None,
+    reason: str,
+    detail: str,
+    node_id: str,
+    payload_bytes: int,
+    tweet: Tweet | None = None,
 ) -> dict[str, Any]:
+    """``tweet``: the parsed tweet, where parsing got that far (its event time is kept)."""
     return {
         "id": tweet_id,
         "reason": reason,
@@ -159,6 +187,7 @@ def error_record(
         "payload_bytes": payload_bytes,
         "node_id": node_id,
         "timestamp": now_iso(),
+        **event_time_fields(tweet),
     }
 
 
