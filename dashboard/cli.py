@@ -119,16 +119,19 @@ def serve(
         typer.echo(f"cannot listen on {host}:{port}: {exc}", err=True)
         raise typer.Exit(1) from None
     hub.start()
+    server.start()
     # SIGTERM (kill, systemd, the demo's cleanup) stops as cleanly as Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     typer.echo(f"dashboard: {server.url} (broker {source.broker})", err=True)
     try:
-        server.serve_forever(poll_interval=0.5)
+        while not stop.wait(0.5):
+            pass
     except KeyboardInterrupt:
         pass
     finally:
         hub.stop()
-        server.server_close()
+        server.close()
         source.stop()
 
 

@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -192,7 +191,7 @@ def test_event_stream_gives_a_late_browser_the_history_then_live_deltas(mosquitt
     hub = Hub(state, push_interval=0.05)
     server = DashboardServer(("127.0.0.1", 0), state, hub)
     hub.start()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server.start()
     try:
         assert source.connected.wait(WAIT_S)
         publish(mosquitto, topics.labels, [label(i) for i in range(10)])
@@ -211,9 +210,8 @@ def test_event_stream_gives_a_late_browser_the_history_then_live_deltas(mosquitt
         page = urllib.request.urlopen(server.url, timeout=WAIT_S)
         assert "script-src 'self'" in page.headers["Content-Security-Policy"]
     finally:
-        server.shutdown()
         hub.stop()
-        server.server_close()
+        server.close()
         source.stop()
 
 
