@@ -1,9 +1,9 @@
 """The same model on two devices, tweet by tweet: `node bench` accuracy says the same
 numbers come out; this says the same tweets get the same labels, and how far logits drift.
 
-    python -m node.bench.compare dump --model M [--data F --sample N]... --out A.json
-    python -m node.bench.compare mqtt --broker URL --prefix P --inputs A.json --out B.json
-    python -m node.bench.compare compare A.json B.json [--out S.json]
+    python -m bench.compare dump --model M [--data F --sample N]... --out A.json
+    python -m bench.compare mqtt --broker URL --prefix P --inputs A.json --out B.json
+    python -m bench.compare compare A.json B.json [--out S.json]
 
 ``dump`` classifies the canary tweets (provisioning's defaults) and seeded samples of
 labelled files, one tweet per call (no padding, so batch shape cannot differ), and keeps
@@ -26,9 +26,9 @@ import numpy as np
 
 
 def dump(model: Path, data: list[Path], sample: int) -> dict[str, Any]:
+    from bench.tweets import labelled_tweets
     from edgemodel.canaries import DEFAULT_CANARIES
     from edgemodel.inference import Classifier, EmptyTextError
-    from node.bench.tweets import labelled_tweets
 
     classifier = Classifier.from_path(model, num_threads=1)
     items = [{"set": "canaries", "text": t, "entity": None} for t in DEFAULT_CANARIES]

@@ -1,5 +1,5 @@
 """One model file, measured in a process of its own: `node bench` starts
-``python -m node.bench.measure SPEC.json RESULT.json`` per variant, so every variant's
+``python -m bench.measure SPEC.json RESULT.json`` per variant, so every variant's
 RSS starts from the same clean interpreter and no allocator state carries over.
 
 Order inside the process: load, first call, batch-1 latency, saturation throughput at the
@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import psutil
 
+from bench.runners import Runner, open_runner, runtime_version
+from bench.tweets import BenchTweets
 from edgemodel.inference import EmptyTextError, Encoded
 from node.batcher import bucket_by_length
-from node.bench.runners import Runner, open_runner, runtime_version
-from node.bench.tweets import BenchTweets
 
 Progress = Callable[[str], None]
 
@@ -34,7 +34,7 @@ Progress = Callable[[str], None]
 @dataclass
 class MeasureSpec:
     name: str  # how the report calls it: "int8", "onnx-int8", ...
-    runtime: str  # node.bench.runners.LITERT or ONNXRUNTIME
+    runtime: str  # bench.runners.LITERT or ONNXRUNTIME
     bundle_root: str
     model_file: str
     tweets_file: str  # BenchTweets as JSON
@@ -125,8 +125,8 @@ def accuracy_report(
 ) -> dict[str, Any]:
     """Accuracy, macro-F1, AvgRec as `trainer evaluate` computes them: the same
     length-sorted batches and the same metric code (both plain numpy, no TensorFlow)."""
-    from trainer import metrics
-    from trainer.evaluate import predict_in_length_order
+    from edgemodel import metrics
+    from edgemodel.batching import predict_in_length_order
 
     readable = [i for i, e in enumerate(encoded) if e is not None]
     inputs = [e for e in encoded if e is not None]
@@ -212,7 +212,7 @@ def measure(spec: MeasureSpec, progress: Progress = lambda _: None) -> dict[str,
 
 
 def main(argv: list[str]) -> int:
-    """``python -m node.bench.measure SPEC.json RESULT.json``; progress on stderr."""
+    """``python -m bench.measure SPEC.json RESULT.json``; progress on stderr."""
     spec = MeasureSpec(**json.loads(Path(argv[0]).read_text(encoding="utf-8")))
 
     def progress(line: str) -> None:

@@ -4,7 +4,7 @@ Phases alternate within each repeat, so that other load on the device drifting o
 hits the bare and the end-to-end figures alike:
 
 * bare: the model call alone on a backlog with the node's batching
-  (:func:`node.bench.measure.saturation_throughput`, the same code as the variant rows);
+  (:func:`bench.measure.saturation_throughput`, the same code as the variant rows);
 * saturation: a backlog of tweets queued in the broker while the node is down, drained by
   a fresh ``node start`` subprocess, timed from its first label to its last (MQTT, JSON,
   record store and acknowledgements included);
@@ -38,9 +38,9 @@ import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from bench.measure import encode_all, saturation_throughput
+from bench.tweets import BenchTweets
 from edgemodel.inference import Classifier
-from node.bench.measure import encode_all, saturation_throughput
-from node.bench.tweets import BenchTweets
 
 # The node's targets on a 2-core x86 machine (docs/node.md).
 TARGETS = {"saturation_ratio_min": 0.8, "p99_ms_max": 30.0, "rss_mib_max": 100.0}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from node.bench.plots import BERT_LARGE_MB
+from bench.plots import BERT_LARGE_MB
 
 PLOT_TITLES = {
     "latency_cdf.png": "Batch-1 latency CDF per model file",

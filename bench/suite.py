@@ -3,8 +3,8 @@
 For every model file it finds (the bundle's FlatBuffer variants, and any ``*.onnx`` peer
 exports beside them) it measures size, load time, RSS, batch-1 latency, saturation
 throughput per thread count and, with labelled data, accuracy / macro-F1 / AvgRec;
-each file in a subprocess of its own (:mod:`node.bench.measure`). With ``broker`` it adds
-the end-to-end row through a real MQTT broker (:mod:`node.bench.mqtt`). It writes
+each file in a subprocess of its own (:mod:`bench.measure`). With ``broker`` it adds
+the end-to-end row through a real MQTT broker (:mod:`bench.mqtt`). It writes
 report.json, report.md and PNG plots into the output folder. No TensorFlow is imported.
 """
 
@@ -22,11 +22,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.device import device_info
+from bench.measure import MeasureSpec, measure, spec_json
+from bench.runners import LITERT, ONNXRUNTIME
+from bench.tweets import BenchTweets
 from edgemodel.bundle import VARIANT_FILES, BundleError, ModelBundle, write_json_atomic
-from node.bench.device import device_info
-from node.bench.measure import MeasureSpec, measure, spec_json
-from node.bench.runners import LITERT, ONNXRUNTIME
-from node.bench.tweets import BenchTweets
 
 REPORT_FORMAT = "repedge-bench/1"
 # Table order: the reference first, then smaller and smaller.
@@ -114,7 +114,7 @@ def _run_worker(spec: MeasureSpec, work: Path, progress: Progress) -> dict[str, 
     """Measure in a fresh interpreter process; its progress lines are passed on."""
     spec_path, result_path = work / f"{spec.name}.spec.json", work / f"{spec.name}.result.json"
     spec_path.write_text(spec_json(spec), encoding="utf-8")
-    cmd = [sys.executable, "-m", "node.bench.measure", str(spec_path), str(result_path)]
+    cmd = [sys.executable, "-m", "bench.measure", str(spec_path), str(result_path)]
     repo = str(Path(__file__).resolve().parents[1])
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
@@ -146,7 +146,7 @@ def _merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             first[key] = med(r[key] for r in rounds)
     if "latency" in first:
         samples = [s for r in rounds for s in r["latency"]["samples_ms"]]
-        from node.bench.measure import percentiles
+        from bench.measure import percentiles
 
         first["latency"] = {**first["latency"], "samples_ms": samples, **percentiles(samples)}
         first["latency"]["rounds_p50_ms"] = [r["latency"]["p50_ms"] for r in rounds]
@@ -195,8 +195,8 @@ def run_bench(
     progress: Progress = lambda _: None,
 ) -> dict[str, Any]:
     """Measure, write report.json / report.md / plots into ``out_dir``; the report."""
-    from node.bench.plots import write_plots
-    from node.bench.report import render_markdown
+    from bench.plots import write_plots
+    from bench.report import render_markdown
 
     bundle, targets = discover(model, options.variants)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -282,7 +282,7 @@ def run_bench(
             "measured in one process (--in-process): RSS figures include earlier variants"
         )
     if broker is not None:
-        from node.bench.mqtt import BrokerBenchConfig, run_broker_bench
+        from bench.mqtt import BrokerBenchConfig, run_broker_bench
 
         cfg = BrokerBenchConfig(
             model=Path(model) if Path(model).suffix != ".onnx" else bundle.root, **broker

@@ -8,6 +8,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgemodel.splits import SPLIT_SEED
+
 _ENTITIES = ["BMW", "Toyota", "Apple", "Samsung", "Ryanair", "Nestle", "Barclays", "Shakira"]
 _OPENERS = [
     "just tried the new {e} {p} and",
@@ -119,14 +121,14 @@ def labelled_tweets(
     fmt: str = "auto",
     sample: int | None = None,
     split: str = "all",
-    seed: int = 13,
+    seed: int = SPLIT_SEED,
 ) -> BenchTweets:
     """A labelled file through the trainer's readers (plain Python, no TensorFlow), keeping
     the polarity-labelled tweets, as `trainer evaluate` does: ``split`` (train, dev, test)
     keeps that part of the split `trainer train` makes; ``sample`` keeps a seeded random
     subset of that size."""
-    from trainer.data import read_labeled
-    from trainer.splits import split_like_training
+    from edgemodel.data import read_labeled
+    from edgemodel.splits import split_like_training
 
     if split not in ("all", "train", "dev", "test"):
         raise ValueError(f"{split!r} is not one of all, train, dev, test")

@@ -35,10 +35,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edgemodel.bundle import ModelBundle  # noqa: E402
+from edgemodel.data import read_replab  # noqa: E402
 from edgemodel.inference import Classifier  # noqa: E402
+from edgemodel.report_notes import write_markdown_keeping_notes  # noqa: E402
 from trainer.adapt import AdaptConfig, BrandData, brand_outputs  # noqa: E402
-from trainer.data import read_replab  # noqa: E402
-from trainer.evaluate import machine_info, write_markdown_keeping_notes  # noqa: E402
+from trainer.evaluate import machine_info  # noqa: E402
 
 
 def subset(data: BrandData, rows: np.ndarray) -> BrandData:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from edgemodel.data import read_labeled
 from edgemodel.inference import EmptyTextError, TweetEncoder
 from edgemodel.textclean import CleaningConfig
-from trainer.data import read_labeled
 from trainer.encoders import minilm_folder
 
 SETTINGS = {

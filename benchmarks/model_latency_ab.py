@@ -18,8 +18,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from edgemodel.data import read_labeled  # noqa: E402
 from edgemodel.inference import Classifier  # noqa: E402
-from trainer.data import read_labeled  # noqa: E402
 
 
 def main() -> int:

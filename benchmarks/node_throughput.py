@@ -1,5 +1,5 @@
 """The node's end-to-end row alone: a thin wrapper over `node bench --broker local`'s code
-(node/bench/mqtt.py), kept for its JSON and its table of targets.
+(bench/mqtt.py), kept for its JSON and its table of targets.
 
 Measures, with medians over --repeats: the model call alone on backlogs with the node's
 batching; the node draining a backlog queued for it in a private Mosquitto, first label to
@@ -21,9 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from node.bench.device import device_info  # noqa: E402
-from node.bench.mqtt import BrokerBenchConfig, run_broker_bench  # noqa: E402
-from node.bench.tweets import plain_tweets, synthetic_tweets  # noqa: E402
+from bench.device import device_info  # noqa: E402
+from bench.mqtt import BrokerBenchConfig, run_broker_bench  # noqa: E402
+from bench.tweets import plain_tweets, synthetic_tweets  # noqa: E402
 
 
 def main() -> int:

@@ -11,7 +11,7 @@ gap can be read as a property of the data or of the model:
 * label consistency: how often identical tweets of one brand carry the same label.
 
 The model's logits come from the node's own inference code (``Classifier``); the split is
-the pipeline's (``trainer.splits.split_like_training``), RELATED tweets only. Needs
+the pipeline's (``edgemodel.splits.split_like_training``), RELATED tweets only. Needs
 scikit-learn (``pip install -e .[analysis]``).
 
 Run:  python benchmarks/replab_ceiling.py --model models/default \\
@@ -39,15 +39,13 @@ from sklearn.model_selection import StratifiedGroupKFold
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from edgemodel.batching import predict_sorted  # noqa: E402
+from edgemodel.data import POLARITY_LABELS, Example, read_replab  # noqa: E402
 from edgemodel.inference import Classifier  # noqa: E402
+from edgemodel.report_notes import write_markdown_keeping_notes  # noqa: E402
+from edgemodel.splits import Split, split_like_training  # noqa: E402
 from edgemodel.textclean import clean_tweet  # noqa: E402
-from trainer.data import POLARITY_LABELS, Example, read_replab  # noqa: E402
-from trainer.evaluate import (  # noqa: E402
-    machine_info,
-    predict_sorted,
-    write_markdown_keeping_notes,
-)
-from trainer.splits import Split, split_like_training  # noqa: E402
+from trainer.evaluate import machine_info  # noqa: E402
 
 FOLDS = 5
 SEED = 13

@@ -35,11 +35,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edgemodel.bundle import ModelBundle  # noqa: E402
+from edgemodel.data import POLARITY_LABELS, Example, read_replab  # noqa: E402
+from edgemodel.report_notes import write_markdown_keeping_notes  # noqa: E402
+from edgemodel.splits import REPLAB_TEST_ENTITIES  # noqa: E402
 from edgemodel.textclean import clean_tweet  # noqa: E402
 from trainer.compare import predictions  # noqa: E402
-from trainer.data import POLARITY_LABELS, Example, read_replab  # noqa: E402
-from trainer.evaluate import machine_info, write_markdown_keeping_notes  # noqa: E402
-from trainer.splits import REPLAB_TEST_ENTITIES  # noqa: E402
+from trainer.evaluate import machine_info  # noqa: E402
 
 SEED = 13
 

@@ -28,9 +28,9 @@ sys.path.insert(0, str(REPO))
 
 from size_frontier import BERT_LARGE_FP32_BYTES, CONFIGS, PAPER_TARGET_MB, make_bundle  # noqa: E402
 
-from trainer.evaluate import write_markdown_keeping_notes  # noqa: E402
+from edgemodel.report_notes import write_markdown_keeping_notes  # noqa: E402
+from edgemodel.splits import SPLIT_SEED, DataSources  # noqa: E402
 from trainer.replab_protocol import load_protocol_data, render_markdown, score_models  # noqa: E402
-from trainer.splits import DataSources  # noqa: E402
 
 MAX_DROP = 0.01  # a shipped point stays within 1 point of its fp32 parent on every target
 DEFAULT_POINTS = "vocab-1,vocab-5,vocab-8,vocab-10"
@@ -52,7 +52,7 @@ def main() -> int:
 
     splits = DataSources(
         semeval=args.semeval, replab_train=args.replab_train, replab_test=args.replab_test
-    ).load(seed=13)
+    ).load(seed=SPLIT_SEED)
     corpus = [e for split in splits.values() for e in split.train]
     entities = tuple(
         sorted({e.entity for s in splits.values() for e in s.train + s.test if e.entity})

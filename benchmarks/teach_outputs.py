@@ -20,10 +20,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from edgemodel.batching import outputs_in_length_order  # noqa: E402
 from edgemodel.bundle import EMBEDDING_OUTPUT, OUTPUT_NAME, RELATED_OUTPUT, ModelBundle  # noqa: E402
+from edgemodel.data import read_replab  # noqa: E402
 from edgemodel.inference import Classifier, EmptyTextError  # noqa: E402
-from trainer.data import read_replab  # noqa: E402
-from trainer.evaluate import outputs_in_length_order  # noqa: E402
 
 
 @dataclass

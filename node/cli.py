@@ -11,6 +11,7 @@ import typer
 
 from broker.endpoint import BrokerEndpoint, EndpointError
 from node.cliconfig import ConfigFile, PrintConfig, configurable
+from node.lazy_commands import LazyCommandsGroup
 from node.paths import default_state_dir
 
 # The defaults of `node start` are NodeConfig's: one place for the CLI, files and docs.
@@ -18,6 +19,7 @@ from node.service import NodeConfig
 from node.teach_cli import labels_app, texts_app
 
 app = typer.Typer(
+    cls=LazyCommandsGroup,
     help=(
         "repedge edge node: classifies the reputation polarity of tweets it receives over\n"
         "MQTT with a quantized model bundle, and publishes one JSON record per tweet.\n\n"
@@ -328,90 +330,3 @@ def _installed_or_default_model(provision_state: Path) -> Path:
             "REPEDGE_MODEL or restore models/default), or --watch-mount to wait for one"
         )
     return model
-
-
-@app.command()
-def bench(
-    out: Annotated[Path, typer.Option(help="Folder for report.md, report.json and the plots.")],
-    model: Annotated[
-        Path | None,
-        typer.Option(
-            help="Bundle folder (every variant in it, plus *.onnx peers), or one .tflite/.onnx "
-            "file of a bundle. Default: the shipped models/default.",
-            show_default=False,
-        ),
-    ] = None,
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            help="Labelled tweets (SemEval TSV, RepLab TSV, CSV, JSONL; as `trainer evaluate` "
-            "reads them): timing on them, plus accuracy, macro-F1 and AvgRec.",
-            show_default=False,
-        ),
-    ] = None,
-    tweets: Annotated[
-        Path | None,
-        typer.Option(
-            help="Unlabelled tweets to time on (text lines or JSON lines with text/entity). "
-            "Default without --data: built-in synthetic tweets.",
-            show_default=False,
-        ),
-    ] = None,
-    sample: Annotated[
-        int | None,
-        typer.Option(help="Use a seeded random sample of this many --data tweets."),
-    ] = None,
-    split: Annotated[
-        str,
-        typer.Option(
-            help="all | train | dev | test: only that part of --data, split as `trainer "
-            "train` splits it (RepLab by entity, others stratified with --seed)."
-        ),
-    ] = "all",
-    seed: Annotated[int, typer.Option(help="Seed of --split.")] = 13,
-    threads: Annotated[
-        str | None,
-        typer.Option(help="Thread counts for throughput, e.g. 1,2,4. Default: 1 and all cores."),
-    ] = None,
-    variants: Annotated[
-        str | None,
-        typer.Option(help="Only these model files, e.g. int8,onnx-int8.", show_default=False),
-    ] = None,
-    latency_samples: Annotated[int, typer.Option(help="Batch-1 calls timed per file.")] = 200,
-    saturation_tweets: Annotated[int, typer.Option(help="Tweets per throughput run.")] = 1000,
-    repeats: Annotated[int, typer.Option(help="Throughput runs per thread count.")] = 3,
-    rounds: Annotated[
-        int, typer.Option(help="Passes over all files (alternating them); medians reported.")
-    ] = 1,
-    accuracy_only: Annotated[
-        bool, typer.Option(help="Skip timing: size and accuracy only (e.g. under emulation).")
-    ] = False,
-    in_process: Annotated[
-        bool,
-        typer.Option(help="Measure every file in this process (no subprocess; RSS not clean)."),
-    ] = False,
-    broker: Annotated[
-        str | None,
-        typer.Option(
-            help="Also measure end to end through a broker: mqtt://host:port, or 'local' for "
-            "a private Mosquitto.",
-            show_default=False,
-        ),
-    ] = None,
-    username: Annotated[str | None, typer.Option(help="Broker user name.")] = None,
-    password: Annotated[
-        str | None, typer.Option(help="Broker password.", envvar="REPEDGE_MQTT_PASSWORD")
-    ] = None,
-    rate: Annotated[float, typer.Option(help="With --broker: offered tweets/s.")] = 50.0,
-    seconds: Annotated[float, typer.Option(help="With --broker: length of a rate run.")] = 20.0,
-    broker_tweets: Annotated[
-        int, typer.Option(help="With --broker: tweets per saturation run.")
-    ] = 2000,
-    broker_repeats: Annotated[
-        int, typer.Option(help="With --broker: repeats (bare, saturation, rate), medians.")
-    ] = 3,
-) -> None:
-    """Measure a model on this device: size, load time, RSS, latency, throughput, accuracy."""
-    from node.bench.cli import run_from_cli
-
-    run_from_cli(locals())

@@ -122,11 +122,11 @@ SETS=(--data "$DATA/semeval2017/train_2013-2016.tsv" --data "$DATA/replab2013/au
 KEY=$(cat "$MODEL"/manifest.json "$MODEL"/*.tflite | sha256sum | cut -c1-12)-$SAMPLE
 if [ ! -s "$WORK/x86-$KEY.json" ]; then
     log "labels on x86_64"
-    host -m node.bench.compare dump --model "$MODEL" "${SETS[@]}" --sample "$SAMPLE" --out "$WORK/x86-$KEY.json"
+    host -m bench.compare dump --model "$MODEL" "${SETS[@]}" --sample "$SAMPLE" --out "$WORK/x86-$KEY.json"
 fi
 if [ ! -s "$WORK/arm64-$KEY.json" ]; then
     log "labels on arm64 (emulated; minutes)"
-    arm -m node.bench.compare dump --model "$MODEL" "${SETS[@]}" --sample "$SAMPLE" --out "$WORK/arm64-$KEY.json"
+    arm -m bench.compare dump --model "$MODEL" "${SETS[@]}" --sample "$SAMPLE" --out "$WORK/arm64-$KEY.json"
 fi
 cp "$WORK/x86-$KEY.json" "$WORK/x86.json"
 cp "$WORK/arm64-$KEY.json" "$WORK/arm64.json"
@@ -153,15 +153,15 @@ NODE_PID=$!
 cleanup() { kill "$NODE_PID" "$BROKER_PID" 2>/dev/null || true; }
 trap cleanup EXIT
 log "arm64 node behind Mosquitto on 127.0.0.1:$PORT"
-host -m node.bench.compare mqtt --broker "mqtt://127.0.0.1:$PORT" --prefix arm64 \
+host -m bench.compare mqtt --broker "mqtt://127.0.0.1:$PORT" --prefix arm64 \
     --node-id arm64 --timeout 900 --inputs "$WORK/x86.json" --out "$WORK/arm64_node.json"
 kill -TERM "$NODE_PID" && wait "$NODE_PID" || true
 fi
 NODE_RECORDS=$(host -c 'import json, sys
 items = json.load(open(sys.argv[1]))["items"]
 print(sum(1 for i in items if i["record"]), "of", len(items))' "$WORK/arm64_node.json")
-host -m node.bench.compare compare "$WORK/x86.json" "$WORK/arm64.json" --out "$OUT/labels_in_process.json" >/dev/null
-host -m node.bench.compare compare "$WORK/x86.json" "$WORK/arm64_node.json" --out "$OUT/labels_node_mqtt.json" >/dev/null
+host -m bench.compare compare "$WORK/x86.json" "$WORK/arm64.json" --out "$OUT/labels_in_process.json" >/dev/null
+host -m bench.compare compare "$WORK/x86.json" "$WORK/arm64_node.json" --out "$OUT/labels_node_mqtt.json" >/dev/null
 
 # -- 6. node bench, accuracy only, on both architectures ---------------------------------------
 for set in semeval2017/train_2013-2016.tsv replab2013/automotive_en.tsv; do
@@ -181,7 +181,7 @@ import json, shutil, sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from node.bench.compare import compare, tolerance_lines
+from bench.compare import compare, tolerance_lines
 
 out, work = Path(sys.argv[1]), Path(sys.argv[2])
 sample, qemu, arm_py, litert, tests, tests_rc, node_records, model = sys.argv[3:11]

@@ -141,8 +141,8 @@ def test_accuracy_equals_trainer_evaluate(report, bench_bundle, labelled_file, t
 
 
 def test_onnx_peer_same_weights(report, bench_bundle) -> None:
+    from bench.runners import LITERT, OnnxRunner, open_runner
     from edgemodel.bundle import ModelBundle
-    from node.bench.runners import LITERT, OnnxRunner, open_runner
 
     _, data = report
     pairs = {p["onnxruntime"]: p for p in data["peers"]}
@@ -160,19 +160,35 @@ def test_onnx_peer_same_weights(report, bench_bundle) -> None:
     np.testing.assert_allclose(lite.predict_logits(batch), peer.predict_logits(batch), atol=1e-4)
 
 
-def test_bench_imports_no_tensorflow(bench_bundle: Path, tmp_path: Path) -> None:
-    """A node has no TensorFlow: the whole bench (here in one process) must not need it."""
+def test_bench_imports_no_tensorflow(
+    bench_bundle: Path, labelled_file: Path, tmp_path: Path
+) -> None:
+    """A node has no TensorFlow: the whole bench (here in one process), its data readers,
+    split and metrics included, must need neither TensorFlow nor the trainer package."""
     code = (
         "import sys; from node.cli import app\n"
         f"app(['bench', '--model', {str(bench_bundle / 'int8.tflite')!r}, '--out', "
         f"{str(tmp_path)!r}, '--in-process', '--threads', '1', '--latency-samples', '20', "
+        f"'--data', {str(labelled_file)!r}, '--split', 'train', "
         "'--saturation-tweets', '32', '--repeats', '1'], standalone_mode=False)\n"
         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+        "assert 'trainer' not in sys.modules, 'trainer was imported'\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     data = json.loads((tmp_path / "report.json").read_text())
-    assert list(data["variants"]) == ["int8"] and not data["tweets"]["labelled"]
+    assert list(data["variants"]) == ["int8"] and data["tweets"]["labelled"]
+
+
+def test_node_start_does_not_import_bench() -> None:
+    """`node bench` is mounted by name: resolving `node start` leaves bench unimported."""
+    code = (
+        "import sys; from node.cli import app\n"
+        "try:\n    app(['start', '--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'bench' not in sys.modules, 'bench was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize(
@@ -219,7 +235,7 @@ def test_broker_row_through_mosquitto(bench_bundle, mosquitto, tmp_path) -> None
 def test_compare_labels_across_devices(bench_bundle, labelled_file, tmp_path) -> None:
     """bench_compare, as scripts/arm64_check.sh uses it: the same dump twice is identical;
     a changed label is reported with its index, and the summary holds no tweet text."""
-    from node.bench.compare import compare, dump
+    from bench.compare import compare, dump
 
     first = dump(bench_bundle, [labelled_file], sample=20)
     same = compare(first, dump(bench_bundle, [labelled_file], sample=20))
@@ -241,8 +257,8 @@ def test_export_onnx_from_run_folder(tmp_path: Path) -> None:
     becomes ONNX beside a copy of the run's bundle; the ONNX model is that checkpoint."""
     import keras
 
+    from bench.runners import OnnxRunner
     from edgemodel.bundle import ModelBundle, update_manifest
-    from node.bench.runners import OnnxRunner
     from trainer.tiny import build_tiny_bundle, tiny_classifier
 
     model = tiny_classifier(seed=5)

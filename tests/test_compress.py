@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from edgemodel.bundle import ModelBundle
+from edgemodel.data import Example
 from edgemodel.inference import Classifier
 from trainer.compress import (
     CompressOptions,
@@ -22,7 +23,6 @@ from trainer.compress import (
     select_vocab,
     special_tokens,
 )
-from trainer.data import Example
 from trainer.tiny import build_tiny_bundle, tiny_classifier
 
 # Hand-written, not taken from any data set.

@@ -13,18 +13,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from edgemodel.batching import predict_sorted
 from edgemodel.bundle import BundleError, ModelBundle, update_manifest
 from edgemodel.inference import Classifier
+from edgemodel.report_notes import NOTES_MARKER, write_markdown_keeping_notes
 from trainer.cli import app as trainer_app
-from trainer.evaluate import (
-    NOTES_MARKER,
-    evaluate_bundle,
-    manifest_metrics,
-    predict_sorted,
-    render_markdown,
-    write_markdown_keeping_notes,
-    write_report,
-)
+from trainer.evaluate import evaluate_bundle, manifest_metrics, render_markdown, write_report
 from trainer.tiny import build_tiny_bundle
 
 ALL_VARIANTS = ("fp32", "fp16", "int8", "int8-full")

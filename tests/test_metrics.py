@@ -1,10 +1,10 @@
-"""trainer.metrics on small examples whose values were worked out by hand."""
+"""edgemodel.metrics on small examples whose values were worked out by hand."""
 
 from __future__ import annotations
 
 import pytest
 
-from trainer import metrics
+from edgemodel import metrics
 
 LABELS = ["negative", "neutral", "positive"]
 NEG, NEU, POS = LABELS

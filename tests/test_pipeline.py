@@ -12,9 +12,9 @@ import pytest
 
 from edgemodel.bundle import ModelBundle
 from edgemodel.inference import Classifier
+from edgemodel.splits import DataSources
 from tests.conftest import Collector, NodeProcess, Topics, publish
 from trainer.pipeline import run_training
-from trainer.splits import DataSources
 from trainer.train import TrainConfig
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

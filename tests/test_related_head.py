@@ -103,8 +103,8 @@ def test_label_records_carry_related_through_mosquitto(bundle, node_factory, mos
 
 
 def test_pruned_vocabulary_keeps_the_related_head(model, bundle, tmp_path: Path) -> None:
+    from edgemodel.data import Example
     from trainer.compress import CompressOptions, compress_bundle
-    from trainer.data import Example
 
     parent = bundle.__class__.load(bundle.root, variant="fp32")
     corpus = [Example(text=t, label="neutral", entity=e) for t, e in TWEETS]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from edgemodel.splits import tweet_time_ms
 from trainer.replab_protocol import load_protocol_data, render_markdown, score_models
-from trainer.splits import tweet_time_ms
 
 WORDS = [
     "car",

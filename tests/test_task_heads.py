@@ -12,9 +12,9 @@ import keras
 import numpy as np
 import pytest
 
+from edgemodel.data import Example
 from edgemodel.inference import Classifier, pad_batch
 from trainer.compress import CompressOptions, compress_bundle
-from trainer.data import Example
 from trainer.model import has_task_heads
 from trainer.tiny import build_tiny_bundle, tiny_classifier
 

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.data import DataError, read_labeled, read_replab, read_semeval, read_table
-from trainer.splits import entity_split, split_like_training, stratified_split
+from edgemodel.data import DataError, read_labeled, read_replab, read_semeval, read_table
+from edgemodel.splits import entity_split, split_like_training, stratified_split
 
 SEMEVAL = "tweet_id\tlabel\ttext\n1\tpositive\tgreat car\n2\tnegative\tawful dealer\n"
 REPLAB = (
@@ -147,8 +147,8 @@ def test_temporal_split_holds_out_the_latest_tweets_by_snowflake_time():
     # Snowflake ids: time << 22; ids are shuffled so that file order says nothing.
     import random
 
-    from trainer.data import Example
-    from trainer.splits import TEMPORAL_SOURCE, semeval_splits, tweet_time_ms
+    from edgemodel.data import Example
+    from edgemodel.splits import TEMPORAL_SOURCE, semeval_splits, tweet_time_ms
 
     ids = [str((1_000_000_000 + i * 60_000) << 22) for i in range(200)]
     random.Random(1).shuffle(ids)

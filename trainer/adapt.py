@@ -26,11 +26,11 @@ from edgemodel.adaptation import (
     fit_entity_head,
     write_adapted_bundle,
 )
+from edgemodel.batching import outputs_in_length_order
 from edgemodel.bundle import EMBEDDING_OUTPUT, OUTPUT_NAME, RELATED_OUTPUT, ModelBundle
+from edgemodel.data import Example
 from edgemodel.entity_heads import entity_key
 from edgemodel.inference import Classifier, EmptyTextError, Encoded
-from trainer.data import Example
-from trainer.evaluate import outputs_in_length_order
 
 __all__ = ["AdaptConfig", "AdaptError", "BrandData", "adapt_bundle", "brand_outputs"]
 

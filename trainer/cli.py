@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from edgemodel.splits import SPLIT_SEED
+
 app = typer.Typer(
     help="Offline: fine-tune a small transformer on labeled tweets, export quantized TFLite "
     "FlatBuffers (fp32, fp16, int8, int8-full) as a model bundle, and evaluate bundles.",
@@ -72,15 +74,15 @@ def train(
     version: Annotated[
         str, Opt(help="Version of the bundle (manifest, label records); e.g. 3.0.0.")
     ] = "1.0.0",
-    seed: int = 13,
+    seed: int = SPLIT_SEED,
 ) -> None:
     """Fine-tune, export every FlatBuffer variant into OUT/bundle, evaluate them on held-out data.
 
     Example: trainer train --out runs/v1 --semeval ../shared/data/semeval2017/train_2013-2016.tsv
     --replab ../shared/data/replab2013/automotive_en.tsv
     """
+    from edgemodel.splits import DataSources
     from trainer.pipeline import run_training
-    from trainer.splits import DataSources
     from trainer.train import TrainConfig
 
     config = TrainConfig(
@@ -135,13 +137,13 @@ def evaluate(
             "makes (RepLab by entity, others stratified with --seed)."
         ),
     ] = "all",
-    seed: int = 13,
+    seed: int = SPLIT_SEED,
 ) -> None:
     """Print accuracy, macro-F1, AvgRec, per-class report, confusion matrix and latency."""
     from edgemodel.bundle import ModelBundle
-    from trainer.data import DataError, read_labeled
+    from edgemodel.data import DataError, read_labeled
+    from edgemodel.splits import split_like_training
     from trainer.evaluate import evaluate_bundle, render_markdown, write_report
-    from trainer.splits import split_like_training
 
     if split not in ("all", "train", "dev", "test"):
         raise typer.BadParameter(
@@ -181,7 +183,7 @@ def compare(
     semeval: Annotated[Path | None, Opt(help="SemEval-2017 4A TSV.")] = None,
     replab: Annotated[Path | None, Opt(help="RepLab 2013 TSV.")] = None,
     parts: Annotated[str, Opt(help="Comma-separated parts of the split to score.")] = "dev,test",
-    seed: int = 13,
+    seed: int = SPLIT_SEED,
     out: Annotated[Path | None, Opt(help="Also write the result as JSON here.")] = None,
 ) -> None:
     """B against A on the trainer's dev/test splits, with 95 % paired-bootstrap intervals.
@@ -189,8 +191,8 @@ def compare(
     Decide on dev; test is for the record (it was held out from every choice).
     """
     from edgemodel.bundle import write_json_atomic
+    from edgemodel.splits import DataSources
     from trainer.compare import compare_bundles, render_comparison
-    from trainer.splits import DataSources
 
     chosen = parts.split(",")
     if not set(chosen) <= {"train", "dev", "test"}:
@@ -247,8 +249,8 @@ def adapt(
     docs/trainer.md#adapting-to-a-new-brand.
     """
     from edgemodel.bundle import BundleError
+    from edgemodel.data import DataError, read_labeled
     from trainer.adapt import AdaptError, adapt_bundle, describe
-    from trainer.data import DataError, read_labeled
 
     try:
         examples = read_labeled(data, entity_column=entity_column)
@@ -303,7 +305,7 @@ def replab_protocol(
     import shlex
     import sys
 
-    from trainer.evaluate import write_markdown_keeping_notes
+    from edgemodel.report_notes import write_markdown_keeping_notes
     from trainer.replab_protocol import load_protocol_data, render_markdown, score_models
 
     data = load_protocol_data(replab_train, replab_test, semeval)
@@ -374,8 +376,8 @@ def compress(
 
     Give only training tweets as --corpus: held-out tweets would make later scores optimistic.
     """
+    from edgemodel.data import DataError, read_labeled
     from trainer.compress import CompressOptions, compress_run
-    from trainer.data import DataError, read_labeled
     from trainer.int4 import DEFAULT_GRANULARITY
 
     try:

@@ -15,15 +15,15 @@ from typing import Any
 import numpy as np
 
 from edgemodel.bundle import ModelBundle
-from trainer.data import POLARITY_LABELS, Example
-from trainer.evaluate import evaluate_bundle
-from trainer.metrics import (
+from edgemodel.data import POLARITY_LABELS, Example
+from edgemodel.metrics import (
     IndexMetric,
     index_accuracy,
     index_macro_recall,
     paired_bootstrap_interval,
 )
-from trainer.splits import Split
+from edgemodel.splits import Split
+from trainer.evaluate import evaluate_bundle
 
 # The metric each data set's target is stated in; AvgRec for anything else.
 PRODUCT_METRIC: dict[str, tuple[str, IndexMetric]] = {

@@ -26,8 +26,8 @@ import keras
 import numpy as np
 
 from edgemodel.bundle import ModelBundle, write_derived_bundle
+from edgemodel.data import FILTER_LABELS, Example
 from edgemodel.inference import EmptyTextError, Encoded, TweetEncoder
-from trainer.data import FILTER_LABELS, Example
 from trainer.export import calibration_samples, export_variants
 from trainer.int4 import DEFAULT_GRANULARITY
 from trainer.model import build_classifier, has_related_head, has_task_heads

@@ -12,16 +12,17 @@ import importlib.metadata
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgemodel import metrics
+from edgemodel.batching import predict_sorted
 from edgemodel.bundle import BundleError, ModelBundle, write_json_atomic
 from edgemodel.inference import Classifier, EmptyTextError, Encoded
-from trainer import metrics
 
 REPORT_FORMAT = "repedge-eval/1"
 # Table order: the reference first, then smaller and smaller.
@@ -176,43 +177,6 @@ def _evaluate_variant(
         },
     }
     return entry, argmax
-
-
-def predict_sorted(clf: Classifier, inputs: Sequence[Encoded], batch_size: int) -> np.ndarray:
-    """The FlatBuffer's logits in input order, computed on length-sorted batches."""
-    return predict_in_length_order(clf.predict_logits, inputs, batch_size, len(clf.labels))
-
-
-def predict_in_length_order(
-    predict: Callable[[Sequence[Encoded]], np.ndarray],
-    inputs: Sequence[Encoded],
-    batch_size: int,
-    num_labels: int,
-) -> np.ndarray:
-    """``predict`` over length-sorted batches, logits returned in input order."""
-    if not inputs:
-        return np.zeros((0, num_labels), np.float32)
-    return outputs_in_length_order(lambda b: {"logits": predict(b)}, inputs, batch_size)["logits"]
-
-
-def outputs_in_length_order(
-    run: Callable[[Sequence[Encoded]], dict[str, np.ndarray]],
-    inputs: Sequence[Encoded],
-    batch_size: int,
-) -> dict[str, np.ndarray]:
-    """``run`` (named outputs per batch) over length-sorted batches, rows in input order.
-
-    Sorting puts tweets of similar length together, so a batch pads to little more
-    than its own length instead of to the longest tweet in the data set.
-    """
-    order = np.argsort([len(e) for e in inputs], kind="stable")
-    parts: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        for name, value in run([inputs[i] for i in rows]).items():
-            parts.setdefault(name, []).append(np.asarray(value))
-    inverse = np.argsort(order, kind="stable")
-    return {name: np.concatenate(values)[inverse] for name, values in parts.items()}
 
 
 def _measure_latency(clf: Classifier, inputs: Sequence[Encoded], samples: int) -> dict[str, Any]:
@@ -424,14 +388,3 @@ def write_report(report: dict[str, Any], out_dir: Path, stem: str) -> tuple[Path
     write_json_atomic(json_path, report)
     md_path.write_text(render_markdown(report), encoding="utf-8")
     return json_path, md_path
-
-
-# Hand-written analysis below this line in a generated Markdown file survives a rerun.
-NOTES_MARKER = "<!-- notes: kept when the table is regenerated -->"
-
-
-def write_markdown_keeping_notes(path: Path, generated: str) -> None:
-    """Write ``generated`` to ``path``, keeping what follows NOTES_MARKER in the old file."""
-    old = path.read_text(encoding="utf-8") if path.is_file() else ""
-    notes = old[old.index(NOTES_MARKER) :] if NOTES_MARKER in old else NOTES_MARKER + "\n"
-    path.write_text(generated + "\n" + notes, encoding="utf-8")

@@ -160,7 +160,7 @@ def peer_bundle_from_base(
     FlatBuffer variants plus the ONNX pair: the same weights in both runtimes, for timing
     where no fine-tuned checkpoint is at hand. Its labels mean nothing."""
     from edgemodel.bundle import write_bundle
-    from trainer.data import POLARITY_LABELS
+    from edgemodel.data import POLARITY_LABELS
     from trainer.encoders import load_encoder
     from trainer.export import export_variants
     from trainer.model import build_classifier

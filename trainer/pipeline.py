@@ -14,11 +14,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from edgemodel.bundle import ModelBundle, update_manifest, write_bundle
-from trainer.data import POLARITY_LABELS, Example
+from edgemodel.data import POLARITY_LABELS, Example
+from edgemodel.splits import DataSources, Split
 from trainer.encoders import load_encoder
 from trainer.evaluate import evaluate_bundle, manifest_metrics, render_markdown, write_report
 from trainer.export import ALL_VARIANTS, calibration_samples, export_variants
-from trainer.splits import DataSources, Split
 from trainer.train import EncodedSet, TrainConfig, Trainer, encode_examples, make_encoder
 
 

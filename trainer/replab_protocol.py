@@ -29,12 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from edgemodel.batching import outputs_in_length_order
 from edgemodel.bundle import RELATED_LABELS, ModelBundle
+from edgemodel.data import POLARITY_LABELS, Example, read_replab, read_semeval
 from edgemodel.inference import Classifier, EmptyTextError, Encoded, softmax
-from trainer.data import POLARITY_LABELS, Example, read_replab, read_semeval
-from trainer.evaluate import machine_info, outputs_in_length_order
-from trainer.metrics import index_accuracy, index_macro_recall, paired_bootstrap_interval
-from trainer.splits import TEMPORAL_SOURCE, period_split, semeval_splits
+from edgemodel.metrics import index_accuracy, index_macro_recall, paired_bootstrap_interval
+from edgemodel.splits import SPLIT_SEED, TEMPORAL_SOURCE, period_split, semeval_splits
+from trainer.evaluate import machine_info
 
 DRAWS = 1000
 
@@ -49,7 +50,7 @@ class ProtocolData:
 
 
 def load_protocol_data(
-    replab_train: Path, replab_test: Path, semeval: Path | None, seed: int = 13
+    replab_train: Path, replab_test: Path, semeval: Path | None, seed: int = SPLIT_SEED
 ) -> ProtocolData:
     """The test parts of the split ``trainer train --replab-train/--replab-test`` makes."""
     split = period_split(read_replab(replab_train), read_replab(replab_test), seed=seed)
