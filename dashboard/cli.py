@@ -5,21 +5,32 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from broker.endpoint import BrokerEndpoint, EndpointError
+from dashboard.history import (
+    HistoryDatabaseError,
+    HistoryRecorder,
+    HistoryStore,
+    Retention,
+    default_db_path,
+)
 from dashboard.source import DEFAULT_TOPICS, Subscriber
 from dashboard.state import DashboardState
+
+DEFAULT_RETENTION = "minute=7d,hour=90d,day=forever"
 
 app = typer.Typer(
     help=(
         "repedge dashboards: node status and telemetry, reputation per entity, errors;\n"
-        "read from the broker's repedge topics, kept in memory (the last hour).\n\n"
+        "read from the broker's repedge topics; reputation history kept in a database.\n\n"
         "  dashboard serve --broker mqtt://localhost:1883   (then open http://127.0.0.1:8080/)\n"
-        "  dashboard top --broker mqtt://localhost:1883     (in a terminal; q quits)"
+        "  dashboard top --broker mqtt://localhost:1883     (in a terminal; q quits)\n"
+        "  dashboard collect --db postgresql://...          (history only, no web page)"
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -62,8 +73,63 @@ Topics = Annotated[
         show_default=False,
     ),
 ]
-History = Annotated[int, typer.Option(help="Minutes of per-minute history kept.", min=1)]
+History = Annotated[
+    int, typer.Option(help="Minutes of the live per-minute view kept in memory.", min=1)
+]
 Recent = Annotated[int, typer.Option(help="Labelled tweets kept per entity.", min=1)]
+Db = Annotated[
+    str | None,
+    typer.Option(
+        help="Reputation history database: a SQLite file, or postgresql://user@host/db. "
+        f"Default: {default_db_path()}",
+        show_default=False,
+    ),
+]
+NoHistory = Annotated[
+    bool, typer.Option("--no-history", help="Keep nothing on disk: the live hour only.")
+]
+RetentionOpt = Annotated[
+    str,
+    typer.Option(
+        "--retention",
+        help="How long each resolution is kept, behind the newest minute recorded.",
+    ),
+]
+FlushInterval = Annotated[
+    float,
+    typer.Option(
+        help="Seconds between history writes; a kill -9 loses at most this much.", min=0.1
+    ),
+]
+
+
+@dataclass
+class HistoryOptions:
+    db: str | None = None
+    off: bool = False
+    retention: str = DEFAULT_RETENTION
+    flush_interval: float = 2.0
+
+
+def _open_history(options: HistoryOptions) -> tuple[HistoryStore | None, HistoryRecorder | None]:
+    """The store to read and, unless another process records into it, a recorder."""
+    if options.off:
+        return None, None
+    try:
+        retention = Retention.parse(options.retention)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--retention") from None
+    try:
+        store = HistoryStore(options.db or default_db_path(), retention)
+    except HistoryDatabaseError as exc:
+        typer.echo(f"dashboard: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if not store.claim_writer():
+        logging.getLogger("repedge.dashboard").warning(
+            "history: another dashboard records into %s; this one only reads it", store.where
+        )
+        return store, None
+    return store, HistoryRecorder(store, options.flush_interval)
 
 
 def _start(
@@ -74,16 +140,27 @@ def _start(
     topic: list[str] | None,
     history: int,
     recent: int,
+    recorder: HistoryRecorder | None = None,
 ) -> tuple[DashboardState, Subscriber]:
     cafile, certfile, keyfile = tls_files
     try:
         address = BrokerEndpoint.parse(broker, username, password, cafile, certfile, keyfile)
     except EndpointError as exc:
         raise typer.BadParameter(str(exc), param_hint="--broker") from None
-    state = DashboardState(history_minutes=history, recent=recent)
+    state = DashboardState(history_minutes=history, recent=recent, recorder=recorder)
+    if recorder is not None:
+        recorder.start()
     source = Subscriber(state, address, topic or DEFAULT_TOPICS)
     source.start()
     return state, source
+
+
+def _stop_history(store: HistoryStore | None, recorder: HistoryRecorder | None) -> None:
+    """The last flush (a clean stop loses nothing), then the database."""
+    if recorder is not None:
+        recorder.stop()
+    if store is not None:
+        store.close()
 
 
 @app.command()
@@ -104,18 +181,24 @@ def serve(
     push_interval: Annotated[
         float, typer.Option(help="Seconds between batched updates to the browsers.", min=0.05)
     ] = 0.5,
+    db: Db = None,
+    no_history: NoHistory = False,
+    retention: RetentionOpt = DEFAULT_RETENTION,
+    flush_interval: FlushInterval = 2.0,
 ) -> None:
     """Serve the live web dashboard (no internet needed: every file is served locally)."""
     from dashboard.web import DashboardServer, Hub
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     tls_files = (cafile, certfile, keyfile)
-    state, source = _start(broker, username, password, tls_files, topic, history, recent)
+    store, recorder = _open_history(HistoryOptions(db, no_history, retention, flush_interval))
+    state, source = _start(broker, username, password, tls_files, topic, history, recent, recorder)
     hub = Hub(state, push_interval)
     try:
-        server = DashboardServer((host, port), state, hub)
+        server = DashboardServer((host, port), state, hub, store)
     except OSError as exc:
         source.stop()
+        _stop_history(store, recorder)
         typer.echo(f"cannot listen on {host}:{port}: {exc}", err=True)
         raise typer.Exit(1) from None
     hub.start()
@@ -133,6 +216,11 @@ def serve(
         hub.stop()
         server.close()
         source.stop()
+        _stop_history(store, recorder)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 @app.command()
@@ -150,19 +238,63 @@ def top(
         bool, typer.Option(help="Wait --wait seconds, print one frame, exit (for scripts).")
     ] = False,
     wait: Annotated[float, typer.Option(help="Seconds to collect before --once prints.")] = 2.0,
+    db: Db = None,
+    no_history: NoHistory = False,
+    retention: RetentionOpt = DEFAULT_RETENTION,
+    flush_interval: FlushInterval = 2.0,
 ) -> None:
-    """Show the dashboard in the terminal; q quits."""
+    """Show the dashboard in the terminal, with the last 24 h per entity; q quits."""
     import time
 
     from dashboard.top import run
 
     tls_files = (cafile, certfile, keyfile)
-    state, source = _start(broker, username, password, tls_files, topic, history, recent)
+    store, recorder = _open_history(HistoryOptions(db, no_history, retention, flush_interval))
+    state, source = _start(broker, username, password, tls_files, topic, history, recent, recorder)
+    signal.signal(signal.SIGTERM, _interrupt)  # a kill stops as cleanly as q: history flushed
     try:
         if once:
             time.sleep(wait)
-        run(state, once=once)
+            if recorder is not None:
+                recorder.flush()
+        run(state, once=once, store=store)
     except KeyboardInterrupt:
         pass
     finally:
         source.stop()
+        _stop_history(store, recorder)
+
+
+@app.command()
+def collect(
+    broker: Broker = "mqtt://localhost:1883",
+    username: Username = None,
+    password: Password = None,
+    cafile: Cafile = None,
+    certfile: Certfile = None,
+    keyfile: Keyfile = None,
+    topic: Topics = None,
+    db: Db = None,
+    retention: RetentionOpt = DEFAULT_RETENTION,
+    flush_interval: FlushInterval = 2.0,
+) -> None:
+    """Record reputation history headless (a central site): no web page, no terminal view."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    store, recorder = _open_history(HistoryOptions(db, False, retention, flush_interval))
+    if recorder is None:
+        typer.echo(f"dashboard collect: another process records into {store.where}", err=True)
+        _stop_history(store, None)
+        raise typer.Exit(1)
+    tls_files = (cafile, certfile, keyfile)
+    _state, source = _start(broker, username, password, tls_files, topic, 1, 1, recorder)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    typer.echo(f"dashboard collect: {source.broker} -> {store.where}", err=True)
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        source.stop()
+        _stop_history(store, recorder)

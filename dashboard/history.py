@@ -222,6 +222,10 @@ class HistoryStore:
     def kind(self) -> str:
         return self.db.name
 
+    def claim_writer(self) -> bool:
+        """Whether this process may record (one recorder per database, never two)."""
+        return self.db.claim_writer()
+
     def close(self) -> None:
         self.db.close()
 

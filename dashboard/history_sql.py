@@ -12,6 +12,8 @@ statement at a time anyway).
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 BUSY_TIMEOUT_MS = 5000  # a second process on the same file waits rather than failing
+WRITER_LOCK_KEY = 0x7265_7065_6467_65  # "repedge": PostgreSQL advisory lock of the recorder
 
 
 class HistoryDatabaseError(RuntimeError):
@@ -36,6 +39,13 @@ class Dialect(Protocol):
         ...
 
     def run(self, sql: str) -> None: ...
+
+    def claim_writer(self) -> bool:
+        """Become this database's only recorder; False if another process already is.
+
+        Two recorders on one database would count every record twice.
+        """
+        ...
 
     def close(self) -> None: ...
 
@@ -59,6 +69,22 @@ class SQLiteDialect:
         except (OSError, sqlite3.Error) as exc:
             raise HistoryDatabaseError(f"cannot open history database {path}: {exc}") from None
         self._lock = threading.Lock()
+        self._path = path
+        self._writer_fd: int | None = None
+
+    def claim_writer(self) -> bool:
+        # An advisory lock on a file beside the database: released by the kernel when the
+        # process dies, even by kill -9, so a crashed dashboard never blocks the next one.
+        if self._writer_fd is not None:
+            return True
+        fd = os.open(f"{self._path}.writer", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._writer_fd = fd
+        return True
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock, _errors(self.where):
@@ -82,6 +108,9 @@ class SQLiteDialect:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._writer_fd is not None:
+                os.close(self._writer_fd)
+                self._writer_fd = None
 
 
 class PostgresDialect:
@@ -134,6 +163,12 @@ class PostgresDialect:
         with self._lock, _errors(self.where, self._psycopg.Error), self._db.transaction():
             for statement in filter(str.strip, sql.split(";")):
                 self._db.execute(statement)
+
+    def claim_writer(self) -> bool:
+        # A session-level advisory lock: PostgreSQL drops it when the connection ends,
+        # however the process ended.
+        rows = self.query("SELECT pg_try_advisory_lock(?)", (WRITER_LOCK_KEY,))
+        return bool(rows[0][0])
 
     def close(self) -> None:
         with self._lock:

@@ -2,9 +2,13 @@
 
 Everything here comes from MQTT, so nothing is trusted: payloads may be malformed
 JSON, have unknown or missing fields, or carry odd strings. :meth:`DashboardState.ingest`
-never raises on bad input; it counts what it had to ignore. Time buckets use the
-dashboard's receipt time (one clock for every node, and a redelivered old record
-still shows up where it arrived).
+never raises on bad input; it counts what it had to ignore. The live minute buckets use
+the dashboard's receipt time (one clock for every node, and a redelivered old record
+still shows up where it arrived); the persisted history (:mod:`dashboard.history`, fed
+through ``recorder``) buckets by the tweet's own time instead. A record whose
+``timestamp`` is more than :data:`LIVE_WINDOW_S` off the dashboard's clock (redelivered
+after an outage, or from a node with a broken clock) is counted as late or ahead and
+leaves the ingest lag alone, so one old batch cannot show "ingest lag 1971 s".
 
 Two views of the state serve the pages: :meth:`snapshot` (everything, for a late
 browser or ``dashboard top``) and :meth:`take_delta` (only what changed since the last
@@ -21,7 +25,10 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dashboard.history import HistoryRecorder
 
 SENTIMENT = "sentiment"  # where tweets without an entity are grouped
 STANDARD_LABELS = ("negative", "neutral", "positive")
@@ -32,6 +39,7 @@ MAX_ENTITIES = 200
 MAX_NODES = 200
 MAX_REASONS = 32
 RECENT_ERRORS = 20
+LIVE_WINDOW_S = 120.0  # a label timestamp further off than this is not "live" lag
 
 
 def clip(value: Any, limit: int = MAX_TEXT) -> str | None:
@@ -144,8 +152,10 @@ class DashboardState:
         history_minutes: int = 60,
         recent: int = 50,
         clock: Callable[[], float] = time.time,
+        recorder: HistoryRecorder | None = None,
     ) -> None:
         self.history_minutes = history_minutes
+        self.recorder = recorder  # persists every label record, when history is on
         self.recent = recent
         self.clock = clock
         self.lock = threading.Lock()
@@ -159,6 +169,8 @@ class DashboardState:
         self.ignored = 0
         self.last_ignored: str | None = None
         self.last_lag_ms: float | None = None  # receipt time - record timestamp
+        self.late_records = 0  # timestamps more than LIVE_WINDOW_S in the past
+        self.ahead_records = 0  # ... or in the future
         self._seq = 0  # numbers recent items, so deltas carry only new ones
         self._reasons: set[str] = set()  # error reasons within the history
         self._pruned_minute = 0
@@ -270,6 +282,8 @@ class DashboardState:
             bucket[split][key] = bucket[split].get(key, 0) + 1
         view.total += 1
         self.labels_total += 1
+        if self.recorder is not None:
+            self.recorder.add(view.name, record, key, related if split else None)
         self._dirty_entities.setdefault(view.name, set()).add(minute)
 
         scores = record.get("scores")
@@ -297,7 +311,12 @@ class DashboardState:
             self._dirty_nodes.add(node_id)
         stamp = parse_iso(record.get("timestamp"))
         if stamp is not None:
-            self.last_lag_ms = round((now - stamp) * 1000, 1)
+            if now - stamp > LIVE_WINDOW_S:
+                self.late_records += 1
+            elif stamp - now > LIVE_WINDOW_S:
+                self.ahead_records += 1
+            else:
+                self.last_lag_ms = round((now - stamp) * 1000, 1)
 
     def _entity(self, name: str, now: float) -> EntityView:
         view = self.entities.get(name)
@@ -365,6 +384,9 @@ class DashboardState:
             "ignored": self.ignored,
             "last_ignored": self.last_ignored,
             "lag_ms": self.last_lag_ms,
+            "late_records": self.late_records,
+            "ahead_records": self.ahead_records,
+            "history": self.recorder.status() if self.recorder is not None else None,
             "broker": self.broker,
             "broker_connected": self.broker_connected,
             "broker_error": self.broker_error,

@@ -23,9 +23,12 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from dashboard.history import HistoryStore
+from dashboard.history_sql import HistoryDatabaseError
 from dashboard.state import DashboardState
 
 REFRESH_S = 0.5
+DAY_REFRESH_S = 5.0  # the 24 h totals come from the database; they move slowly
 
 
 def _num(value: Any, digits: int = 0, scale: float = 1.0) -> str:
@@ -56,19 +59,40 @@ def _table(*columns: tuple[str, int, str]) -> Table:
     return table
 
 
-def render(snapshot: dict[str, Any], width: int = 80, height: int = 24) -> RenderableType:
-    """One frame from a :meth:`DashboardState.snapshot`; fits ``width`` x ``height``."""
+def day_totals(store: HistoryStore | None, now: float) -> dict[str, dict[str, int]] | None:
+    """Each entity's last 24 h from the history (None without one, or if it fails)."""
+    if store is None:
+        return None
+    try:
+        return store.totals(None, now - 86400, now)["entities"]
+    except HistoryDatabaseError:
+        return None
+
+
+def render(
+    snapshot: dict[str, Any],
+    width: int = 80,
+    height: int = 24,
+    day: dict[str, dict[str, int]] | None = None,
+) -> RenderableType:
+    """One frame from a :meth:`DashboardState.snapshot`; fits ``width`` x ``height``.
+
+    ``day``: per-entity totals of the last 24 h (:func:`day_totals`); without it the
+    table shows the live hour. Shares are of the tweets not marked unrelated.
+    """
     now = snapshot["now"]
     minute = int(now // 60)
     broker = snapshot.get("broker") or "broker"
     state = "connected" if snapshot.get("broker_connected") else "NOT CONNECTED"
     lag = snapshot.get("lag_ms")
+    late = snapshot.get("late_records") or 0
     header = Text.assemble(
         ("repedge top", "bold"),
         (" (q quits) ", "dim"),
         (f"{broker} {state}", "green" if snapshot.get("broker_connected") else "bold red"),
         f"  labels {snapshot['labels_total']}  errors {snapshot['errors_total']}",
         f"  lag {_lag(lag)}" if isinstance(lag, int | float) else "",
+        (f"  {late} late", "yellow") if late else "",
         overflow="ellipsis",
         no_wrap=True,
     )
@@ -88,7 +112,15 @@ def render(snapshot: dict[str, Any], width: int = 80, height: int = 24) -> Rende
     budget = max(2, height - 8)
     # Online nodes first, then the most recent changes: what an operator looks for.
     nodes = sorted(snapshot["nodes"], key=lambda c: (c["state"] != "online", -(c["since"] or 0)))
-    entities = sorted(snapshot["entities"], key=lambda e: -e["total"])
+    live = {e["name"]: e for e in snapshot["entities"]}
+    names = set(live) | set(day or {})
+
+    def volume(name: str) -> int:
+        if day is not None:
+            return sum(day.get(name, {}).values())
+        return live[name]["total"]
+
+    entities = sorted(names, key=lambda n: (-volume(n), n))
     node_rows = min(len(nodes), max(1, budget // 2))
     entity_rows = min(len(entities), max(1, budget - node_rows))
     node_rows = min(len(nodes), budget - entity_rows)  # give back what entities don't use
@@ -128,45 +160,52 @@ def render(snapshot: dict[str, Any], width: int = 80, height: int = 24) -> Rende
     if not nodes:
         nt.add_row(Text("no node yet", style="dim"), "", "", "", "", "", "", "", "")
 
+    period = "24h" if day is not None else "1h"
     et = _table(
-        ("entity", 32 if wide else 18, "left"),
-        ("1h", 7, "right"),
-        ("1min", 6, "right"),
+        ("entity", 30 if wide else 16, "left"),
+        (period, 7, "right"),
         ("neg%", 5, "right"),
         ("neu%", 5, "right"),
         ("pos%", 5, "right"),
-        ("rel/unrel", 11, "right"),
+        ("unrel", 6, "right"),
+        ("1h", 6, "right"),
+        ("1min", 5, "right"),
         ("last", 9, "left"),
     )
-    for entity in entities[:entity_rows]:
-        hour: dict[str, int] = {}
-        related = unrelated = 0
+    empty = {"all": {}, "related": {}, "unrelated": {}}
+    for name in entities[:entity_rows]:
+        entity = live.get(name, {"minutes": {}, "recent": []})
+        hour: dict[str, int] = {}  # the live hour, tweets not marked unrelated
+        hour_unrelated = 0
         for bucket in entity["minutes"].values():
             for label, n in bucket["all"].items():
-                hour[label] = hour.get(label, 0) + n
-            related += sum(bucket["related"].values())
-            unrelated += sum(bucket["unrelated"].values())
-        total = sum(hour.values())
-        last = sum(entity["minutes"].get(str(minute), {"all": {}})["all"].values())
+                hour[label] = hour.get(label, 0) + n - bucket["unrelated"].get(label, 0)
+            hour_unrelated += sum(bucket["unrelated"].values())
+        counts = dict(day.get(name, {})) if day is not None else {**hour, "unrelated": 0}
+        unrelated = counts.pop("unrelated", 0) if day is not None else hour_unrelated
+        counts.pop("unrelated", None)
+        shared = sum(counts.values())
+        last_minute = entity["minutes"].get(str(minute), empty)["all"]
         recent = entity["recent"][-1]["label"] if entity["recent"] else ""
 
-        def share(label: str, hour: dict[str, int] = hour, total: int = total) -> str:
-            return f"{100 * hour.get(label, 0) / total:.0f}" if total else "-"
+        def share(label: str, counts: dict[str, int] = counts, total: int = shared) -> str:
+            return f"{100 * counts.get(label, 0) / total:.0f}" if total else "-"
 
         et.add_row(
-            Text(entity["name"]),
-            str(total),
-            str(last),
+            Text(name),
+            str(shared),
             share("negative"),
             share("neutral"),
             share("positive"),
-            f"{related}/{unrelated}" if related + unrelated else "-",
+            str(unrelated) if unrelated else "-",
+            str(sum(hour.values()) + hour_unrelated),
+            str(sum(last_minute.values())),
             Text(recent or "", style={"negative": "red", "positive": "green"}.get(recent, "")),
         )
     if len(entities) > entity_rows:
         et.caption = f"+{len(entities) - entity_rows} more entities"
     if not entities:
-        et.add_row(Text("no labels yet", style="dim"), "", "", "", "", "", "", "")
+        et.add_row(Text("no labels yet", style="dim"), "", "", "", "", "", "", "", "")
     return Group(header, nt, et, error_line)
 
 
@@ -185,12 +224,19 @@ def _cbreak(stream) -> Iterator[bool]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-def run(state: DashboardState, console: Console | None = None, once: bool = False) -> None:
+def run(
+    state: DashboardState,
+    console: Console | None = None,
+    once: bool = False,
+    store: HistoryStore | None = None,
+) -> None:
     """Redraw every REFRESH_S until q (or Ctrl-C); ``once``: print one frame and return."""
     console = console or Console()
     if once:
-        console.print(render(state.snapshot(), console.width, console.height))
+        day = day_totals(store, time.time())
+        console.print(render(state.snapshot(), console.width, console.height, day))
         return
+    day, day_at = None, -DAY_REFRESH_S
     stdin = sys.stdin
     with (
         _cbreak(stdin) as keys,
@@ -198,7 +244,12 @@ def run(state: DashboardState, console: Console | None = None, once: bool = Fals
     ):
         while True:
             size = console.size
-            live.update(render(state.snapshot(), size.width, size.height), refresh=True)
+            if time.monotonic() - day_at >= DAY_REFRESH_S:
+                if state.recorder is not None:
+                    state.recorder.flush()
+                day, day_at = day_totals(store, time.time()), time.monotonic()
+            frame = render(state.snapshot(), size.width, size.height, day)
+            live.update(frame, refresh=True)
             deadline = time.monotonic() + REFRESH_S
             while (left := deadline - time.monotonic()) > 0:
                 if not keys:

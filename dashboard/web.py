@@ -16,6 +16,8 @@ from typing import Any
 
 from common.httpserver import HttpServer, Limits, Response, Route
 from common.text import inert_json
+from dashboard.history import HistoryStore
+from dashboard.history_web import history_routes
 from dashboard.live import Hub, sse
 from dashboard.state import DashboardState
 
@@ -87,12 +89,16 @@ def _file(response: Response) -> Route:
     )
 
 
-def routes(state: DashboardState, hub: Hub) -> dict[str, Route]:
+def routes(
+    state: DashboardState, hub: Hub, history: HistoryStore | None = None
+) -> dict[str, Route]:
     """Path -> route for everything `dashboard serve` answers."""
     table: dict[str, Route] = {path: _file(r) for path, r in _static_files().items()}
     table["/healthz"] = Route(lambda _r: Response(HTTPStatus.OK, b"ok\n"), inline=True)
     table["/api/state"] = Route(lambda _r: json_response(state.snapshot()))
     table["/events"] = Route(hub.open, inline=True)
+    flush = state.recorder.flush if state.recorder is not None else lambda: None
+    table.update(history_routes(history, flush))  # /api/history*: dashboard/history_web.py
     return table
 
 
@@ -105,14 +111,16 @@ class DashboardServer(HttpServer):
         address: tuple[str, int],
         state: DashboardState,
         hub: Hub,
+        history: HistoryStore | None = None,
         limits: Limits = LIMITS,
         extra_routes: dict[str, Route] | None = None,
     ) -> None:
         self.state = state
         self.hub = hub
+        self.history = history
         super().__init__(
             address,
-            {**routes(state, hub), **(extra_routes or {})},
+            {**routes(state, hub, history), **(extra_routes or {})},
             name="dashboard",
             limits=limits,
             headers=HEADERS,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,9 +12,10 @@ import uuid
 
 import pytest
 
+from dashboard.history import HistoryRecorder, HistoryStore
 from tests.conftest import REPO, WAIT_S, publish
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+ENV_80x24 = {**os.environ, "COLUMNS": "80", "LINES": "24"}
 
 
 class Tmux:
@@ -44,13 +46,19 @@ class Tmux:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
 
 
+def entity_row(lines: list[str], name: str) -> list[str]:
+    return next(line for line in lines if line.startswith(name)).split()
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 def test_top_shows_nodes_and_entities_in_80x24_and_quits_on_q(mosquitto, topics, tmp_path):
     tmux = Tmux()
     node_id = f"edge-{uuid.uuid4().hex[:4]}"
     command = (
         f"{sys.executable} -m dashboard top --broker {mosquitto.url} "
         f"--topic {topics.labels} --topic {topics.errors} --topic 'repedge/nodes/+/+'"
-        f" 2>{tmp_path / 'top.log'}; echo TOP-EXITED $?; sleep 60"
+        f" --db {tmp_path / 'history.sqlite3'} --flush-interval 0.5"
+        f" 2>>{tmp_path / 'top.log'}; echo TOP-EXITED $?; sleep 60"
     )
     tmux("new-session", "-d", "-s", "top", "-x", "80", "-y", "24", "-c", str(REPO), command)
     try:
@@ -63,20 +71,57 @@ def test_top_shows_nodes_and_entities_in_80x24_and_quits_on_q(mosquitto, topics,
             json.dumps({"id": str(i), "label": "negative", "entity": "Volvo", "node_id": node_id})
             for i in range(3)
         ]
-        publish(mosquitto, topics.labels, [*labels, json.dumps({"id": "s", "label": "positive"})])
+        unrelated = {"id": "u", "label": "positive", "entity": "Volvo", "related": False}
+        sentiment = {"id": "s", "label": "positive"}
+        publish(mosquitto, topics.labels, [*labels, json.dumps(unrelated), json.dumps(sentiment)])
         publish(mosquitto, topics.errors, [json.dumps({"reason": "malformed_json"})])
         lines = tmux.wait_screen(
-            lambda s: node_id in s and "Volvo" in s and "sentiment" in s and "malformed" in s,
-            "the node, both entities and the error",
+            lambda s: (
+                node_id in s
+                and "\nVolvo   " in s
+                and "malformed" in s
+                and "sentiment" in s
+                and entity_row(s.splitlines(), "Volvo")[1] == "3"
+            ),
+            "the node, both entities (Volvo's 24 h from the history) and the error",
         )
         assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
         text = "\n".join(lines)
-        assert "42.0" in text and "online" in text and "1.1.0" in text
-        volvo = next(line for line in lines if line.startswith("Volvo"))
-        assert volvo.split()[1:3] == ["3", "3"]  # last hour, last minute
+        assert "42.0" in text and "online" in text and "1.1.0" in text and "24h" in text
+        # 24 h: 3 related, 100 % negative, 1 unrelated apart; live: 4 in the hour and minute.
+        assert entity_row(lines, "Volvo")[1:8] == ["3", "100", "0", "0", "1", "4", "4"]
 
         tmux("send-keys", "-t", "top", "q")
         lines = tmux.wait_screen(lambda s: "TOP-EXITED" in s, "top to quit on q")
         assert "TOP-EXITED 0" in "\n".join(lines)
     finally:
         tmux.kill()
+
+
+def test_top_shows_the_last_24_hours_per_entity_from_the_history(mosquitto, topics, tmp_path):
+    db = tmp_path / "history.sqlite3"
+    store = HistoryStore(db)  # what an earlier dashboard recorded: 25 h ago, and this day
+    recorder = HistoryRecorder(store)
+    now = time.time()
+    for i in range(6):
+        kia = {
+            "id": str(i),
+            "label": "neutral",
+            "entity": "Kia",
+            "created_at": (now - 3600 * i) * 1000,
+        }
+        recorder.add("Kia", kia, "neutral", True)
+    recorder.add("Kia", {"created_at": (now - 60) * 1000}, "positive", False)
+    recorder.add(
+        "Kia", {"created_at": (now - 25 * 3600) * 1000}, "negative", True
+    )  # out of the day
+    recorder.flush()
+    store.close()
+    command = [sys.executable, "-m", "dashboard", "top", "--broker", mosquitto.url]
+    command += ["--topic", topics.labels, "--db", str(db), "--once", "--wait", "0"]
+    shown = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=WAIT_S, env=ENV_80x24
+    )
+    assert shown.returncode == 0, shown.stderr
+    # Nothing live: the row comes from the database. 6 related, all neutral; 1 unrelated.
+    assert entity_row(shown.stdout.splitlines(), "Kia")[1:7] == ["6", "0", "100", "0", "1", "0"]

@@ -131,6 +131,12 @@ function renderHeader() {
   setText($("errors-total"), meta.errors_total ?? 0);
   const lag = meta.lag_ms;
   setText($("lag"), typeof lag !== "number" ? "–" : Math.abs(lag) < 10000 ? fmt(lag, 0, " ms") : fmt(lag / 1000, 0, " s"));
+  // Records stamped long ago (redelivered after an outage) or ahead (a wrong clock) are
+  // counted here, never in the lag.
+  const odd = [];
+  if (meta.late_records) odd.push(`${meta.late_records} late`);
+  if (meta.ahead_records) odd.push(`${meta.ahead_records} ahead`);
+  setText($("late"), odd.length ? `(${odd.join(", ")})` : "");
   setText($("updated"), clock(meta.now));
   setText($("history"), meta.history_minutes ?? 60);
   setText($("recent-n"), meta.recent ?? 50);
@@ -223,16 +229,22 @@ function renderNodes() {
 }
 
 function entitySummary(entity, nowMinute) {
+  // Shares are of the tweets not marked unrelated ("jaguar" the animal is not the brand);
+  // the unrelated ones are counted apart.
   const hour = {};
   const last = entity.minutes.get(nowMinute) || { all: {} };
   let related = 0;
   let unrelated = 0;
+  let all = 0;
   for (const bucket of entity.minutes.values()) {
-    for (const [label, n] of Object.entries(bucket.all)) hour[label] = (hour[label] || 0) + n;
+    for (const [label, n] of Object.entries(bucket.all)) {
+      hour[label] = (hour[label] || 0) + n - ((bucket.unrelated || {})[label] || 0);
+    }
+    all += sum(bucket.all);
     related += sum(bucket.related);
     unrelated += sum(bucket.unrelated);
   }
-  return { hour, hourTotal: sum(hour), lastTotal: sum(last.all), related, unrelated };
+  return { hour, hourTotal: all, shareTotal: sum(hour), lastTotal: sum(last.all), related, unrelated };
 }
 
 function pct(part, total) {
@@ -277,9 +289,9 @@ function renderEntities() {
     setText(cells[0], name);
     setText(cells[1], s.hourTotal);
     setText(cells[2], s.lastTotal);
-    setText(cells[3], pct(s.hour.negative || 0, s.hourTotal));
-    setText(cells[4], pct(s.hour.neutral || 0, s.hourTotal));
-    setText(cells[5], pct(s.hour.positive || 0, s.hourTotal));
+    setText(cells[3], pct(s.hour.negative || 0, s.shareTotal));
+    setText(cells[4], pct(s.hour.neutral || 0, s.shareTotal));
+    setText(cells[5], pct(s.hour.positive || 0, s.shareTotal));
     setText(cells[6], s.related + s.unrelated > 0 ? `${s.related} / ${s.unrelated}` : "–");
     row.dataset.entity = name;
     row.classList.toggle("selected", name === view.selected);
