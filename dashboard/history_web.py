@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
+
 from common.httpserver import Request, Response, Route
+from common.text import inert_json
 from dashboard.history import FIELDS, HistoryStore
 from dashboard.history_sql import HistoryDatabaseError
 
@@ -37,6 +40,12 @@ TWEETS_HOOK: Callable[[str, float, float], list[dict[str, Any]]] | None = None
 
 class BadQuery(ValueError):
     pass
+
+
+def json_response(data: Any, status: int = HTTPStatus.OK) -> Response:
+    """As web.json_response: entity names came from MQTT, so every string is made inert."""
+    body = json.dumps(inert_json(data), separators=(",", ":")).encode()
+    return Response(status, body, "application/json")
 
 
 def _number(params: dict[str, list[str]], key: str) -> float | None:
