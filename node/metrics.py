@@ -1,5 +1,9 @@
 """Prometheus metrics for one node, served on ``/metrics`` by ``node start --metrics-port``.
 
+The server is common/httpserver.py with small limits (a Prometheus needs one connection):
+whatever reaches the port cannot exhaust the node's threads or file descriptors, and the
+inference thread never waits for it.
+
 Everything lives in a registry of its own (not prometheus_client's global one), so two
 nodes embedded in one process (tests, benchmarks) never share counters. Counters are
 updated by the inference thread once per batch; gauges that the node already knows
@@ -22,9 +26,10 @@ from prometheus_client import (
     Histogram,
     ProcessCollector,
     generate_latest,
-    start_http_server,
 )
+from prometheus_client.exposition import choose_encoder
 
+from common.httpserver import HttpServer, Limits, Request, Response, Route
 from node.telemetry import cpu_temperature
 
 if TYPE_CHECKING:
@@ -42,6 +47,22 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 MODEL_LABELS = ("name", "version", "variant", "sha256")
 # provisioning/install.py and provisioning/watch.py; primed at 0 so increase() sees the first.
 PROVISIONING_EVENTS = ("install_started", "installed", "rejected", "swap_failed")
+# /metrics is scraped by one Prometheus every few seconds: 32 sockets is plenty, and keeps
+# the node's file descriptors for MQTT, the record store and the model (LimitNOFILE in
+# deploy/systemd leaves room above it). No event streams, no request bodies.
+METRICS_LIMITS = Limits(
+    max_connections=32,
+    max_streams=1,
+    request_timeout_s=10.0,
+    write_timeout_s=10.0,
+    max_body_bytes=0,
+    handler_threads=1,
+)
+# Plain text: nothing here is a page, so nothing may run if a browser opens it.
+METRICS_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 class NodeMetrics:
@@ -175,10 +196,18 @@ class NodeMetrics:
         return generate_latest(self.registry)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> MetricsServer:
-        """Serve ``/metrics`` on a daemon thread (prometheus_client's own WSGI server)."""
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
-        log.info("metrics on http://%s:%d/metrics", host, server.server_port)
-        return MetricsServer(server, thread)
+        """Serve ``/metrics`` (and ``/healthz``) on a supervised background thread.
+
+        Raises OSError when the port cannot be bound (in use, no permission).
+        """
+        server = MetricsServer(self, (host, port))
+        server.start()
+        log.info("metrics on %s", server.url + "metrics")
+        return server
+
+    def _scrape(self, request: Request) -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(200, encoder(self.registry), content_type)
 
 
 def attach(
@@ -218,21 +247,17 @@ def attach(
     return server
 
 
-class MetricsServer:
+class MetricsServer(HttpServer):
     """A running ``/metrics`` server; ``close()`` stops it and frees the port."""
 
-    def __init__(self, server: Any, thread: Any) -> None:
-        self._server = server
-        self._thread = thread
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_port)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5.0)
+    def __init__(self, metrics: NodeMetrics, address: tuple[str, int]) -> None:
+        routes = {
+            "/metrics": Route(metrics._scrape),
+            "/healthz": Route(lambda _r: Response(200, b"ok\n"), inline=True),
+        }
+        super().__init__(
+            address, routes, name="metrics", limits=METRICS_LIMITS, headers=METRICS_HEADERS
+        )
 
 
 def _or_nan(value: float | None) -> float:

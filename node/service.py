@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.endpoint import BrokerEndpoint
+from common.supervise import supervised_thread
 from edgemodel.inference import Classifier
 from node.batcher import Batcher
 from node.core import BatchResult, BatchStep, CoreConfig, Inbound
@@ -235,9 +236,8 @@ class NodeService:
         self._stop_worker = threading.Event()
         self._stop_telemetry = threading.Event()
         self._worker = threading.Thread(target=self._work, name="inference", daemon=True)
-        self._telemetry = threading.Thread(
-            target=self._telemetry_loop, name="telemetry", daemon=True
-        )
+        # Started (supervised: restarted if it dies) by start().
+        self._telemetry: threading.Thread | None = None
         self.shell = MqttShell(
             config,
             on_tweet=self._on_tweet,
@@ -289,7 +289,11 @@ class NodeService:
         self._store_status = self.store.status
         self._open_teach_store()
         self._worker.start()
-        self._telemetry.start()
+        # Labelling never depends on telemetry: if a report fails (say EMFILE reading
+        # /proc), the thread says so in the log and comes back.
+        self._telemetry = supervised_thread(
+            self._telemetry_loop, "telemetry", self._stop_telemetry, log
+        )
         self.shell.start()
         if self._updates is not None:
             self._updates.start(self)
@@ -332,7 +336,8 @@ class NodeService:
             deadline - time.monotonic()
         )
         self._stop_telemetry.set()
-        self._telemetry.join(1.0)
+        if self._telemetry is not None:
+            self._telemetry.join(1.0)
         self.shell.stop(deadline)
         if not self._worker.is_alive():
             self.store.close()

@@ -207,3 +207,25 @@ def test_a_failing_handler_gives_500_and_the_server_keeps_serving():
         assert exchange(server.port, b"GET /ok?x=1 HTTP/1.1\r\n\r\n").endswith(b"\r\n\r\nok")
     finally:
         server.close()
+
+
+def test_metrics_server_is_bounded_and_scrapes_under_idle_sockets():
+    from node.metrics import METRICS_LIMITS, NodeMetrics
+
+    metrics = NodeMetrics("n1", process=False)
+    metrics.observe_batch(["neutral"], [], 0, [0.01], batch_size=1)
+    server = metrics.serve(0)
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(100)]
+    try:
+        wait_until(lambda: server.evicted >= 100 - METRICS_LIMITS.max_connections, "evictions")
+        assert server.connections() <= METRICS_LIMITS.max_connections
+        answer = exchange(server.port, b"GET /metrics HTTP/1.1\r\n\r\n")
+        status, headers = status_and_headers(answer)
+        assert status == 200 and b'repedge_labels_total{label="neutral"} 1.0' in answer
+        assert "default-src 'none'" in headers["content-security-policy"]
+        status, headers = status_and_headers(exchange(server.port, b"PUT / HTTP/1.1\r\n\r\n"))
+        assert status == 501 and "content-security-policy" in headers
+    finally:
+        for sock in idle:
+            sock.close()
+        server.close()
