@@ -169,6 +169,23 @@ def test_unit_files_verify_cleanly(tmp_path):
         assert setting in node_unit
 
 
+def test_every_unit_sets_its_open_file_limit_with_the_reason_next_to_it():
+    from node.metrics import METRICS_LIMITS
+
+    for unit in sorted((REPO / "deploy" / "systemd").glob("*.service")):
+        lines = unit.read_text().splitlines()
+        found = [i for i, line in enumerate(lines) if line.startswith("LimitNOFILE=")]
+        assert len(found) == 1, f"{unit.name}: one LimitNOFILE= line"
+        limit = int(lines[found[0]].split("=", 1)[1])
+        assert limit >= 1024, unit.name
+        assert lines[found[0] - 1].startswith("#"), f"{unit.name}: say why, above the limit"
+        assert "[Service]" in lines[: found[0]], unit.name
+    node_unit = (REPO / "deploy" / "systemd" / "repedge-node@.service").read_text()
+    node_limit = int(node_unit.split("LimitNOFILE=", 1)[1].split()[0])
+    # Room for the node's own files above everything /metrics may hold.
+    assert node_limit >= METRICS_LIMITS.max_connections + 1024
+
+
 # -- a real node under a stand-in for systemd -------------------------------------------------
 
 
