@@ -26,16 +26,26 @@ HOSTILE_ENTITY = "<script>window.pwned=1</script>Brand & Co"
 
 
 class DashboardProcess:
-    def __init__(self, broker_url: str, topics: list[str], log: Path) -> None:
+    def __init__(
+        self, broker_url: str, topics: list[str], log: Path, extra: list[str] | None = None
+    ) -> None:
         self.port = free_port()
         args = [sys.executable, "-m", "dashboard", "serve", "--broker", broker_url]
         args += ["--port", str(self.port), "--push-interval", "0.25"]
+        # Each test its own history database, never the user's default one.
+        args += extra or ["--db", str(log.parent / f"history-{self.port}.sqlite3")]
         for topic in topics:
             args += ["--topic", topic]
         self.log = log
+        start = log.stat().st_size if log.exists() else 0
         with open(log, "ab") as out:
             self.process = subprocess.Popen(args, cwd=REPO, stdout=out, stderr=out)
         wait_for_port("127.0.0.1", self.port)
+        # Subscribed (logged once the subscription is sent), so nothing published is missed.
+        deadline = time.monotonic() + WAIT_S
+        while "subscribed to" not in log.read_text()[start:]:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
 
     @property
     def url(self) -> str:
@@ -214,7 +224,7 @@ def test_hostile_and_malformed_messages_show_as_text_and_break_nothing(
         """
     )
     assert page["imgs"] == 0 and page["svgs"] == 0 and page["italics"] == 0
-    assert page["scripts"] == 2  # Chart.js and app.js, nothing injected
+    assert page["scripts"] == 3  # Chart.js, app.js and history.js, nothing injected
     assert not page["pwned"]
     assert HOSTILE_ENTITY in page["entities"] and "Volvo" in page["entities"]
     assert "<svg onload=alert(3)>" in page["errors"]
@@ -225,3 +235,86 @@ def test_hostile_and_malformed_messages_show_as_text_and_break_nothing(
     browser.save_screenshot(str(tmp_path / "hostile.png"))
     alerts = browser.execute_script("return typeof window.alert")  # page still scriptable
     assert alerts == "function"
+
+
+HISTORY_TABLE = """
+return [...document.querySelectorAll('#hist-table tbody tr')].map((r) =>
+  [...r.children].map((td) => td.textContent));
+"""
+
+
+def history_rows(driver) -> dict[str, list[str]]:
+    return {row[0]: row[1:] for row in driver.execute_script(HISTORY_TABLE)}
+
+
+def test_history_survives_a_restart_and_shows_brands_side_by_side(
+    browser, mosquitto, topics, tmp_path
+):
+    db = tmp_path / "history.sqlite3"
+    extra = ["--db", str(db), "--flush-interval", "0.5"]
+    log = tmp_path / "dashboard.log"
+
+    def record(i: int, entity: str, label: str, related: bool) -> str:
+        return json.dumps({"id": f"h{i}", "label": label, "entity": entity, "related": related})
+
+    kia = [record(i, "Kia", ("negative", "positive")[i % 2], True) for i in range(6)]
+    kia += [record(10 + i, "Kia", "positive", False) for i in range(2)]  # "kia" the word
+    bmw = [record(20 + i, "BMW", "neutral", True) for i in range(4)]
+    first = DashboardProcess(mosquitto.url, [topics.labels], log, extra)
+    try:
+        publish(mosquitto, topics.labels, kia + bmw)
+        browser.get(first.url)
+        wait_js(
+            browser,
+            "return document.getElementById('labels-total').textContent",
+            lambda v: v == "12",
+            "12 labels counted live",
+        )
+    finally:
+        first.stop()  # SIGTERM: the last batch is flushed on the way out
+
+    second = DashboardProcess(mosquitto.url, [topics.labels], log, extra)
+    try:
+        browser.get(second.url)
+        rows = wait_js(
+            browser,
+            HISTORY_TABLE,
+            lambda v: {r[0] for r in v} == {"Kia", "BMW"},
+            "the history table after the restart",
+        )
+        by_name = {r[0]: r[1:] for r in rows}
+        # Shares of the 6 related Kia tweets; the 2 unrelated ones counted apart.
+        assert by_name["Kia"] == ["6", "50 %", "0 %", "50 %", "2"]
+        assert by_name["BMW"] == ["4", "0 %", "100 %", "0 %", "0"]
+        live = browser.execute_script("return document.getElementById('labels-total').textContent")
+        assert live == "0"  # nothing live: the rows came from the database
+        lines = browser.execute_script(
+            "return Chart.getChart('hist-share-chart').data.datasets.map((d) => d.label)"
+        )
+        assert sorted(lines) == ["BMW", "Kia"]
+        csv_link = browser.execute_script("return document.getElementById('hist-csv').href")
+        assert "/api/history.csv?range=24h" in csv_link
+
+        # Untick BMW: one line left, and the export follows what is on screen.
+        browser.execute_script(
+            "document.querySelector('#hist-brands input[data-entity=\"BMW\"]').click()"
+        )
+        wait_js(
+            browser,
+            "return Chart.getChart('hist-volume-chart').data.datasets.map((d) => d.label)",
+            lambda v: v == ["Kia"],
+            "BMW off the chart",
+        )
+        csv_link = browser.execute_script("return document.getElementById('hist-csv').href")
+        assert csv_link.endswith("entities=Kia")
+        browser.execute_script("document.querySelector('#hist-ranges [data-range=\"7d\"]').click()")
+        wait_js(
+            browser,
+            "return window.repedgeHistory.last",
+            lambda v: v and v["step"] == 3600 and v["chosen"] == ["Kia"],
+            "the 7-day range, per hour",
+        )
+        assert browser.execute_script("return window.repedgeHistory.errors") == 0
+        assert browser.save_screenshot(str(tmp_path / "history.png"))
+    finally:
+        second.stop()
