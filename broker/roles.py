@@ -16,9 +16,14 @@ import re
 import tempfile
 from pathlib import Path
 
-ROLES = ("node", "feeder", "dashboard", "site", "admin")
+ROLES = ("node", "feeder", "dashboard", "view", "teach", "site", "admin")
 ROLES_FILE = "roles"
 LOCAL_ACL_FILE = "acl.local"
+
+# The teach exchange of node/teach.py: requests from teach users, responses with texts.
+TEACH_TOPICS = "repedge/nodes/+/teach/#"
+TEACH_REQUESTS = "repedge/nodes/+/teach/request"
+TEACH_RESPONSES = "repedge/nodes/+/teach/response/#"
 
 # A node user's name is its node id and appears in topic filters: keep it topic-safe.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -67,8 +72,15 @@ def rules_for(name: str, role: str) -> list[str]:
         ]
     if role == "feeder":
         return ["topic write repedge/tweets"]
-    if role == "dashboard":
-        return ["topic read repedge/#", "topic read homeassistant/status", "topic read $SYS/#"]
+    view = ["topic read repedge/#", "topic read homeassistant/status", "topic read $SYS/#"]
+    if role in ("dashboard", "view"):
+        # Everything a dashboard shows, never a text a node kept for teaching: the teach
+        # exchange is denied explicitly (Mosquitto checks deny rules before grants), as it
+        # sits under repedge/, which this role may otherwise read.
+        return [f"topic deny {TEACH_TOPICS}", *view]
+    if role == "teach":
+        # A dashboard that may also teach: ask nodes for texts and send them labels.
+        return [*view, f"topic write {TEACH_REQUESTS}", f"topic read {TEACH_RESPONSES}"]
     if role == "site":
         # A site broker's bridge at a central broker (broker/bridge.py): its user name is
         # the site name. It forwards under sites/<site>/ and may take tweets addressed to

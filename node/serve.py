@@ -178,6 +178,12 @@ def run(spec: dict[str, Any]) -> int:
         return 2
 
     service = NodeService(config, classifier, updates=updates)
+    if spec.get("provision_state"):
+        # `node adapt` installs into the same slots as signed models (rollback included).
+        from provisioning.local import LocalSlots
+
+        service.model_slots = LocalSlots(Path(spec["provision_state"]))
+        service.interpreter_threads = spec.get("threads")
     metrics_server = None
     if spec.get("metrics_port") is not None:
         # Imported only when asked for: prometheus_client adds ~1 MiB to the process.

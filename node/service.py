@@ -63,6 +63,8 @@ from node.memory import release_file_pages
 from node.messages import DEFAULT_MAX_BYTES, now_iso
 from node.mqtt_shell import Delivery, Handler, MqttShell, Publish
 from node.paths import default_state_dir
+from node.teach import TeachServer
+from node.teach_adapt import ModelSlots, NodeAdapter
 from node.teachstore import DEFAULT_TEXTS_PER_ENTITY, TeachStore, TextKeeper
 from node.telemetry import Stats
 from node.updates import ModelUpdates
@@ -228,6 +230,11 @@ class NodeService:
         # teaching, never labelling.
         self.teach_store: TeachStore | None = None
         self.text_keeper: TextKeeper | None = None
+        self.teach: TeachServer | None = None
+        # Where `node adapt` installs adapted models (provisioning/local.py's LocalSlots,
+        # set by node/serve.py before start()); None: the node teaches but cannot adapt.
+        self.model_slots: ModelSlots | None = None
+        self.interpreter_threads: int | None = None
 
         self._subscribed = threading.Event()
         self._ready_lock = threading.Lock()
@@ -277,6 +284,11 @@ class NodeService:
         """Tweets received and waiting for inference (metrics read it at scrape time)."""
         return self._batcher.depth()
 
+    def current_classifier(self) -> Classifier | None:
+        """The model being served (its interpreter belongs to the inference thread)."""
+        with self._classifier_lock:
+            return self._classifier
+
     def model_identity(self) -> dict[str, str] | None:
         with self._classifier_lock:
             clf = self._classifier
@@ -288,6 +300,7 @@ class NodeService:
         self.store.open()  # a store that cannot be opened: degraded, retried later
         self._store_status = self.store.status
         self._open_teach_store()
+        self._start_teach_server()
         self._worker.start()
         # Labelling never depends on telemetry: if a report fails (say EMFILE reading
         # /proc), the thread says so in the log and comes back.
@@ -343,6 +356,8 @@ class NodeService:
             self.store.close()
             if self.text_keeper is not None:
                 self.text_keeper.stop()
+        if self.teach is not None:
+            self.teach.stop()
         log.info("node %s stopped (drained: %s)", self.config.node_id, drained)
         return drained
 
@@ -358,6 +373,30 @@ class NodeService:
         if self.config.texts_per_entity > 0:
             self.text_keeper = TextKeeper(self.teach_store)
             self.text_keeper.start()
+
+    def _start_teach_server(self) -> None:
+        if self.teach_store is None:
+            return
+        adapter = None
+        if self.model_slots is not None:
+            adapter = NodeAdapter(
+                self,
+                self.teach_store,
+                self.model_slots,
+                self.config.resolved_state_dir / "teach-work",
+                self.interpreter_threads,
+            )
+        clf = self.current_classifier()
+        self.teach = TeachServer(
+            self.config.node_id,
+            self.teach_store,
+            self.shell.publish,
+            adapter,
+            list(clf.labels) if clf else None,
+        )
+        # The shell holds this list: subscribed on every connect from now on.
+        self.hooks.subscriptions.append((self.teach.subscription, 1, self.teach.on_request))
+        self.teach.start()
 
     # -- MQTT side --------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,8 @@ CREATE TABLE IF NOT EXISTS answers (
     answer TEXT NOT NULL,
     guess TEXT,
     guess_related_score REAL,
+    guess_scores TEXT,
+    embedding BLOB,
     answered_at TEXT NOT NULL,
     source TEXT NOT NULL DEFAULT 'teach',
     UNIQUE (entity_key, digest)
@@ -126,6 +128,10 @@ class Answer:
     guess: str | None = None
     guess_related_score: float | None = None
     digest: str = ""
+    # The model's scores and the tweet's embedding when it was answered (not for
+    # imported labels): for the running accuracy estimate and the selector's diversity.
+    guess_scores: dict[str, float] | None = field(default=None, compare=False)
+    embedding: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def related(self) -> bool | None:
@@ -166,8 +172,7 @@ class TeachStore:
         for tweet, prediction, sha in rows:
             if not tweet.entity:
                 continue
-            embedding = prediction.embedding
-            blob = None if embedding is None else np.asarray(embedding, np.float16).tobytes()
+            blob = _blob(prediction.embedding)
             values.append(
                 (
                     entity_key(tweet.entity),
@@ -270,6 +275,8 @@ class TeachStore:
             kept.label,
             kept.related_score,
             kept.digest,
+            kept.scores,
+            kept.embedding,
         )
         self._put_answers([record], "teach", replace=True)
         return record
@@ -278,15 +285,14 @@ class TeachStore:
         """Forget the entity's most recent answer (its tweet becomes a candidate again)."""
         with self._lock, self._db:
             row = self._db.execute(
-                "SELECT seq, entity, tweet_id, text, answer, guess, guess_related_score, digest"
-                " FROM answers WHERE entity_key = ? AND source = 'teach'"
-                " ORDER BY seq DESC LIMIT 1",
+                f"SELECT seq, {_ANSWER_COLUMNS} FROM answers WHERE entity_key = ?"
+                " AND source = 'teach' ORDER BY seq DESC LIMIT 1",
                 (entity_key(entity),),
             ).fetchone()
             if row is None:
                 return None
             self._db.execute("DELETE FROM answers WHERE seq = ?", (row[0],))
-        return Answer(*row[1:])
+        return _answer(row[1:])
 
     def answers(self, entity: str | None = None, with_skips: bool = False) -> list[Answer]:
         where = ["1"]
@@ -298,11 +304,10 @@ class TeachStore:
             where.append("answer != 'skip'")
         with self._lock:
             rows = self._db.execute(
-                "SELECT entity, tweet_id, text, answer, guess, guess_related_score, digest"
-                f" FROM answers WHERE {' AND '.join(where)} ORDER BY seq",
+                f"SELECT {_ANSWER_COLUMNS} FROM answers WHERE {' AND '.join(where)} ORDER BY seq",
                 args,
             ).fetchall()
-        return [Answer(*row) for row in rows]
+        return [_answer(row) for row in rows]
 
     def _put_answers(self, records: Iterable[Answer], source: str, replace: bool) -> int:
         verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
@@ -310,8 +315,9 @@ class TeachStore:
         with self._lock, self._db:
             before = self._db.total_changes
             self._db.executemany(
-                f"{verb} INTO answers (entity_key, entity, digest, tweet_id, text, answer,"
-                " guess, guess_related_score, answered_at, source) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                f"{verb} INTO answers (entity_key, entity, digest, tweet_id, text, answer, guess,"
+                " guess_related_score, guess_scores, embedding, answered_at, source)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         entity_key(r.entity),
@@ -322,6 +328,8 @@ class TeachStore:
                         r.answer,
                         r.guess,
                         r.guess_related_score,
+                        None if r.guess_scores is None else json.dumps(r.guess_scores),
+                        _blob(r.embedding),
                         now,
                         source,
                     )
@@ -385,10 +393,29 @@ def parse_label_tsv(text: str) -> Iterator[Answer]:
     return iter(parsed)
 
 
+_ANSWER_COLUMNS = (
+    "entity, tweet_id, text, answer, guess, guess_related_score, digest, guess_scores, embedding"
+)
+
+
+def _blob(embedding: np.ndarray | None) -> bytes | None:
+    return None if embedding is None else np.asarray(embedding, np.float16).tobytes()
+
+
+def _vector(blob: bytes | None) -> np.ndarray | None:
+    return None if blob is None else np.frombuffer(blob, np.float16).astype(np.float32)
+
+
 def _kept(row: tuple[Any, ...]) -> KeptText:
     entity, tweet_id, text, label, scores, related, blob, digest = row
-    embedding = None if blob is None else np.frombuffer(blob, np.float16).astype(np.float32)
-    return KeptText(entity, tweet_id, text, label, json.loads(scores), related, embedding, digest)
+    return KeptText(
+        entity, tweet_id, text, label, json.loads(scores), related, _vector(blob), digest
+    )
+
+
+def _answer(row: tuple[Any, ...]) -> Answer:
+    *head, scores, blob = row
+    return Answer(*head, json.loads(scores) if scores else None, _vector(blob))
 
 
 class TextKeeper:

@@ -1,0 +1,112 @@
+"""Adapt on the node while tweets stream at 50/s: the adapted head replaces the served model
+only when cross-validation says it is better, no tweet is lost or labelled twice across
+the swap, provisioning events record it, and rollback restores the previous model."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from broker.endpoint import BrokerEndpoint
+from edgemodel.inference import Classifier
+from node.teach_client import TeachClient
+from provisioning.install import read_state
+from provisioning.local import LocalSlots
+from tests.conftest import WAIT_S, Collector, embedded_node
+
+RATE = 50.0
+
+
+def label_file(n: int) -> str:
+    """Labels a rule decides (the random tiny model does not know it): learnable."""
+    rows = ["id\tentity\tfiltering\tpolarity\ttext"]
+    kinds = [
+        ("RELATED", "positive", "love love my new kia, wonderful"),
+        ("RELATED", "negative", "hate this broken kia, awful awful"),
+        ("UNRELATED", "", "rain and cold weather in the mountains today"),
+    ]
+    for i in range(n):
+        filtering, polarity, text = kinds[i % 3]
+        rows.append(f"l{i}\tKia\t{filtering}\t{polarity}\t{text} {i}")
+    return "\n".join(rows) + "\n"
+
+
+def stream(mosquitto, topic: str, stop: threading.Event, sent: list[str]) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect(mosquitto.host, mosquitto.port)
+    client.loop_start()
+    next_at = time.monotonic()
+    while not stop.is_set():
+        tweet_id = f"s{len(sent)}"
+        text = f"driving my kia to work number {len(sent)}"
+        body = json.dumps({"id": tweet_id, "text": text, "entity": "Kia"})
+        client.publish(topic, body, qos=1)
+        sent.append(tweet_id)
+        next_at += 1 / RATE
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    client.disconnect()
+    client.loop_stop()
+
+
+def test_adapt_swaps_under_load_and_rolls_back(mosquitto, tiny_bundle, tmp_path: Path) -> None:
+    service, topics = embedded_node(mosquitto, tmp_path, Classifier(tiny_bundle, num_threads=1))
+    service.model_slots = LocalSlots(tmp_path / "provisioning")
+    watcher = Collector(mosquitto, [topics.labels, "repedge/nodes/+/events"])
+    service.start()
+    teacher = TeachClient(BrokerEndpoint.parse(mosquitto.url))
+    node = service.config.node_id
+    try:
+        assert service.wait_connected(WAIT_S)
+        # Too few labels to say anything: the node keeps its model and says why.
+        teacher.request(node, "import", tsv=label_file(3), timeout=WAIT_S)
+        refused = teacher.request(node, "adapt", entity="Kia", timeout=WAIT_S)
+        assert not refused["swapped"] and "kept the current model" in refused["reason"]
+        assert service.model_identity() == tiny_bundle.identity()
+        unknown = teacher.request(node, "adapt", entity="Kai", timeout=WAIT_S)
+        assert not unknown["swapped"] and "entities with labels: Kia" in unknown["reason"]
+
+        assert teacher.request(node, "import", tsv=label_file(60))["added"] == 57
+        sent: list[str] = []
+        stop = threading.Event()
+        feeder = threading.Thread(target=stream, args=(mosquitto, topics.tweets, stop, sent))
+        feeder.start()
+        try:
+            watcher.wait_count(topics.labels, 25)  # the stream is flowing
+            adapted = teacher.request(node, "adapt", entity="Kia")
+            assert adapted["swapped"], adapted
+            new_sha = adapted["model"]
+            assert "polarity accuracy, current model on the labels" in adapted["summary"]
+
+            def after_swap(msgs):
+                return [m for m in msgs if m.topic == topics.labels
+                        and m.json()["model"]["version"] == new_sha["version"]]  # fmt: skip
+
+            watcher.wait_for(lambda msgs: len(after_swap(msgs)) >= 25, what="labels after swap")
+        finally:
+            stop.set()
+            feeder.join()
+        labels = watcher.wait_count(topics.labels, len(sent))
+        ids = [m.json()["id"] for m in labels]
+        assert sorted(ids) == sorted(sent), "every tweet labelled exactly once across the swap"
+        assert (
+            service.model_identity()["version"]
+            == new_sha["version"]
+            != tiny_bundle.manifest.version
+        )
+        assert read_state(tmp_path / "provisioning")["previous"] is not None
+
+        back = teacher.request(node, "rollback", timeout=WAIT_S)
+        assert back["swapped"] and back["model"]["version"] == tiny_bundle.manifest.version
+        assert service.model_identity()["version"] == tiny_bundle.manifest.version
+        events = [m.json()["event"] for m in watcher.on("repedge/nodes/+/events")]
+        assert events.count("adapt_refused") == 2
+        assert "adapted" in events and "rolled_back" in events
+    finally:
+        teacher.close()
+        service.stop()
+        watcher.close()
