@@ -5,12 +5,14 @@ can quote input. Written raw to a terminal, an ESC or C1 sequence can set the cl
 (OSC 52), retitle the window or clear the screen; bidi overrides make text read other
 than it is; a newline forges a log line. :func:`inert` turns every such character into a
 visible escape (``\\x1b``, ``\\u202e``), so the operator sees that it was there and
-nothing acts on it. ``dashboard top``, the dashboard's web page and JSON, and log lines
-that quote outside data all go through it.
+nothing acts on it. ``dashboard top`` (:func:`inert_json` on what it draws), the
+dashboard's web page and JSON (the same), and the node's and dashboard's log handlers
+(:func:`inert_log_handlers`) all go through it.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -52,3 +54,27 @@ def inert_json(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [inert_json(v) for v in value]
     return value
+
+
+class InertLogFilter(logging.Filter):
+    """Makes a record's message (arguments included) and traceback inert before any
+    handler formats it: a log line that quotes a topic, an entity or an exception message
+    stays one line of plain text. Traceback lines keep their line breaks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = inert(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            formatted = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = "\n".join(inert(line) for line in formatted.splitlines())
+        if record.stack_info:
+            record.stack_info = "\n".join(inert(line) for line in record.stack_info.splitlines())
+        return True
+
+
+def inert_log_handlers(*handlers: logging.Handler) -> None:
+    """Add :class:`InertLogFilter` to ``handlers`` (default: the root logger's, as
+    ``logging.basicConfig`` made them); call once after configuring logging."""
+    for handler in handlers or tuple(logging.getLogger().handlers):
+        if not any(isinstance(f, InertLogFilter) for f in handler.filters):
+            handler.addFilter(InertLogFilter())

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from broker.endpoint import BrokerEndpoint, EndpointError
+from common.text import inert_log_handlers
 from dashboard.history import (
     HistoryDatabaseError,
     HistoryRecorder,
@@ -190,6 +191,7 @@ def serve(
     from dashboard.web import DashboardServer, Hub
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    inert_log_handlers()  # topics and broker errors quote outside text
     tls_files = (cafile, certfile, keyfile)
     store, recorder = _open_history(HistoryOptions(db, no_history, retention, flush_interval))
     state, source = _start(broker, username, password, tls_files, topic, history, recent, recorder)
@@ -280,6 +282,7 @@ def collect(
 ) -> None:
     """Record reputation history headless (a central site): no web page, no terminal view."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    inert_log_handlers()  # topics and broker errors quote outside text
     store, recorder = _open_history(HistoryOptions(db, False, retention, flush_interval))
     if recorder is None:
         typer.echo(f"dashboard collect: another process records into {store.where}", err=True)

@@ -467,9 +467,19 @@ class BadMessage(ValueError):
     """A payload the dashboard cannot use; counted, never raised past ingest."""
 
 
+def _int_or_none(digits: str) -> int | None:
+    """Python refuses integer strings of over 4,300 digits (ValueError, CVE-2020-10735):
+    such a number from MQTT is no count anyone can show, so it is missing, like a number
+    too large for a float, and the rest of the message is still used."""
+    try:
+        return int(digits)
+    except ValueError:
+        return None
+
+
 def _json_object(payload: bytes) -> dict[str, Any]:
     try:
-        data = json.loads(payload)
+        data = json.loads(payload, parse_int=_int_or_none)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise BadMessage("not JSON") from None
     except RecursionError:

@@ -23,6 +23,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from common.text import inert_json
 from dashboard.history import HistoryStore
 from dashboard.history_sql import HistoryDatabaseError
 from dashboard.state import DashboardState
@@ -80,6 +81,9 @@ def render(
     ``day``: per-entity totals of the last 24 h (:func:`day_totals`); without it the
     table shows the live hour. Shares are of the tweets not marked unrelated.
     """
+    # Entity names, node ids, reasons, versions come from MQTT: escapes are shown, not run.
+    snapshot = inert_json(snapshot)
+    day = inert_json(day) if day else day
     now = snapshot["now"]
     minute = int(now // 60)
     broker = snapshot.get("broker") or "broker"

@@ -22,6 +22,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from common.text import inert_log_handlers
+
 if TYPE_CHECKING:
     from edgemodel.inference import Classifier
     from node.updates import InstalledModel, ModelUpdates
@@ -139,6 +141,7 @@ def run(spec: dict[str, Any]) -> int:
         level=spec.get("log_level", "info").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    inert_log_handlers()  # a log line never carries a terminal escape from outside
     from node.memory import return_freed_memory_to_os
 
     return_freed_memory_to_os()
