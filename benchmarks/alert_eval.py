@@ -52,9 +52,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from alert_predictions import predict_file  # noqa: E402
 
 from dashboard.alerts import SpikeDetector, SpikeRule  # noqa: E402
-from trainer.data import read_replab  # noqa: E402
-from trainer.evaluate import machine_info, write_markdown_keeping_notes  # noqa: E402
-from trainer.splits import tweet_time_ms  # noqa: E402
+from edgemodel.data import read_replab  # noqa: E402
+from edgemodel.report_notes import write_markdown_keeping_notes  # noqa: E402
+from edgemodel.splits import tweet_time_ms  # noqa: E402
+from trainer.evaluate import machine_info  # noqa: E402
 
 SEED = 17
 ALL_BRANDS = [

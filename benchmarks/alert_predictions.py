@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edgemodel.bundle import ModelBundle  # noqa: E402
+from edgemodel.data import read_replab  # noqa: E402
 from edgemodel.inference import Classifier, EmptyTextError  # noqa: E402
-from trainer.data import read_replab  # noqa: E402
 
 BATCH = 32
 
