@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,3 +200,54 @@ def test_unusable_databases_fail_with_one_clear_line(tmp_path):
     (tmp_path / "json.sqlite3").write_text(json.dumps({"not": "sqlite"}))
     with pytest.raises(HistoryDatabaseError, match=r"json\.sqlite3"):
         HistoryStore(tmp_path / "json.sqlite3")
+
+
+GRAFANA = Path(__file__).resolve().parents[1] / "dashboard" / "grafana" / "repedge-history.json"
+GROUP = re.compile(r"\$__unixEpochGroupAlias\((\w+), '(\d+)([hd])'\)")
+
+
+def grafana_sql(sql: str, start: int, end: int, entities: list[str]) -> str:
+    """Expand the Grafana macros the dashboard uses, as Grafana's PostgreSQL source does."""
+
+    def group(m: re.Match) -> str:
+        seconds = int(m.group(2)) * (3600 if m.group(3) == "h" else 86400)
+        return f'floor({m.group(1)}/{seconds})*{seconds} AS "time"'
+
+    sql = GROUP.sub(group, sql)
+    sql = re.sub(r"\$__unixEpochFilter\((\w+)\)", rf"\1 >= {start} AND \1 <= {end}", sql)
+    sql = sql.replace("$entity", ", ".join(f"'{e}'" for e in entities))
+    assert "$" not in sql, sql
+    return sql
+
+
+def test_grafana_history_dashboard_queries_run_on_postgresql(pg_server):
+    import psycopg
+
+    board = json.loads(GRAFANA.read_text())
+    assert board["__inputs"][0]["pluginId"] == "grafana-postgresql-datasource"
+    targets = [t for p in board["panels"] for t in p["targets"]]
+    assert len(targets) == 5
+    url = fresh_postgres_db(pg_server)
+    store = HistoryStore(url)
+    recorder = HistoryRecorder(store, clock=Clock(T0 + 2 * DAY))
+    for label, related, n in [("negative", True, 3), ("positive", True, 1), ("neutral", False, 4)]:
+        for i in range(n):
+            recorder.add("Kia", record(label, T0 + 3600 + i), label, related)
+    recorder.add("BMW", record("positive", T0 + 7200), "positive", None)
+    recorder.flush()
+    store.close()
+    with psycopg.connect(url) as conn:
+        variable = board["templating"]["list"][0]["query"]
+        assert [r[0] for r in conn.execute(variable)] == ["Kia", "BMW"]
+        results = {}
+        for panel in board["panels"]:
+            sql = grafana_sql(panel["targets"][0]["rawSql"], T0, T0 + DAY, ["Kia", "BMW"])
+            results[panel["id"]] = conn.execute(sql).fetchall()
+    assert (T0 + 3600, "Kia", 75) in [(int(t), e, round(v)) for t, e, v in results[1]]
+    assert [(int(t), e, int(v)) for t, e, v in results[2]] == [
+        (T0 + 3600, "Kia", 4),
+        (T0 + 7200, "BMW", 1),
+    ]
+    assert [(int(t), e, round(v)) for t, e, v in results[3]] == [(T0, "BMW", 0), (T0, "Kia", 75)]
+    kia = next(row for row in results[5] if row[0] == "Kia")
+    assert (int(kia[1]), float(kia[2]), float(kia[4]), int(kia[5])) == (4, 75.0, 25.0, 4)
