@@ -196,9 +196,11 @@ def serve(
     store, recorder = _open_history(HistoryOptions(db, no_history, retention, flush_interval))
     state, source = _start(broker, username, password, tls_files, topic, history, recent, recorder)
     hub = Hub(state, push_interval)
+    teacher, teach_routes = _teach(source.broker, state)
     try:
-        server = DashboardServer((host, port), state, hub, store)
+        server = DashboardServer((host, port), state, hub, store, extra_routes=teach_routes)
     except OSError as exc:
+        teacher.close()
         source.stop()
         _stop_history(store, recorder)
         typer.echo(f"cannot listen on {host}:{port}: {exc}", err=True)
@@ -217,8 +219,22 @@ def serve(
     finally:
         hub.stop()
         server.close()
+        teacher.close()
         source.stop()
         _stop_history(store, recorder)
+
+
+def _teach(endpoint: BrokerEndpoint, state: DashboardState):
+    """The Teach view's MQTT client (dashboard/teach_web.py) and its routes."""
+    from dashboard.teach_web import teach_routes
+    from node.teach_client import TeachClient
+
+    client = TeachClient(endpoint)
+
+    def node_ids() -> list[str]:
+        return sorted(n["node_id"] for n in state.snapshot()["nodes"])
+
+    return client, teach_routes(client, node_ids)
 
 
 def _interrupt(*_: object) -> None:
