@@ -85,6 +85,7 @@ def run_from_cli(a: dict[str, Any]) -> None:
             "broker": a["broker"],
             "username": a["username"],
             "password": a["password"],
+            "cafile": a["cafile"],
             "rate": a["rate"],
             "seconds": a["seconds"],
             "tweets": a["broker_tweets"],
@@ -174,6 +175,13 @@ def bench(
     username: Annotated[str | None, typer.Option(help="Broker user name.")] = None,
     password: Annotated[
         str | None, typer.Option(help="Broker password.", envvar="REPEDGE_MQTT_PASSWORD")
+    ] = None,
+    cafile: Annotated[
+        Path | None,
+        typer.Option(
+            help="With an mqtts:// --broker: the CA certificate that signed the broker's.",
+            show_default=False,
+        ),
     ] = None,
     rate: Annotated[float, typer.Option(help="With --broker: offered tweets/s.")] = 50.0,
     seconds: Annotated[float, typer.Option(help="With --broker: length of a rate run.")] = 20.0,

@@ -56,18 +56,17 @@ def via_mqtt(
     """Publish every tweet of a dump to ``prefix/tweets``, once node ``node_id`` (if given)
     says it is online; collect ``prefix/labels`` and ``prefix/errors`` records until each
     tweet has one."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
+    from common import topics as wire
+    from common.endpoint import BrokerEndpoint
+    from common.mqttclient import new_client
 
-    from node.cli import parse_broker_url
-
-    host, port = parse_broker_url(broker)
+    endpoint = BrokerEndpoint.parse(broker)  # mqtt:// or mqtts://, as `node start` takes it
     records: dict[str, dict] = {}
     done = threading.Condition()
     subscribed = threading.Event()
 
     online = threading.Event()
-    status = f"repedge/nodes/{node_id}/status"
+    status = wire.node_topic(node_id or "", wire.STATUS)
 
     def on_message(client, userdata, msg) -> None:
         record = json.loads(msg.payload)
@@ -79,12 +78,12 @@ def via_mqtt(
             records.setdefault(record.get("id", ""), record)
             done.notify_all()
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client = new_client(endpoint)
     topics = [(f"{prefix}/labels", 1), (f"{prefix}/errors", 1), (status, 1)]
     client.on_connect = lambda c, *a: c.subscribe(topics)
     client.on_subscribe = lambda *a: subscribed.set()
     client.on_message = on_message
-    client.connect(host, port)
+    client.connect(*endpoint.address)
     client.loop_start()
     subscribed.wait(30)
     if node_id and not online.wait(timeout):

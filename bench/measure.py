@@ -25,6 +25,7 @@ import psutil
 
 from bench.runners import Runner, open_runner, runtime_version
 from bench.tweets import BenchTweets
+from common.stats import percentile
 from edgemodel.inference import EmptyTextError, Encoded
 from node.batcher import bucket_by_length
 
@@ -114,10 +115,11 @@ def saturation_throughput(
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:
-    a = np.asarray(values, np.float64)
-    return {f"p{q}_ms": float(np.percentile(a, q)) for q in (50, 95, 99)} | {
-        "mean_ms": float(a.mean())
-    }
+    """p50/p95/p99 as the node's telemetry computes them (common/stats.py), and the mean."""
+    if not values:
+        raise ValueError("no latency samples")
+    cuts = {f"p{q}_ms": float(percentile(values, q) or 0.0) for q in (50, 95, 99)}
+    return cuts | {"mean_ms": float(np.mean(values))}
 
 
 def accuracy_report(

@@ -35,11 +35,14 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import psutil
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bench.measure import encode_all, saturation_throughput
 from bench.tweets import BenchTweets
+from common import topics as wire
+from common.endpoint import BrokerEndpoint
+from common.mqttclient import new_client
+from common.stats import percentile
 from edgemodel.inference import Classifier
 
 # The node's targets on a 2-core x86 machine (docs/node.md).
@@ -51,9 +54,10 @@ Progress = Callable[[str], None]
 class BrokerBenchConfig:
     model: Path
     variant: str | None = None
-    broker: str = "local"  # or mqtt://host:port
+    broker: str = "local"  # or mqtt://host:port, mqtts://host:port
     username: str | None = None
     password: str | None = None
+    cafile: Path | None = None  # with mqtts://: the CA of the broker's certificate
     threads: int | None = None  # None: the node's default
     max_batch: int = 32
     max_batch_tokens: int = 256
@@ -69,22 +73,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _nodelay(client, userdata, sock) -> None:
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 class _Link:
     """Where the broker is and how to log in; makes the benchmark's own MQTT clients."""
 
-    def __init__(self, host: str, port: int, username: str | None, password: str | None):
-        self.host, self.port, self.username, self.password = host, port, username, password
+    def __init__(self, endpoint: BrokerEndpoint):
+        self.endpoint = endpoint
+        self.host, self.port = endpoint.address
+        self.username, self.password = endpoint.username, endpoint.password
 
     def client(self) -> mqtt.Client:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        if self.username:
-            c.username_pw_set(self.username, self.password)
-        c.on_socket_open = _nodelay
-        return c
+        return new_client(self.endpoint)
 
 
 class _Labels:
@@ -145,7 +143,7 @@ class _NodeProcess:
         self.link = link
         self.cmd = [
             sys.executable, "-m", "node", "start", "--model", str(cfg.model),
-            "--broker", f"mqtt://{link.host}:{link.port}", "--node-id", node_id,
+            "--broker", link.endpoint.url, "--node-id", node_id,
             "--state-dir", str(work / "node-state"), "--threads", str(cfg.threads),
             "--max-batch", str(cfg.max_batch), "--telemetry-interval", "1",
             "--max-batch-tokens", str(cfg.max_batch_tokens),
@@ -156,6 +154,10 @@ class _NodeProcess:
             self.cmd += ["--variant", cfg.variant]
         if link.username:
             self.cmd += ["--username", link.username]
+        for option in ("cafile", "certfile", "keyfile"):
+            path = getattr(link.endpoint, option)
+            if path is not None:
+                self.cmd += [f"--{option}", str(path.absolute())]
         self.env_password = link.password
         self.log_path = work / "node.log"
         self.process: subprocess.Popen | None = None
@@ -168,7 +170,7 @@ class _NodeProcess:
 
         online, subscribed = threading.Event(), threading.Event()
         watch = self.link.client()
-        status = f"repedge/nodes/{self.node_id}/status"
+        status = wire.node_topic(self.node_id, wire.STATUS)
         watch.on_connect = lambda c, *a: c.subscribe(status, qos=1)
         watch.on_subscribe = lambda *a: subscribed.set()
         watch.on_message = lambda c, u, m: (
@@ -249,7 +251,9 @@ def _saturation(
 
 
 def _pct(values: Sequence[float], q: float) -> float:
-    return values[min(len(values) - 1, int(q / 100 * len(values)))]
+    value = percentile(values, q)  # the node's telemetry's percentile (common/stats.py)
+    assert value is not None, "no latency samples"
+    return value
 
 
 def _fixed_rate(link: _Link, topics: str, tweets: BenchTweets, rate: float, seconds: float, rng):
@@ -309,7 +313,6 @@ def run_broker_bench(
     cfg: BrokerBenchConfig, tweets: BenchTweets, progress: Progress = lambda _: None
 ) -> dict[str, Any]:
     """The end-to-end row (see the module doc); a JSON-ready dict."""
-    from node.cli import parse_broker_url
     from node.serve import default_interpreter_threads
 
     cfg.threads = cfg.threads or default_interpreter_threads()
@@ -320,10 +323,10 @@ def run_broker_bench(
     broker: subprocess.Popen | None = None
     if cfg.broker == "local":
         broker, port = _start_local_broker(work)
-        host = "127.0.0.1"
-    else:
-        host, port = parse_broker_url(cfg.broker)
-    link = _Link(host, port, cfg.username, cfg.password)
+        endpoint = BrokerEndpoint("127.0.0.1", port)
+    else:  # the node's own parser: mqtt://, mqtts:// (with cafile), credentials
+        endpoint = BrokerEndpoint.parse(cfg.broker, cfg.username, cfg.password, cfg.cafile)
+    link = _Link(endpoint)
     run_id = uuid.uuid4().hex[:8]
     topics = f"bench/{run_id}"
     node = _NodeProcess(cfg, link, f"bench-{run_id}", topics, work)

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from common import topics
+
 # What a site sends to the centre: results and node telemetry/status (retained statuses
 # keep their retain flag, so the centre knows the last state of every node).
-OUT_TOPICS = ("repedge/labels", "repedge/errors", "repedge/nodes/#")
-TWEETS_TOPIC = "repedge/tweets"
+OUT_TOPICS = (topics.LABELS, topics.ERRORS, topics.ALL_NODES)
+TWEETS_TOPIC = topics.TWEETS
 # --bridge-tweets-in: where a site's tweets come from at the centre.
 #   site:   the centre addresses this site: it publishes to sites/NAME/repedge/tweets.
 #   shared: one central feed on repedge/tweets, spread over all sites (each tweet goes to
@@ -142,7 +144,7 @@ def render_bridge(bridge: BridgeConfig) -> str:
         "keepalive_interval 30",
         # The centre sees whether a site's uplink is up (1) or down (0, set by the will).
         "notifications true",
-        f"notification_topic {bridge.prefix}repedge/bridge/state",
+        f"notification_topic {bridge.prefix}{topics.BRIDGE_STATE}",
     ]
     if bridge.username:
         lines.append(f"remote_username {bridge.username}")
@@ -164,5 +166,5 @@ def render_bridge(bridge: BridgeConfig) -> str:
         # The bridge subscribes to $share/GROUP/repedge/tweets at the centre. Deliveries
         # come back named repedge/tweets, which does not match the $share pattern, so
         # Mosquitto passes them to the local repedge/tweets unchanged.
-        lines.append(f'topic {TWEETS_TOPIC} in 1 "" $share/{SHARED_GROUP}/')
+        lines.append(f'topic {TWEETS_TOPIC} in 1 "" {topics.shared(SHARED_GROUP, "")}')
     return "\n".join(lines) + "\n"

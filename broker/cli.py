@@ -21,7 +21,7 @@ from broker.config import (
 )
 from broker.roles import RoleError, check_name, check_role, read_roles, set_role
 from broker.users import UserError, add_user, list_users, remove_user
-from node.cliconfig import ConfigFile, PrintConfig, configurable
+from common.cliconfig import ConfigFile, PrintConfig, configurable
 
 app = typer.Typer(
     help=(

@@ -16,6 +16,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from common.hass import object_id
+
 ROLES = ("node", "feeder", "dashboard", "view", "teach", "site", "admin")
 ROLES_FILE = "roles"
 LOCAL_ACL_FILE = "acl.local"
@@ -48,9 +50,7 @@ def check_role(role: str) -> None:
 
 def ha_object_prefix(node_id: str) -> str:
     """The node level of the node's Home Assistant discovery topics (repedge_<id>, made
-    of [a-zA-Z0-9_-]): node/ha_discovery.py's own rule, so the ACL always matches it."""
-    from node.ha_discovery import object_id
-
+    of [a-zA-Z0-9_-]): common/hass.py's rule, the node's own, so the ACL always matches it."""
     return object_id(node_id)
 
 

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from broker.endpoint import BrokerEndpoint, EndpointError
+from common.endpoint import BrokerEndpoint, EndpointError
 from common.text import inert_log_handlers
 from dashboard.history import (
     HistoryDatabaseError,

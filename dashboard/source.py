@@ -7,10 +7,11 @@ import threading
 import uuid
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from broker.endpoint import BrokerEndpoint
+from common import topics as wire
+from common.endpoint import BrokerEndpoint
+from common.mqttclient import describe_disconnect, new_client
 from dashboard.state import DashboardState
 
 log = logging.getLogger("repedge.dashboard")
@@ -18,7 +19,7 @@ log = logging.getLogger("repedge.dashboard")
 # Labels, errors and the nodes' own topics; not repedge/tweets, which would double the
 # traffic the dashboard reads at full load for nothing it shows. `--topic 'repedge/#'`
 # widens it (the state ignores, and counts, topics it does not show).
-DEFAULT_TOPICS = ("repedge/labels", "repedge/errors", "repedge/nodes/+/+")
+DEFAULT_TOPICS = (wire.LABELS, wire.ERRORS, wire.NODE_REPORTS)
 
 
 class Subscriber:
@@ -38,19 +39,15 @@ class Subscriber:
         self.topics = list(topics)
         self.connected = threading.Event()
         self.last_error: str | None = None
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"repedge-dashboard-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5,
-        )
-        self._address = broker.configure(self.client)  # credentials and TLS, as the node does
-        self.client.reconnect_delay_set(min_delay=1, max_delay=15)
+        # Credentials, TLS, reconnect and failed-connect logging, as the node's client.
+        self.client_id = f"repedge-dashboard-{uuid.uuid4().hex[:8]}"
+        self.client = new_client(broker, self.client_id, logger=log, max_reconnect_s=15)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
 
     def start(self) -> None:
-        self.client.connect_async(*self._address, keepalive=30)
+        self.client.connect_async(*self.broker.address, keepalive=30)
         self.state.set_broker(str(self.broker), False, "connecting")
         self.client.loop_start()
 
@@ -72,7 +69,7 @@ class Subscriber:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
-        self.last_error = f"disconnected: {reason_code}"
+        self.last_error = describe_disconnect(reason_code, self.client_id)
         self.state.set_broker(str(self.broker), False, self.last_error)
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:

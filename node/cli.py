@@ -5,17 +5,16 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlsplit
 
 import typer
 
-from broker.endpoint import BrokerEndpoint, EndpointError
-from node.cliconfig import ConfigFile, PrintConfig, configurable
+from common.cliconfig import ConfigFile, PrintConfig, configurable
+from common.endpoint import BrokerEndpoint, EndpointError
 from node.lazy_commands import LazyCommandsGroup
 from node.paths import default_state_dir
 
 # The defaults of `node start` are NodeConfig's: one place for the CLI, files and docs.
-from node.service import NodeConfig
+from node.settings import NodeConfig
 from node.teach_cli import labels_app, texts_app
 
 app = typer.Typer(
@@ -40,18 +39,6 @@ def _main() -> None:
 
 app.add_typer(texts_app, name="texts")
 app.add_typer(labels_app, name="labels")
-
-
-def parse_broker_url(url: str) -> tuple[str, int]:
-    """``mqtt://host:port``, ``host:port`` or ``host`` -> (host, port)."""
-    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-    if parts.scheme not in ("mqtt", "tcp"):
-        raise typer.BadParameter(f"only mqtt:// brokers are supported, not {parts.scheme}://")
-    try:
-        port = parts.port or 1883
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    return parts.hostname or "localhost", port
 
 
 # --model has no REPEDGE_MODEL: that variable already names the fallback model, used

@@ -12,20 +12,20 @@ configs again, in case they were removed from the broker.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+from common import topics
+from common.hass import object_id
+
 if TYPE_CHECKING:
     from node.service import NodeService
 
-DISCOVERY_PREFIX = "homeassistant"
-HA_STATUS_TOPIC = f"{DISCOVERY_PREFIX}/status"
+DISCOVERY_PREFIX = topics.HA_DISCOVERY_PREFIX
+HA_STATUS_TOPIC = topics.HA_STATUS
 HA_ONLINE = b"online"
-_NOT_ALLOWED = re.compile(r"[^a-zA-Z0-9_-]")
 
 
 @dataclass(frozen=True)
@@ -59,18 +59,6 @@ SENSORS: tuple[Sensor, ...] = (
            "{{ value_json.model.version if value_json.model else None }}",
            source="status", state_class=None, icon="mdi:brain", entity_category="diagnostic"),
 )  # fmt: skip
-
-
-def object_id(node_id: str) -> str:
-    """``repedge_<node id>`` restricted to ``[a-zA-Z0-9_-]``.
-
-    A node id that needs replacing gets a short hash of the original appended, so that
-    "pi.1" and "pi_1" stay two devices in Home Assistant.
-    """
-    cleaned = _NOT_ALLOWED.sub("_", node_id)
-    if cleaned != node_id:
-        cleaned += "_" + hashlib.sha256(node_id.encode()).hexdigest()[:8]
-    return f"repedge_{cleaned}"
 
 
 def sw_version() -> str:
@@ -154,7 +142,10 @@ def attach(service: NodeService, prefix: str = DISCOVERY_PREFIX) -> None:
 
     def publishes() -> list[tuple[str, str, int, bool]]:
         messages = discovery_messages(
-            config.node_id, config.node_topic("status"), config.node_topic("telemetry"), prefix
+            config.node_id,
+            config.node_topic(topics.STATUS),
+            config.node_topic(topics.TELEMETRY),
+            prefix,
         )
         return [(topic, payload, 1, True) for topic, payload in messages]
 

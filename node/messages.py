@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from common.timestamps import utc_now
 from edgemodel.inference import Prediction
 from node.event_time import EventTimeError, parse_created_at
+
+# Moved to common/timestamps.py; this name stays only while other branches move over.
+now_iso = utc_now
 
 DEFAULT_MAX_BYTES = 4096
 # Longest tweet id accepted (characters). Twitter's ids have 19 digits; anything far
@@ -57,10 +60,6 @@ def content_id(text: str, entity: str | None = None) -> str:
     # joining separator could: "a\x1fb" + "" and "a" + "b\x1f" collided, issue 20 item 6).
     data = json.dumps([text, entity], ensure_ascii=True, separators=(",", ":")).encode()
     return hashlib.sha256(data).hexdigest()[:CONTENT_ID_HEX]
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_tweet(
@@ -147,7 +146,7 @@ def label_record(
         "model": model,
         "node_id": node_id,
         "latency_ms": round(latency_ms, 3),
-        "timestamp": now_iso(),
+        "timestamp": utc_now(),
     }
     record.update(event_time_fields(tweet))
     if tweet.entity is not None:
@@ -186,7 +185,7 @@ def error_record(
         "detail": detail,
         "payload_bytes": payload_bytes,
         "node_id": node_id,
-        "timestamp": now_iso(),
+        "timestamp": utc_now(),
         **event_time_fields(tweet),
     }
 

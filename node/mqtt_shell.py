@@ -23,30 +23,30 @@ Extension points (set up by node/service.py from ``NodeHooks``):
   published on every (re)connect after the status (e.g. Home Assistant discovery).
 * ``on_subscribed()``: called when the broker has acknowledged the tweets subscription
   (the SUBACK), on every connect.
-* TLS and other transport settings belong in :meth:`MqttShell._configure_transport`.
+* the paho client itself (credentials, TLS, reconnect backoff, a log line for every failed
+  connection attempt) comes from common/mqttclient.py, as every repedge client's does;
+  a session taken over by another client with the node's id is logged with its likely cause.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from common.mqttclient import SESSION_TAKEN_OVER, describe_disconnect, new_client
+from common.topics import strip_share
 from node.ledger import AckLedger
-
-if TYPE_CHECKING:
-    from node.service import NodeConfig
+from node.settings import NodeConfig
 
 log = logging.getLogger("repedge.node")
 
@@ -72,14 +72,6 @@ class Delivery:
     @property
     def needs_ack(self) -> bool:
         return self.qos > 0
-
-
-def strip_share(topic: str) -> str:
-    """``$share/G/a/b`` -> ``a/b``: the topic filter messages actually arrive under."""
-    if topic.startswith("$share/"):
-        parts = topic.split("/", 2)
-        return parts[2] if len(parts) == 3 else topic
-    return topic
 
 
 class MqttShell:
@@ -212,17 +204,10 @@ class MqttShell:
     # -- paho -------------------------------------------------------------------------
 
     def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.config.client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
+        client = new_client(
+            self.config.endpoint(), self.config.client_id, manual_ack=True, logger=log
         )
-        if self.config.username:
-            client.username_pw_set(self.config.username, self.config.password)
-        self._configure_transport(client)
         self._set_will(client)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
@@ -230,12 +215,7 @@ class MqttShell:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
-        client.on_socket_open = _no_delay
         return client
-
-    def _configure_transport(self, client: mqtt.Client) -> None:
-        """Transport settings before the first connect: TLS (tls_set) for mqtts://."""
-        self.config.endpoint().configure(client)
 
     def _set_will(self, client: mqtt.Client) -> None:
         client.will_set(self.config.node_topic("status"), self._will(), qos=1, retain=True)
@@ -286,8 +266,10 @@ class MqttShell:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
-        if not self.draining.is_set():
-            log.warning("disconnected from broker (%s); reconnecting", reason_code)
+        if reason_code == SESSION_TAKEN_OVER:
+            log.error("%s; reconnecting", describe_disconnect(reason_code, self.config.client_id))
+        elif not self.draining.is_set():
+            log.warning("%s; reconnecting", describe_disconnect(reason_code, self.config.client_id))
         self._notify_connection(False)
 
     def _notify_connection(self, up: bool) -> None:
@@ -317,9 +299,3 @@ class MqttShell:
         if reason_code.is_failure:
             log.error("broker rejected a publish (mid %d): %s", mid, reason_code)
         self.ledger.on_publish(mid)
-
-
-def _no_delay(client, userdata, sock) -> None:
-    # Records are small: without this, Nagle's algorithm can hold one back for ~40 ms.
-    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

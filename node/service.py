@@ -30,10 +30,10 @@ Extension points (:class:`NodeHooks`, ``service.hooks``; set them before ``start
 * ``subscriptions``: ``(topic filter, qos, handler(topic, payload))``, subscribed on every
   connect, handlers called on the network thread (``homeassistant/status``).
 
-Configuration: ``NodeConfig``. ``tweets_subscription`` is what the node subscribes to:
-the tweets topic, or ``$share/<share_group>/<tweets topic>`` when the config carries a
-``share_group``. Transport (TLS) settings are applied in
-``MqttShell._configure_transport``.
+Configuration: ``NodeConfig`` (node/settings.py). ``tweets_subscription`` is what the
+node subscribes to: the tweets topic, or ``$share/<share_group>/<tweets topic>`` when the
+config carries a ``share_group``. The paho client (credentials, TLS, reconnect, failed
+connects logged) comes from common/mqttclient.py.
 
 Models arrive through ``swap_classifier`` (thread-safe, between batches); a
 :class:`~node.updates.ModelUpdates` source (provisioning's mount watcher) given to the
@@ -44,129 +44,31 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from broker.endpoint import BrokerEndpoint
 from common.supervise import supervised_thread
+from common.timestamps import utc_now
 from edgemodel.inference import Classifier
 from node.batcher import Batcher
-from node.core import BatchResult, BatchStep, CoreConfig, Inbound
-from node.dedup import DEFAULT_MAX_RECORDS, DEFAULT_RETRY_S, ResilientStore
+from node.core import BatchResult, BatchStep, Inbound
+from node.dedup import ResilientStore
 from node.memory import release_file_pages
-from node.messages import DEFAULT_MAX_BYTES, now_iso
 from node.mqtt_shell import Delivery, Handler, MqttShell, Publish
-from node.paths import default_state_dir
+from node.settings import NodeConfig
 from node.teach import TeachServer
 from node.teach_adapt import ModelSlots, NodeAdapter
-from node.teachstore import DEFAULT_TEXTS_PER_ENTITY, TeachStore, TextKeeper
+from node.teachstore import TeachStore, TextKeeper
 from node.telemetry import Stats
 from node.updates import ModelUpdates
 
 log = logging.getLogger("repedge.node")
 
 EVENTS_KEPT = 20
-
-
-@dataclass
-class NodeConfig:
-    node_id: str = field(default_factory=socket.gethostname)
-    host: str = "localhost"
-    port: int = 1883
-    username: str | None = None
-    password: str | None = None
-    tweets_topic: str = "repedge/tweets"
-    labels_topic: str = "repedge/labels"
-    errors_topic: str = "repedge/errors"
-    telemetry_interval_s: float = 5.0
-    max_batch: int = 32
-    # Rows x padded length per interpreter call; see batcher.bucket_by_length.
-    max_batch_tokens: int = 256
-    max_wait_ms: float = 5.0
-    queue_size: int = 256
-    max_bytes: int = DEFAULT_MAX_BYTES
-    state_dir: Path | None = None
-    session_expiry_s: int = 7 * 24 * 3600
-    keepalive_s: int = 30
-    dedup_max_records: int = DEFAULT_MAX_RECORDS
-    drain_timeout_s: float = 10.0
-    # The brand a node monitors: the entity of tweets that arrive without one.
-    default_entity: str | None = None
-    # How often a failing record store is tried again (the node labels without it).
-    store_retry_s: float = DEFAULT_RETRY_S
-    # MQTT 5 shared subscription group: the broker deals tweets out among its members.
-    share_group: str | None = None
-    # mqtts:// (broker/endpoint.py): the CA that signed the broker's certificate (None: the
-    # system's CAs), and this node's certificate and key if the broker requires one.
-    tls: bool = False
-    cafile: Path | None = None
-    certfile: Path | None = None
-    keyfile: Path | None = None
-    # Tweets kept per entity for teaching (node/teachstore.py); 0 keeps none.
-    texts_per_entity: int = DEFAULT_TEXTS_PER_ENTITY
-
-    def __post_init__(self) -> None:
-        if not self.node_id or any(c in self.node_id for c in "/+#\x00"):
-            raise ValueError(f"node id {self.node_id!r} must be non-empty, without / + #")
-        if self.share_group is not None and (
-            not self.share_group or any(c in self.share_group for c in "/+#\x00")
-        ):
-            raise ValueError(f"share group {self.share_group!r} must be non-empty, without / + #")
-
-    @property
-    def client_id(self) -> str:
-        # Fixed per node: the broker keeps this session's queue while the node is away.
-        return f"repedge-node-{self.node_id}"
-
-    def endpoint(self) -> BrokerEndpoint:
-        """The broker address, credentials and TLS files, ready to configure a paho client."""
-
-        def path(value: Path | str | None) -> Path | None:
-            return Path(value) if value else None
-
-        return BrokerEndpoint(
-            host=self.host,
-            port=self.port,
-            tls=self.tls,
-            username=self.username,
-            password=self.password,
-            cafile=path(self.cafile),
-            certfile=path(self.certfile),
-            keyfile=path(self.keyfile),
-        )
-
-    @property
-    def tweets_subscription(self) -> str:
-        """The topic filter the node subscribes to for tweets."""
-        group = self.share_group
-        return f"$share/{group}/{self.tweets_topic}" if group else self.tweets_topic
-
-    def node_topic(self, leaf: str) -> str:
-        return f"repedge/nodes/{self.node_id}/{leaf}"
-
-    @property
-    def resolved_state_dir(self) -> Path:
-        return self.state_dir or default_state_dir(self.node_id)
-
-    @property
-    def store_path(self) -> Path:
-        return self.resolved_state_dir / "records.sqlite"
-
-    def core_config(self) -> CoreConfig:
-        return CoreConfig(
-            node_id=self.node_id,
-            labels_topic=self.labels_topic,
-            errors_topic=self.errors_topic,
-            max_bytes=self.max_bytes,
-            default_entity=self.default_entity,
-            max_batch_tokens=self.max_batch_tokens,
-        )
 
 
 @dataclass(frozen=True)
@@ -404,7 +306,7 @@ class NodeService:
         status: dict[str, Any] = {
             "node_id": self.config.node_id,
             "state": state,
-            "timestamp": now_iso(),
+            "timestamp": utc_now(),
             "model": self.model_identity(),
         }
         if reason:
@@ -420,7 +322,7 @@ class NodeService:
                 "node_id": self.config.node_id,
                 "state": "offline",
                 "reason": "connection lost",
-                "connected_at": now_iso(),
+                "connected_at": utc_now(),
                 "model": self.model_identity(),
             }
         )
@@ -522,7 +424,7 @@ class NodeService:
     def telemetry(self) -> dict[str, Any]:
         return {
             "node_id": self.config.node_id,
-            "timestamp": now_iso(),
+            "timestamp": utc_now(),
             **self.stats.snapshot(),
             "queue_depth": self._batcher.depth(),
             "queue_size": self._batcher.maxsize,

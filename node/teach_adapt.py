@@ -33,12 +33,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from common.timestamps import utc_now
 from edgemodel.adaptation import AdaptationError, fit_entity_head, write_adapted_bundle
 from edgemodel.bundle import EMBEDDING_OUTPUT, OUTPUT_NAME, RELATED_OUTPUT, ModelBundle
 from edgemodel.canaries import DEFAULT_CANARIES, Canary, check_canaries, compute_canaries
 from edgemodel.entity_heads import Correction, EntityHead, entity_key
 from edgemodel.inference import Classifier, EmptyTextError, Encoded
-from node.messages import now_iso
 from node.teachstore import POLARITIES, Answer, TeachStore
 
 log = logging.getLogger("repedge.node")
@@ -141,7 +141,7 @@ class NodeAdapter:
         self.node.record_event(
             {
                 "event": "adapted" if outcome.ok else "adapt_refused",
-                "time": now_iso(),
+                "time": utc_now(),
                 "entity": entity,
                 "reason": outcome.reason,
                 "model": outcome.model,
@@ -204,7 +204,7 @@ class NodeAdapter:
             entity=current.entity if current else fitted.head.entity,
             polarity=_add(current.polarity if current else None, fitted.head.polarity),
             related=_add(current.related if current else None, fitted.head.related),
-            info={**fit_json, "labels": len(kept), "adapted_on_node": now_iso()},
+            info={**fit_json, "labels": len(kept), "adapted_on_node": utc_now()},
         )
         return self._install(bundle, head, entity, summary, fit_json)
 
@@ -283,7 +283,7 @@ class NodeAdapter:
         self.node.record_event(
             {
                 "event": "rolled_back" if outcome.ok else "rollback_refused",
-                "time": now_iso(),
+                "time": utc_now(),
                 "reason": outcome.reason,
                 "model": outcome.model,
             }

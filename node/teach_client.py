@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from broker.endpoint import BrokerEndpoint
+from common.endpoint import BrokerEndpoint
 from node.teach import request_topic
 
 CONNECT_TIMEOUT_S = 10.0

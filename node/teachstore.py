@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from common.timestamps import utc_now
 from edgemodel.entity_heads import entity_key
-from node.messages import now_iso
 
 log = logging.getLogger("repedge.node")
 
@@ -167,7 +167,7 @@ class TeachStore:
         """Keep ``(tweet, prediction, model_sha256)`` rows, newest last; trim per entity."""
         if self.max_per_entity <= 0:
             return 0
-        now = now_iso()
+        now = utc_now()
         values = []
         for tweet, prediction, sha in rows:
             if not tweet.entity:
@@ -311,7 +311,7 @@ class TeachStore:
 
     def _put_answers(self, records: Iterable[Answer], source: str, replace: bool) -> int:
         verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
-        now = now_iso()
+        now = utc_now()
         with self._lock, self._db:
             before = self._db.total_changes
             self._db.executemany(

@@ -11,17 +11,10 @@ from typing import Any
 
 import psutil
 
+from common.stats import percentile
+
 LATENCY_WINDOW = 2048
 _THERMAL_ROOT = Path("/sys/class/thermal")
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100) of unsorted values; None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
 
 
 def cpu_temperature() -> float | None:

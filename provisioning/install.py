@@ -27,10 +27,10 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common.timestamps import utc_now
 from edgemodel.bundle import ModelBundle, write_json_atomic
 from edgemodel.canaries import check_canaries
 from edgemodel.inference import Classifier
@@ -84,7 +84,7 @@ class InstallResult:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    return utc_now()  # the wire's one timestamp form (common/timestamps.py)
 
 
 def read_state(state_dir: Path) -> dict[str, Any]:

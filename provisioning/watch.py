@@ -13,10 +13,10 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common.timestamps import utc_now
 from edgemodel.inference import Classifier
 from provisioning.install import InstalledSlot, Installer, InstallResult
 from provisioning.usb import find_artifacts
@@ -106,7 +106,7 @@ class MountWatcher(threading.Thread):
                         "version": result.version,
                         "reason": f"installed but the node could not switch: {exc}",
                         "artifact": str(result.artifact),
-                        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                        "time": utc_now(),
                     }
                 )
         for event in held:

@@ -1,5 +1,5 @@
 """One configuration: --config FILE, REPEDGE_* variables and flags, in that order of strength,
-for `broker start` and `node start` (node/cliconfig.py)."""
+for `broker start` and `node start` (common/cliconfig.py)."""
 
 from __future__ import annotations
 

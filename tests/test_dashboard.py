@@ -21,7 +21,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 
-from broker.endpoint import BrokerEndpoint
+from common.endpoint import BrokerEndpoint
 from dashboard.source import Subscriber
 from dashboard.state import MAX_ENTITIES, MAX_REASONS, SENTIMENT, DashboardState
 from dashboard.top import render

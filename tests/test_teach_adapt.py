@@ -12,7 +12,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from broker.endpoint import BrokerEndpoint
+from common.endpoint import BrokerEndpoint
 from edgemodel.inference import Classifier
 from node.teach_client import TeachClient
 from provisioning.install import read_state

@@ -16,9 +16,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker.certs import make_certs
 from broker.config import BrokerConfig
-from broker.endpoint import BrokerEndpoint
 from broker.roles import set_role
 from broker.users import add_user
+from common.endpoint import BrokerEndpoint
 from edgemodel.inference import Classifier
 from node.service import NodeConfig, NodeService
 from node.teach_client import TeachClient

@@ -6,6 +6,7 @@ Everything runs against a real Mosquitto serving only TLS on its port.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import ssl
 import stat
@@ -23,10 +24,17 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker.certs import CertError, make_certs
 from broker.config import BrokerConfig
-from broker.endpoint import BrokerEndpoint, EndpointError
 from broker.roles import set_role
 from broker.users import add_user
-from tests.conftest import WAIT_S, Mosquitto, NodeProcess, Topics, start_mosquitto
+from common.endpoint import BrokerEndpoint, EndpointError
+from tests.conftest import (
+    WAIT_S,
+    Mosquitto,
+    NodeProcess,
+    Topics,
+    embedded_node,
+    start_mosquitto,
+)
 
 
 @pytest.fixture(scope="module")
@@ -311,3 +319,38 @@ def test_node_refuses_a_cafile_with_a_plain_url(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "is not TLS" in result.stderr
+
+
+def test_a_node_with_the_wrong_ca_says_why_it_cannot_connect(
+    tls_broker: Mosquitto, tmp_path: Path, tiny_bundle
+) -> None:
+    # Issue 20: "a node with the wrong CA never comes online and logs nothing about why".
+    from edgemodel.inference import Classifier
+
+    make_certs(tmp_path / "wrong-ca")
+    service, _ = embedded_node(
+        tls_broker,
+        tmp_path,
+        Classifier(tiny_bundle, num_threads=1),
+        tls=True,
+        cafile=tmp_path / "wrong-ca" / "ca.crt",
+    )
+    failed = threading.Event()
+    lines: list[str] = []
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "connection attempt" in record.getMessage():
+                lines.append(record.getMessage())
+                failed.set()
+
+    watch = Watch()
+    logging.getLogger("repedge").addHandler(watch)
+    service.start()
+    try:
+        assert failed.wait(WAIT_S), "no failed connection attempt was logged"
+    finally:
+        logging.getLogger("repedge").removeHandler(watch)
+        service.stop()
+    assert "does not verify" in lines[0] and "--cafile" in lines[0], lines[0]
+    assert "retrying in" in lines[0]

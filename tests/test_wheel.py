@@ -38,9 +38,25 @@ def code_packages() -> set[str]:
     return found
 
 
+def data_folders() -> set[str]:
+    """Folders with files inside a listed package: setuptools wants them listed too
+    (otherwise it prints a "package would be ignored" banner for each, on every install)."""
+    found = set()
+    for top in {p.split(".")[0] for p in SETUPTOOLS["packages"]}:
+        for folder in (REPO / top).rglob("*"):
+            if (
+                folder.is_dir()
+                and folder.name != "__pycache__"
+                and any(f.is_file() and f.suffix != ".pyc" for f in folder.iterdir())
+            ):
+                found.add(".".join(folder.relative_to(REPO).parts))
+    return found
+
+
 def test_every_package_is_listed() -> None:
     listed = set(SETUPTOOLS["packages"])
     assert code_packages() <= listed, f"add to pyproject.toml: {code_packages() - listed}"
+    assert data_folders() <= listed, f"add to pyproject.toml: {data_folders() - listed}"
     tops = {p.parent.name for p in REPO.glob("*/__init__.py")}
     assert tops <= {p.split(".")[0] for p in listed}, "a top-level package is not in the wheel"
 
