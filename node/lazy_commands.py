@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 # sub-command -> "module:attribute" of a typer.Typer holding that one command.
-LAZY_COMMANDS = {"bench": "bench.cli:app"}
+LAZY_COMMANDS = {"bench": "bench.cli:app", "replay": "node.replay:app"}
 
 
 class LazyCommandsGroup(TyperGroup):
