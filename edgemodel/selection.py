@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgemodel.bundle import RELATED_LABELS
+
 STRATEGIES = ("active", "random")
 
 
@@ -71,8 +73,7 @@ def uncertainty(pool: PoolOutputs) -> np.ndarray:
     if pool.related_logits is None:
         return polarity_h
     related_p = _softmax(pool.related_logits)
-    # RELATED_LABELS order is ("related", "unrelated").
-    p_related = related_p[:, 0]
+    p_related = related_p[:, RELATED_LABELS.index("related")]
     return 0.5 * (_entropy(related_p) + p_related * polarity_h)
 
 

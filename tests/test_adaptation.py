@@ -89,7 +89,7 @@ def test_active_selection_prefers_uncertain_and_diverse_tweets() -> None:
     logits = np.tile([5.0, 0.0, 0.0], (m, 1))  # confident ...
     doubtful = np.flatnonzero(np.isin(cluster, [1, 2]))
     logits[doubtful] = [0.1, 0.0, 0.05]  # ... except clusters 1 and 2
-    pool = PoolOutputs(logits, embedding, np.tile([3.0, 0.0], (m, 1)))
+    pool = PoolOutputs(logits, embedding, np.tile([0.0, 3.0], (m, 1)))  # surely related
     picked = select(pool, 2, "active")
     # Both picks are doubtful, and from different clusters, not two near-duplicates.
     assert set(cluster[picked]) == {1, 2}

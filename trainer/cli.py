@@ -287,6 +287,65 @@ def _draw_adapt_curve(path: Path, model: Path, examples: list, brand: str) -> No
     typer.echo(f"learning curve: {path}")
 
 
+@app.command()
+def select(
+    model: Annotated[Path, Opt(help="The bundle whose outputs guide the choice (folder).")],
+    pool: Annotated[
+        Path,
+        Opt(
+            help="Unlabelled tweets: RepLab-format TSV (entity, filtering, polarity, text; "
+            "label columns may be blank)."
+        ),
+    ],
+    n: Annotated[int, Opt("--n", min=1, help="How many tweets to choose.")],
+    out: Annotated[Path, Opt(help="NEXT.tsv: POOL's header and the chosen rows, in order.")],
+    labelled: Annotated[
+        Path | None,
+        Opt(
+            help="Tweets already labelled (DONE.tsv, same format): never chosen again; "
+            "their labels adapt the model the choice is made with."
+        ),
+    ] = None,
+    strategy: Annotated[
+        str, Opt(help="active: uncertainty x diversity on the model's outputs; random: baseline.")
+    ] = "active",
+    entity: Annotated[
+        str | None, Opt(help="The brand; default: the one entity the pool names.")
+    ] = None,
+    seed: Annotated[int, Opt(help="Seed of the random strategy.")] = 13,
+) -> None:
+    """Choose the K pool tweets of a brand most worth labelling next (active learning).
+
+    Needs no TensorFlow. Label NEXT.tsv, append it to DONE.tsv, adapt (trainer adapt) or
+    select again. See docs/trainer.md#choosing-what-to-label.
+    """
+    import time
+
+    from edgemodel.bundle import BundleError
+    from edgemodel.selection import STRATEGIES, SelectionError
+    from trainer.select import SelectError, read_tsv, select_rows, write_next
+
+    if strategy not in STRATEGIES:
+        raise typer.BadParameter(f"{strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    started = time.monotonic()
+    try:
+        rows = read_tsv(pool)
+        done = read_tsv(labelled) if labelled else None
+        chosen = select_rows(
+            model, rows, n, done=done, entity=entity, strategy=strategy, seed=seed, pool_name=pool
+        )
+    except (SelectError, SelectionError, BundleError) as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+    write_next(out, rows, chosen.chosen)
+    steer = "the head adapted on them" if chosen.adapted else "the current model"
+    typer.echo(
+        f"{chosen.entity}: chose {len(chosen.chosen)} of {chosen.pool_size} unlabelled tweets "
+        f"({strategy}; {chosen.labelled} already labelled, choice made with {steer}) "
+        f"in {time.monotonic() - started:.1f} s -> {out}"
+    )
+
+
 @app.command("replab-protocol")
 def replab_protocol(
     models: Annotated[
