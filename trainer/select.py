@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from edgemodel.adaptation import AdaptationError, fit_entity_head
+from edgemodel.batching import outputs_in_length_order
 from edgemodel.bundle import EMBEDDING_OUTPUT, OUTPUT_NAME, RELATED_OUTPUT, ModelBundle
 from edgemodel.entity_heads import entity_key
 from edgemodel.inference import Classifier, EmptyTextError, Encoded
 from edgemodel.selection import PoolOutputs, select
-from trainer.evaluate import outputs_in_length_order
 
 POLARITY = ("negative", "neutral", "positive")
 
