@@ -12,7 +12,13 @@ errors, telemetry from 4 nodes every 5 s) published at --rate for --seconds into
   age of the newest record when the dashboard counted it (records carry their publish time).
 
 Falling behind shows as a backlog that grows over the run, and as drain time after the
-publisher stops. Run:  python benchmarks/dashboard_load.py [--rate 1000 --seconds 60]
+publisher stops. With history (issue 17) the dashboard also writes every label into its
+database; ``--history off,sqlite,postgresql`` runs the same load once per setting, one
+after the other in one invocation, so the figures sit side by side (PostgreSQL: a local
+server from Debian's package, started by tests/postgres.py). After each run the history's
+total is checked against the labels counted.
+
+Run:  python benchmarks/dashboard_load.py [--rate 1000 --seconds 60 --history off,sqlite]
 A table goes to stdout, everything to --out (JSON).
 """
 
@@ -219,19 +225,66 @@ def median(samples: list[dict], key: str) -> float:
     return round(statistics.median(values), 1) if values else float("nan")
 
 
+def history_total(db: str) -> int:
+    from dashboard.history import HistoryStore
+
+    store = HistoryStore(db)
+    try:
+        return sum(store.entities().values())
+    finally:
+        store.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=1000.0, help="messages/s offered")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the load phase")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle baseline")
     parser.add_argument("--push-interval", type=float, default=0.5)
+    parser.add_argument(
+        "--history",
+        default="sqlite",
+        help="comma-separated: off, sqlite, postgresql (one run each, side by side)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "dashboard_load.json")
     args = parser.parse_args()
     if reason := missing_reason():
         print(f"cannot run: {reason}", file=sys.stderr)
         return 2
+    kinds = [k.strip() for k in args.history.split(",") if k.strip()]
+    if not kinds or set(kinds) - {"off", "sqlite", "postgresql"}:
+        print("--history: off, sqlite and/or postgresql", file=sys.stderr)
+        return 2
+    results = {kind: run(args, kind) for kind in kinds}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results if len(results) > 1 else results[kinds[0]], indent=1))
+    if len(results) > 1:
+        print("\nside by side (medians per second under load):")
+        print(f"{'':<34}" + "".join(f"{k:>12}" for k in results))
+        for key in ("dashboard_cpu", "mosquitto_cpu", "browser_cpu", "renders_per_s"):
+            print(
+                f"{key:<34}" + "".join(f"{r['median'][key]['load']:>12}" for r in results.values())
+            )
+        for key in ("backlog_median", "lag_ms_median", "drain_s", "history_total"):
+            print(f"{key:<34}" + "".join(f"{r.get(key)!s:>12}" for r in results.values()))
+    print(f"JSON: {args.out}")
+    return 0
 
+
+def run(args: argparse.Namespace, history: str) -> dict:
+    """One load run with the dashboard's history off, on SQLite, or on PostgreSQL."""
+    print(f"\n== history: {history} ==", flush=True)
     work = Path(tempfile.mkdtemp(prefix="repedge-dashboard-bench-"))
+    postgres = None
+    if history == "postgresql":
+        from tests.postgres import PostgresServer
+
+        postgres = PostgresServer().start()
+        db_args = ["--db", postgres.url]
+    elif history == "sqlite":
+        db_args = ["--db", str(work / "history.sqlite3")]
+    else:
+        db_args = ["--no-history"]
     mqtt_port, http_port = free_port(), free_port()
     conf = write_config(BrokerConfig(data_dir=work / "broker", port=mqtt_port))
     log = open(work / "processes.log", "ab")  # noqa: SIM115
@@ -243,7 +296,7 @@ def main() -> int:
         wait_port(mqtt_port)
         dashboard = subprocess.Popen(
             [sys.executable, "-m", "dashboard", "serve", "--broker", f"mqtt://127.0.0.1:{mqtt_port}",
-             "--port", str(http_port), "--push-interval", str(args.push_interval)],
+             "--port", str(http_port), "--push-interval", str(args.push_interval), *db_args],
             cwd=REPO, stdout=log, stderr=log,
         )  # fmt: skip
         wait_port(http_port)
@@ -283,6 +336,10 @@ def main() -> int:
                 proc.terminate()
                 proc.wait(30)
         log.close()
+    # The dashboard flushed on SIGTERM: its database must hold every label it counted.
+    total = None if history == "off" else history_total(db_args[1])
+    if postgres is not None:
+        postgres.stop()
 
     steady = load[len(load) // 6 :]  # skip the first seconds (connection, first bursts)
     half = len(steady) // 2
@@ -291,6 +348,9 @@ def main() -> int:
         "when": now_iso(),
         "rate": args.rate,
         "seconds": args.seconds,
+        "history": history,
+        "history_total": total,
+        "history_status_at_end": final.get("history"),
         "push_interval_s": args.push_interval,
         "labels_sent": publisher.sent_labels,
         "errors_sent": publisher.sent_errors,
@@ -317,9 +377,6 @@ def main() -> int:
         "idle": idle,
         "load": load,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-
     m = result["median"]
     print(f"\n{result['machine']}; {args.rate:.0f} msg/s offered for {args.seconds:.0f} s")
     print(f"{'median per second':<34}{'idle':>10}{'load':>10}")
@@ -349,8 +406,9 @@ def main() -> int:
             "WARNING: the publisher did not reach the offered rate (machine too busy?): this "
             "run measures the publisher, not the dashboard"
         )
-    print(f"JSON: {args.out}")
-    return 0
+    if total is not None:
+        print(f"history total {total} (labels counted {result['labels_counted']})")
+    return result
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """Reputation history that persists: per-minute counts per entity and label, rolled up.
 
-What is stored. One row per (entity, bucket, label, relation) with a count ``n``, in three
-tables of the same shape: ``history_minute``, ``history_hour`` and ``history_day``
-(``bucket``: the bucket's start, epoch seconds UTC). ``label`` is negative / neutral /
-positive (anything else is ``other``); ``relation`` is ``related``, ``unrelated``, or
-``unknown`` for records without a ``related`` field (a model with no related head).
-Shares are computed on the tweets not marked unrelated; unrelated ones are counted apart.
+What is stored. One row per (entity, bucket) in three tables of the same shape:
+``history_minute``, ``history_hour`` and ``history_day`` (``bucket``: the bucket's start,
+epoch seconds UTC), with a count column per label and relation, ``<label>_<relation>``:
+label negative / neutral / positive / other (anything else), relation ``related``,
+``unrelated``, or ``unknown`` for records without a ``related`` field (a model with no
+related head). Twelve columns, so a range query reads one row per bucket and needs no
+GROUP BY. Shares are computed on the tweets not marked unrelated (related + unknown);
+unrelated ones are counted apart.
 
 How it is written. :class:`HistoryRecorder` adds each label record to a dict in memory
 (O(1), under a lock) and a thread flushes it every ``flush_interval`` seconds in ONE
@@ -60,7 +62,8 @@ FIELDS = (*LABELS, "unrelated")  # what each bucket of a series carries
 TWITTER_EPOCH_S = 1_142_899_200  # 2006-03-21: no tweet is older
 FUTURE_SLACK_S = 300.0  # clocks disagree a little; minutes ahead is a broken clock
 MAX_POINTS = 5000  # per series; a longer axis moves to the next coarser bucket
-SCHEMA_VERSION = "1"
+COLUMNS = tuple(f"{label}_{relation}" for label in LABELS for relation in RELATIONS)
+SCHEMA_VERSION = "2"
 
 __all__ = [
     "DAY",
@@ -157,15 +160,13 @@ def event_time(record: dict[str, Any], received: float) -> tuple[float, bool]:
 
 
 def _schema() -> str:
+    counts = "".join(f"    {column} BIGINT NOT NULL DEFAULT 0,\n" for column in COLUMNS)
     tables = "".join(
         f"""
 CREATE TABLE IF NOT EXISTS {table} (
     entity TEXT NOT NULL,
     bucket BIGINT NOT NULL,
-    label TEXT NOT NULL,
-    relation TEXT NOT NULL,
-    n BIGINT NOT NULL,
-    PRIMARY KEY (entity, bucket, label, relation)
+{counts}    PRIMARY KEY (entity, bucket)
 );
 CREATE INDEX IF NOT EXISTS {table}_bucket ON {table} (bucket);"""
         for table in TABLES.values()
@@ -174,20 +175,21 @@ CREATE INDEX IF NOT EXISTS {table}_bucket ON {table} (bucket);"""
 
 
 def _upsert(table: str) -> str:
+    marks = ", ".join("?" for _ in COLUMNS)
+    adds = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in COLUMNS)
     return (
-        f"INSERT INTO {table} (entity, bucket, label, relation, n) VALUES (?, ?, ?, ?, ?) "
-        f"ON CONFLICT (entity, bucket, label, relation) DO UPDATE SET n = {table}.n + excluded.n"
+        f"INSERT INTO {table} (entity, bucket, {', '.join(COLUMNS)}) VALUES (?, ?, {marks}) "
+        f"ON CONFLICT (entity, bucket) DO UPDATE SET {adds}"
     )
 
 
-# One pass over the rows of a range, summed per bucket: shares use what is not unrelated.
-_SUMS = ", ".join(
-    [
-        f"SUM(CASE WHEN relation <> 'unrelated' AND label = '{label}' THEN n ELSE 0 END)"
-        for label in LABELS
-    ]
-    + ["SUM(CASE WHEN relation = 'unrelated' THEN n ELSE 0 END)"]
-)
+# What a bucket carries (FIELDS), as SQL over its columns: each label's tweets not marked
+# unrelated, and every unrelated one.
+_FIELD_SQL = [f"{label}_related + {label}_unknown" for label in LABELS] + [
+    " + ".join(f"{label}_unrelated" for label in LABELS)
+]
+_ALL_SQL = " + ".join(COLUMNS)
+_INDEX = {column: i for i, column in enumerate(COLUMNS)}
 
 Key = tuple[str, int, str, str]  # entity, minute bucket, label, relation
 
@@ -241,14 +243,18 @@ class HistoryStore:
         """Add per-minute counts to the minute, hour and day tables in one transaction."""
         if not counts:
             return
-        per_table: dict[int, dict[Key, int]] = {step: {} for step in TABLES}
+        per_table: dict[int, dict[tuple[str, int], list[int]]] = {step: {} for step in TABLES}
         for (entity, minute, label, relation), n in counts.items():
+            column = _INDEX[f"{label}_{relation}"]
             for step, rolled in per_table.items():
-                key = (entity, minute - minute % step, label, relation)
-                rolled[key] = rolled.get(key, 0) + n
+                key = (entity, minute - minute % step)
+                row = rolled.get(key)
+                if row is None:
+                    row = rolled[key] = [0] * len(COLUMNS)
+                row[column] += n
         self.db.write_many(
             [
-                (_upsert(TABLES[step]), [(*key, n) for key, n in rolled.items()])
+                (_upsert(TABLES[step]), [(*key, *row) for key, row in rolled.items()])
                 for step, rolled in per_table.items()
             ]
         )
@@ -318,20 +324,26 @@ class HistoryStore:
             return result
         clause, params = self._where(entities, first, stop)
         rows = self.db.query(
-            f"SELECT entity, bucket, {_SUMS} FROM {TABLES[step]} WHERE {clause} "
-            "GROUP BY entity, bucket",
+            f"SELECT entity, bucket, {', '.join(_FIELD_SQL)} FROM {TABLES[step]} WHERE {clause}",
             params,
         )
-        index = {t: i for i, t in enumerate(axis)}
+        size = len(axis)
         out: dict[str, dict[str, list[int]]] = {}
+        lists: dict[str, tuple[list[int], ...]] = {}  # the same lists, in FIELDS order
+
+        def add(name: str) -> tuple[list[int], ...]:
+            out[name] = {f: [0] * size for f in FIELDS}
+            lists[name] = tuple(out[name][f] for f in FIELDS)
+            return lists[name]
+
         for name in entities or ():
-            out[name] = {f: [0] * len(axis) for f in FIELDS}
-        for entity, bucket, *sums in rows:
-            columns = out.setdefault(entity, {f: [0] * len(axis) for f in FIELDS})
-            i = index.get(int(bucket))
-            if i is not None:
-                for field, value in zip(FIELDS, sums, strict=True):
-                    columns[field][i] = int(value)
+            add(name)
+        for entity, bucket, neg, neu, pos, other, unrelated in rows:
+            i = (int(bucket) - first) // step
+            if 0 <= i < size:
+                columns = lists.get(entity) or add(entity)
+                columns[0][i], columns[1][i], columns[2][i] = int(neg), int(neu), int(pos)
+                columns[3][i], columns[4][i] = int(other), int(unrelated)
         result["entities"] = out
         return result
 
@@ -345,8 +357,9 @@ class HistoryStore:
         step = self.pick_step(start, end, finest)
         first = int(start) - int(start) % step
         clause, params = self._where(entities, first, math.ceil(end))
+        sums = ", ".join(f"SUM({field})" for field in _FIELD_SQL)
         rows = self.db.query(
-            f"SELECT entity, {_SUMS} FROM {TABLES[step]} WHERE {clause} GROUP BY entity", params
+            f"SELECT entity, {sums} FROM {TABLES[step]} WHERE {clause} GROUP BY entity", params
         )
         found = {e: dict(zip(FIELDS, map(int, sums), strict=True)) for e, *sums in rows}
         return {"step": step, "start": first, "end": math.ceil(end), "entities": found}
@@ -354,7 +367,8 @@ class HistoryStore:
     def entities(self) -> dict[str, int]:
         """Every entity recorded (within the day table) with its total count, busiest first."""
         rows = self.db.query(
-            f"SELECT entity, SUM(n) FROM {TABLES[DAY]} GROUP BY entity ORDER BY SUM(n) DESC"
+            f"SELECT entity, SUM({_ALL_SQL}) AS n FROM {TABLES[DAY]} GROUP BY entity "
+            "ORDER BY n DESC"
         )
         return {entity: int(n) for entity, n in rows}
 
