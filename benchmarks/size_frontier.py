@@ -41,6 +41,7 @@ from edgemodel.report_notes import write_markdown_keeping_notes  # noqa: E402
 from edgemodel.splits import SPLIT_SEED, DataSources  # noqa: E402
 from trainer.compress import CompressOptions, compress_bundle, load_run_model  # noqa: E402
 from trainer.evaluate import evaluate_bundle, machine_info  # noqa: E402
+from trainer.int4 import Int4Recipe  # noqa: E402
 
 BERT_LARGE_FP32_BYTES = 1.34e9
 PAPER_TARGET_MB = 8.4
@@ -126,7 +127,8 @@ def make_bundle(
     if (folder / "manifest.json").is_file():
         manifest = ModelBundle.load(folder, verify=False).manifest
         made = manifest.training.get("compression", {})
-        same = (made.get("min_count"), made.get("int4_granularity")) == (
+        granularity = made.get("int4", {}).get("granularity", made.get("int4_granularity"))
+        same = (made.get("min_count"), granularity) == (
             config.min_count,
             config.int4_granularity,
         ) and bool(made.get("keep_texts")) == (config.keep_entities and bool(entities))
@@ -139,7 +141,7 @@ def make_bundle(
         num_layers=config.num_layers,
         variants=config.variants,
         version_suffix=config.name,
-        int4_granularity=config.int4_granularity,
+        int4=Int4Recipe(granularity=config.int4_granularity),
         keep_texts=entities if config.keep_entities else (),
     )
     compress_bundle(model_cache["model"], model_cache["parent"], corpus, folder, options)

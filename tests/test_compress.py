@@ -115,3 +115,47 @@ def test_keep_texts_survive_pruning(bundles: tuple[ModelBundle, ModelBundle]) ->
     pruned = select_vocab(vocab, counts, 1, special_tokens(original), keep)
     assert "volvo" in pruned.tokens and "highway" in pruned.tokens
     assert "volvo" not in select_vocab(vocab, counts, 1, special_tokens(original)).tokens
+
+
+def _run_flatbuffer(model: bytes, encoded) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_content=model).get_signature_runner()
+    rows = []
+    for e in encoded:
+        out = runner(
+            input_ids=np.asarray([e.input_ids], np.int32),
+            segment_ids=np.asarray([e.segment_ids], np.int32),
+            attention_mask=np.ones((1, len(e)), np.int32),
+        )
+        rows.append(out["logits"][0])
+    return np.asarray(rows)
+
+
+def test_gptq_and_mixed_precision_int4(bundles: tuple[ModelBundle, ModelBundle]) -> None:
+    """GPTQ (calibrated on tweets) and int8 scopes (mixed precision) give working int4
+    FlatBuffers; the int8 layers cost bytes and bring the logits closer to fp32."""
+    from trainer.int4 import Int4Recipe, quantize_int4
+
+    parent, _ = bundles
+    clf = Classifier.from_path(parent.root, variant="fp32", num_threads=1)
+    encoded = [clf.encode(t, e) for t, e in CORPUS]
+    fp32_bytes = (parent.root / parent.manifest.variants["fp32"].file).read_bytes()
+    fp32 = _run_flatbuffer(fp32_bytes, encoded)
+    made = {
+        name: quantize_int4(fp32_bytes, recipe, calibration=encoded * 4)
+        for name, recipe in {
+            "gptq": Int4Recipe(algorithm="gptq", embedding_bits=8),
+            # Every dense layer matches the int8 rule: the last matching rule wins.
+            "mixed": Int4Recipe(
+                algorithm="gptq", int8_scopes=("transformer_layer_",), embedding_bits=8
+            ),
+        }.items()
+    }
+    error = {k: float(np.abs(_run_flatbuffer(m, encoded) - fp32).mean()) for k, m in made.items()}
+    assert len(made["gptq"]) < len(made["mixed"]) < len(fp32_bytes)
+    assert error["mixed"] < error["gptq"] < 0.1 * float(np.abs(fp32).mean()) + 0.05
+    with pytest.raises(ValueError, match="calibration"):
+        quantize_int4(fp32_bytes, Int4Recipe(algorithm="gptq"))
+    with pytest.raises(ValueError, match="not one of"):
+        Int4Recipe(algorithm="adaround")

@@ -428,6 +428,20 @@ def compress(
         str | None,
         Opt(help="int4 weight scales: CHANNELWISE or BLOCKWISE_32/64/128/256 (default 32)."),
     ] = None,
+    int4_algorithm: Annotated[
+        str,
+        Opt(
+            help="How int4 rounds: octav (per-block clipping) or gptq (error compensation "
+            "over corpus tweets)."
+        ),
+    ] = "octav",
+    int8_layer: Annotated[
+        list[str] | None,
+        Opt(
+            help="Regex of dense layers (FlatBuffer tensor names) kept int8 in the int4 "
+            "variant; repeatable (mixed precision)."
+        ),
+    ] = None,
 ) -> None:
     """Shrink a trained model without retraining: prune its vocabulary to the tokens the
     corpus uses (single characters always stay, so every word still tokenizes), cut position
@@ -437,7 +451,7 @@ def compress(
     """
     from edgemodel.data import DataError, read_labeled
     from trainer.compress import CompressOptions, compress_run
-    from trainer.int4 import DEFAULT_GRANULARITY
+    from trainer.int4 import DEFAULT_GRANULARITY, Int4Recipe
 
     try:
         examples = [e for path in corpus for e in read_labeled(path)]
@@ -447,7 +461,11 @@ def compress(
         min_count=min_count,
         num_layers=num_layers,
         variants=tuple(variants.split(",")),
-        int4_granularity=int4_granularity or DEFAULT_GRANULARITY,
+        int4=Int4Recipe(
+            granularity=int4_granularity or DEFAULT_GRANULARITY,
+            algorithm=int4_algorithm,
+            int8_scopes=tuple(int8_layer or ()),
+        ),
         keep_texts=tuple(keep or ()),
     )
     bundle = compress_run(run, examples, out, options)

@@ -18,7 +18,7 @@ import json
 import shutil
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from edgemodel.bundle import ModelBundle, write_derived_bundle
 from edgemodel.data import FILTER_LABELS, Example
 from edgemodel.inference import EmptyTextError, Encoded, TweetEncoder
 from trainer.export import calibration_samples, export_variants
-from trainer.int4 import DEFAULT_GRANULARITY
+from trainer.int4 import Int4Recipe
 from trainer.model import build_classifier, has_related_head, has_task_heads
 
 CONTINUATION = "##"
@@ -213,8 +213,10 @@ class CompressOptions:
     num_layers: int | None = None
     variants: Sequence[str] = ("int8", "int4")
     version_suffix: str = "compressed"
-    # Scale groups of the int4 dense weights (see trainer.export.convert).
-    int4_granularity: str = DEFAULT_GRANULARITY
+    # How the int4 variant rounds its dense weights and which stay int8 (trainer.int4).
+    int4: Int4Recipe = field(default_factory=Int4Recipe)
+    # Corpus tweets GPTQ measures each dense layer's inputs on.
+    gptq_tweets: int = 512
     # Texts whose tokens are always kept: the entities nodes will be asked about (the
     # entity is a model input), which a training corpus split by entity may never name.
     keep_texts: Sequence[str] = ()
@@ -253,7 +255,10 @@ def compress_bundle(
             staging,
             options.variants,
             calibration=_calibration(encoder, corpus),
-            int4_granularity=options.int4_granularity,
+            int4=options.int4,
+            int4_calibration=gptq_calibration(encoder, corpus, options.gptq_tweets)
+            if options.int4.algorithm == "gptq"
+            else (),
         )
         layers = bert_backbone(small).num_layers
         compression = {
@@ -264,7 +269,7 @@ def compress_bundle(
             "corpus_tweets": len(corpus),
             "num_layers": layers,
             "max_positions": m.max_length,
-            "int4_granularity": options.int4_granularity,
+            "int4": options.int4.describe(),
         }
         return write_derived_bundle(
             parent,
@@ -290,6 +295,23 @@ def _calibration(encoder: TweetEncoder, corpus: Sequence[Example]) -> list[Encod
         return calibration_samples(encoded)
     except ValueError:
         return []
+
+
+def gptq_calibration(
+    encoder: TweetEncoder, corpus: Sequence[Example], limit: int, seed: int = 13
+) -> list[Encoded]:
+    """A seeded sample of corpus tweets, unpadded and of their own lengths, with their
+    entities: the inputs a node feeds, so GPTQ weighs each weight by how it is used."""
+    order = np.random.default_rng(seed).permutation(len(corpus))
+    picked: list[Encoded] = []
+    for i in order:
+        if len(picked) >= limit:
+            break
+        try:
+            picked.append(encoder.encode(corpus[i].text, corpus[i].entity))
+        except EmptyTextError:
+            continue
+    return picked
 
 
 def compress_run(

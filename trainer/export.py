@@ -24,7 +24,7 @@ from edgemodel.bundle import (
     VARIANT_FILES,
 )
 from edgemodel.inference import Encoded
-from trainer.int4 import DEFAULT_GRANULARITY, quantize_int4
+from trainer.int4 import DEFAULT_INT4, Int4Recipe, quantize_int4
 
 ALL_VARIANTS = ("fp32", "fp16", "int8", "int8-full")
 
@@ -101,10 +101,11 @@ def convert(
     saved_model: Path,
     variant: str,
     calibration: Sequence[Encoded] = (),
-    int4_granularity: str = DEFAULT_GRANULARITY,
+    int4: Int4Recipe = DEFAULT_INT4,
+    int4_calibration: Sequence[Encoded] = (),
 ) -> bytes:
-    """One variant's FlatBuffer; ``int4_granularity`` is ai-edge-quantizer's name for the
-    int4 dense weights' scale groups (CHANNELWISE, BLOCKWISE_32/64/128/256)."""
+    """One variant's FlatBuffer. ``calibration``: equal-length tweets for int8-full;
+    ``int4_calibration``: unpadded tweets of any length for GPTQ (see :class:`Int4Recipe`)."""
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if variant == "fp16":
@@ -125,7 +126,7 @@ def convert(
         ]
     elif variant == "int4":
         # ai-edge-quantizer works on the float FlatBuffer.
-        return quantize_int4(convert(saved_model, "fp32"), granularity=int4_granularity)
+        return quantize_int4(convert(saved_model, "fp32"), int4, int4_calibration)
     elif variant != "fp32":
         raise ValueError(f"unknown variant {variant!r}; known: {sorted(VARIANT_FILES)}")
     return converter.convert()
@@ -136,7 +137,8 @@ def export_variants(
     out_dir: Path,
     variants: Sequence[str] = ALL_VARIANTS,
     calibration: Sequence[Encoded] = (),
-    int4_granularity: str = DEFAULT_GRANULARITY,
+    int4: Int4Recipe = DEFAULT_INT4,
+    int4_calibration: Sequence[Encoded] = (),
 ) -> dict[str, Path]:
     """Write each requested variant to ``out_dir/<canonical name>``; return the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -145,6 +147,6 @@ def export_variants(
         saved = save_serving_model(model, Path(tmp) / "saved")
         for variant in variants:
             path = out_dir / VARIANT_FILES[variant][0]
-            path.write_bytes(convert(saved, variant, calibration, int4_granularity))
+            path.write_bytes(convert(saved, variant, calibration, int4, int4_calibration))
             paths[variant] = path
     return paths

@@ -7,11 +7,20 @@ table is rewritten by hand: int4 (or int8) values with one scale per row; the GA
 picks integer rows, which are dequantized and multiplied by their gathered row scales.
 Dequantizing the whole table instead (a constant DEQUANTIZE before the GATHER) would hold
 it as float in RAM: +26 MiB RSS for a 23k-token table.
+
+How the dense weights are rounded is an :class:`Int4Recipe`: OCTAV clipping per block, or
+GPTQ error compensation over calibration tweets; and which dense layers stay int8 (mixed
+precision, chosen by measuring each layer's cost, see benchmarks/int4_sensitivity.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
+
+from edgemodel.inference import Encoded
 
 # Scale groups of the fully-connected weights, in AEQ's names (CHANNELWISE,
 # BLOCKWISE_32/64/128/256). On the MiniLM run (docs/size_frontier.md) one scale per 32
@@ -22,32 +31,94 @@ FLOAT32 = 0  # TensorType.FLOAT32 in the TFLite schema
 # Only the encoder's layers (KerasHub names them transformer_layer_N): the 3-class head
 # is 1,152 weights, and int4 with one scale per class would save nothing but accuracy.
 DENSE_SCOPE = "transformer_layer"
+ALGORITHMS = ("octav", "gptq")
+
+
+@dataclass(frozen=True)
+class Int4Recipe:
+    """How the int4 variant is made from the fp32 FlatBuffer."""
+
+    granularity: str = DEFAULT_GRANULARITY
+    # "octav": per block, the clipping range that minimises that block's own rounding
+    # error. "gptq": each weight's rounding error is pushed onto the weights of its row not
+    # yet rounded, weighted by the layer's input Hessian from calibration tweets (Frantar
+    # et al. 2022), so that what the quantizer stores already sits on its grid and the
+    # layer's *output* error is small, not each weight's.
+    algorithm: str = "octav"
+    # Regular expressions over the FlatBuffer's tensor names of dense layers that stay
+    # int8 (mixed precision), e.g. "transformer_layer_5_1/feedforward_output".
+    int8_scopes: tuple[str, ...] = ()
+    embedding_bits: int = 4
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"int4 algorithm {self.algorithm!r} is not one of {ALGORITHMS}")
+        if self.embedding_bits not in (4, 8):
+            raise ValueError(f"embedding bits must be 4 or 8, got {self.embedding_bits}")
+
+    def describe(self) -> dict:
+        return {
+            "granularity": self.granularity,
+            "algorithm": self.algorithm,
+            "int8_scopes": list(self.int8_scopes),
+            "embedding_bits": self.embedding_bits,
+        }
+
+
+DEFAULT_INT4 = Int4Recipe()
 
 
 def quantize_int4(
-    fp32_model: bytes, embedding_bits: int = 4, granularity: str = DEFAULT_GRANULARITY
+    fp32_model: bytes, recipe: Int4Recipe = DEFAULT_INT4, calibration: Sequence[Encoded] = ()
 ) -> bytes:
-    """fp32 FlatBuffer -> int4 fully-connected weights + ``embedding_bits`` token table."""
-    return quantize_embedding_table(quantize_dense_int4(fp32_model, granularity), embedding_bits)
+    """fp32 FlatBuffer -> int4 (and int8 where the recipe says) dense weights + token table."""
+    dense = quantize_dense_int4(fp32_model, recipe, calibration)
+    return quantize_embedding_table(dense, recipe.embedding_bits)
 
 
-def quantize_dense_int4(fp32_model: bytes, granularity: str = DEFAULT_GRANULARITY) -> bytes:
+def quantize_dense_int4(
+    fp32_model: bytes, recipe: Int4Recipe = DEFAULT_INT4, calibration: Sequence[Encoded] = ()
+) -> bytes:
     """AEQ: int4 weights, float activations quantized on the fly, for FULLY_CONNECTED.
 
     OCTAV picks clipping ranges that minimise the quantization error instead of using
-    min/max; on MiniLM it cut the logit error of int4 by a fifth at the same size.
+    min/max; on MiniLM it cut the logit error of int4 by a fifth at the same size. GPTQ
+    needs ``calibration``: unpadded tweets, one per sample, as the node feeds them.
     """
     from ai_edge_quantizer import algorithm_manager, qtyping, quantizer
 
+    names = algorithm_manager.AlgorithmName
+    fc = qtyping.TFLOperationName.FULLY_CONNECTED
     q = quantizer.Quantizer(bytearray(fp32_model))
     q.add_dynamic_config(
         regex=DENSE_SCOPE,
-        operation_name=qtyping.TFLOperationName.FULLY_CONNECTED,
+        operation_name=fc,
         num_bits=4,
-        granularity=qtyping.QuantGranularity[granularity],
-        algorithm_key=algorithm_manager.AlgorithmName.OCTAV,
+        granularity=qtyping.QuantGranularity[recipe.granularity],
+        algorithm_key=names.GPTQ if recipe.algorithm == "gptq" else names.OCTAV,
     )
-    return bytes(q.quantize().quantized_model)
+    for scope in recipe.int8_scopes:  # AEQ applies the last matching rule
+        q.add_dynamic_config(
+            regex=scope,
+            operation_name=fc,
+            num_bits=8,
+            granularity=qtyping.QuantGranularity.CHANNELWISE,
+            algorithm_key=names.MIN_MAX_UNIFORM_QUANT,
+        )
+    if recipe.algorithm != "gptq":
+        return bytes(q.quantize().quantized_model)
+    if not calibration:
+        raise ValueError("GPTQ needs calibration tweets")
+    samples = [
+        {
+            "input_ids": np.asarray([e.input_ids], np.int32),
+            "segment_ids": np.asarray([e.segment_ids], np.int32),
+            "attention_mask": np.ones((1, len(e)), np.int32),
+        }
+        for e in calibration
+    ]
+    result = q.calibrate({"serving_default": samples}, num_threads=2)
+    return bytes(q.quantize(result).quantized_model)
 
 
 def quantize_rows(table: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
