@@ -16,6 +16,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from common import topics
 from common.hass import object_id
 
 ROLES = ("node", "feeder", "dashboard", "view", "teach", "site", "admin")
@@ -26,6 +27,8 @@ LOCAL_ACL_FILE = "acl.local"
 TEACH_TOPICS = "repedge/nodes/+/teach/#"
 TEACH_REQUESTS = "repedge/nodes/+/teach/request"
 TEACH_RESPONSES = "repedge/nodes/+/teach/response/#"
+# Discovery configs of the alert sensors (dashboard/alert_monitor.py: HA_NODE level).
+HA_ALERTS_DISCOVERY = f"{topics.HA_DISCOVERY_PREFIX}/+/repedge_alerts/#"
 
 # A node user's name is its node id and appears in topic filters: keep it topic-safe.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -73,14 +76,19 @@ def rules_for(name: str, role: str) -> list[str]:
     if role == "feeder":
         return ["topic write repedge/tweets"]
     view = ["topic read repedge/#", "topic read homeassistant/status", "topic read $SYS/#"]
-    if role in ("dashboard", "view"):
+    # A dashboard publishes the spike alerts it evaluates and their Home Assistant
+    # discovery (dashboard/alert_monitor.py); a view only reads.
+    alerts = [f"topic write {topics.ALERTS}/#", f"topic write {HA_ALERTS_DISCOVERY}"]
+    if role == "view":
         # Everything a dashboard shows, never a text a node kept for teaching: the teach
         # exchange is denied explicitly (Mosquitto checks deny rules before grants), as it
         # sits under repedge/, which this role may otherwise read.
         return [f"topic deny {TEACH_TOPICS}", *view]
+    if role == "dashboard":
+        return [f"topic deny {TEACH_TOPICS}", *view, *alerts]
     if role == "teach":
         # A dashboard that may also teach: ask nodes for texts and send them labels.
-        return [*view, f"topic write {TEACH_REQUESTS}", f"topic read {TEACH_RESPONSES}"]
+        return [*view, *alerts, f"topic write {TEACH_REQUESTS}", f"topic read {TEACH_RESPONSES}"]
     if role == "site":
         # A site broker's bridge at a central broker (broker/bridge.py): its user name is
         # the site name. It forwards under sites/<site>/ and may take tweets addressed to

@@ -18,6 +18,9 @@ NODES = f"{NAMESPACE}/nodes"
 NODE_REPORTS = f"{NODES}/+/+"
 ALL_NODES = f"{NODES}/#"
 EVERYTHING = f"{NAMESPACE}/#"
+# Spike alerts per entity (dashboard/alert_monitor.py): retained state on ALERTS/<entity>,
+# events on ALERTS/<entity>/events.
+ALERTS = f"{NAMESPACE}/alerts"
 # A site broker's bridge reports its link state here (broker/bridge.py).
 BRIDGE_STATE = f"{NAMESPACE}/bridge/state"
 

@@ -36,9 +36,9 @@ class SpikeRule:
 
     window_s: int = 2 * 3600
     baseline_s: int = 7 * 86400
-    alpha: float = 1e-4
+    alpha: float = 0.01
     close_alpha: float = 0.05
-    min_negative: int = 5
+    min_negative: int = 4
     prior_share: float = 0.15
     prior_weight: float = 20.0
 
@@ -234,6 +234,12 @@ class SpikeDetector:
 
     def entities(self) -> list[str]:
         return list(self._streams)
+
+    def counts(self, entity: str, after: int, upto: int) -> tuple[int, int]:
+        """(negative, related) of ``entity`` in minutes m with after < m <= upto (only
+        what is still kept: the window and the baseline)."""
+        stream = self._streams.get(entity)
+        return stream.sums(after, upto) if stream is not None else (0, 0)
 
     def evaluate(self, entity: str, at: int) -> Evidence:
         """The test at time ``at`` for ``entity`` (no state change)."""

@@ -104,6 +104,53 @@ FlushInterval = Annotated[
 ]
 
 
+AlertEntities = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--alert-entity",
+        help="Entity to watch for negative spikes (repeatable): only these get alerts, "
+        "Home Assistant sensors and topics. Default: the first --alert-max-entities seen.",
+        show_default=False,
+    ),
+]
+AlertMax = Annotated[
+    int,
+    typer.Option(help="Most entities watched for spikes without --alert-entity.", min=1),
+]
+NoAlerts = Annotated[
+    bool,
+    typer.Option(
+        "--no-alerts", help="Evaluate no spike alerts (publish nothing on repedge/alerts)."
+    ),
+]
+
+
+@dataclass
+class AlertOptions:
+    off: bool = False
+    entities: list[str] | None = None
+    max_entities: int = 100
+
+
+def _start_alerts(options: AlertOptions, state: DashboardState, source: Subscriber):
+    """The spike-alert monitor (dashboard/alert_monitor.py), publishing through the
+    dashboard's own connection; None with --no-alerts."""
+    if options.off:
+        return None
+    from dashboard.alert_monitor import AlertMonitor
+
+    def publish(topic: str, payload: str, retain: bool) -> None:
+        source.client.publish(topic, payload, qos=1, retain=retain)
+
+    monitor = AlertMonitor(
+        entities=options.entities, max_entities=options.max_entities, publish=publish
+    )
+    monitor.on_change = state.mark_changed
+    state.alert_monitor = monitor
+    monitor.start()
+    return monitor
+
+
 @dataclass
 class HistoryOptions:
     db: str | None = None
@@ -186,6 +233,9 @@ def serve(
     no_history: NoHistory = False,
     retention: RetentionOpt = DEFAULT_RETENTION,
     flush_interval: FlushInterval = 2.0,
+    alert_entity: AlertEntities = None,
+    alert_max_entities: AlertMax = 100,
+    no_alerts: NoAlerts = False,
 ) -> None:
     """Serve the live web dashboard (no internet needed: every file is served locally)."""
     from dashboard.web import DashboardServer, Hub
@@ -195,12 +245,17 @@ def serve(
     tls_files = (cafile, certfile, keyfile)
     store, recorder = _open_history(HistoryOptions(db, no_history, retention, flush_interval))
     state, source = _start(broker, username, password, tls_files, topic, history, recent, recorder)
+    monitor = _start_alerts(
+        AlertOptions(no_alerts, alert_entity, alert_max_entities), state, source
+    )
     hub = Hub(state, push_interval)
     teacher, teach_routes = _teach(source.broker, state)
     try:
         server = DashboardServer((host, port), state, hub, store, extra_routes=teach_routes)
     except OSError as exc:
         teacher.close()
+        if monitor is not None:
+            monitor.stop()
         source.stop()
         _stop_history(store, recorder)
         typer.echo(f"cannot listen on {host}:{port}: {exc}", err=True)
@@ -220,6 +275,8 @@ def serve(
         hub.stop()
         server.close()
         teacher.close()
+        if monitor is not None:
+            monitor.stop()  # a last evaluation, published before the connection goes
         source.stop()
         _stop_history(store, recorder)
 
@@ -295,8 +352,12 @@ def collect(
     db: Db = None,
     retention: RetentionOpt = DEFAULT_RETENTION,
     flush_interval: FlushInterval = 2.0,
+    alert_entity: AlertEntities = None,
+    alert_max_entities: AlertMax = 100,
+    no_alerts: NoAlerts = False,
 ) -> None:
-    """Record reputation history headless (a central site): no web page, no terminal view."""
+    """Record reputation history and evaluate spike alerts headless (a central site): no
+    web page, no terminal view."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     inert_log_handlers()  # topics and broker errors quote outside text
     store, recorder = _open_history(HistoryOptions(db, False, retention, flush_interval))
@@ -305,7 +366,10 @@ def collect(
         _stop_history(store, None)
         raise typer.Exit(1)
     tls_files = (cafile, certfile, keyfile)
-    _state, source = _start(broker, username, password, tls_files, topic, 1, 1, recorder)
+    state, source = _start(broker, username, password, tls_files, topic, 1, 1, recorder)
+    monitor = _start_alerts(
+        AlertOptions(no_alerts, alert_entity, alert_max_entities), state, source
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     typer.echo(f"dashboard collect: {source.broker} -> {store.where}", err=True)
@@ -315,5 +379,7 @@ def collect(
     except KeyboardInterrupt:
         pass
     finally:
+        if monitor is not None:
+            monitor.stop()
         source.stop()
         _stop_history(store, recorder)

@@ -16,10 +16,11 @@ from dashboard.state import DashboardState
 
 log = logging.getLogger("repedge.dashboard")
 
-# Labels, errors and the nodes' own topics; not repedge/tweets, which would double the
-# traffic the dashboard reads at full load for nothing it shows. `--topic 'repedge/#'`
+# Labels, errors, the nodes' own topics and the alerts' retained states; not
+# repedge/tweets, which would double the traffic the dashboard reads at full load for
+# nothing it shows. `--topic 'repedge/#'`
 # widens it (the state ignores, and counts, topics it does not show).
-DEFAULT_TOPICS = (wire.LABELS, wire.ERRORS, wire.NODE_REPORTS)
+DEFAULT_TOPICS = (wire.LABELS, wire.ERRORS, wire.NODE_REPORTS, f"{wire.ALERTS}/+")
 
 
 class Subscriber:

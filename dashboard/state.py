@@ -39,6 +39,8 @@ MAX_ENTITIES = 200
 MAX_NODES = 200
 MAX_REASONS = 32
 RECENT_ERRORS = 20
+# Entities whose alert state is kept (the monitor publishes for at most its own cap).
+MAX_ALERT_ENTITIES = 500
 LIVE_WINDOW_S = 120.0  # a label timestamp further off than this is not "live" lag
 
 
@@ -184,6 +186,12 @@ class DashboardState:
         self.broker_connected = False
         self.broker_error: str | None = None
         self._dirty_meta = False
+        # Spike alerts per entity as published (retained) on repedge/alerts/<entity> by a
+        # dashboard serve or collect (dashboard/alert_monitor.py): what the banners show.
+        self.alert_states: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # Evaluates the alerts from the label records, when this process does (serve,
+        # collect): an AlertMonitor.
+        self.alert_monitor: Any = None
 
     def set_broker(self, url: str, connected: bool, error: str | None = None) -> None:
         """The subscriber's connection, shown so a stale view is never taken for live."""
@@ -207,10 +215,51 @@ class DashboardState:
                     self._label(_json_object(payload), now)
                 elif levels[-1] == "errors":
                     self._error(_json_object(payload), now)
+                elif len(levels) >= 2 and levels[-2] == "alerts":
+                    self._alert(levels[-1], payload)
                 else:
                     self._ignore(f"topic {clip(topic)} is not shown")
             except BadMessage as exc:
                 self._ignore(f"{clip(topic)}: {exc}")
+
+    def _alert(self, level: str, payload: bytes) -> None:
+        if not payload:  # a cleared retained alert
+            self.alert_states.pop(level, None)
+            self._dirty_meta = True
+            return
+        data = _json_object(payload)
+        state = data.get("state")
+        if state not in ("none", "open", "closed"):
+            raise BadMessage("alert without a state of none, open or closed")
+        evidence = data.get("evidence") if isinstance(data.get("evidence"), dict) else {}
+        self.alert_states[level] = {
+            "entity": clip(data.get("entity"), 80) or clip(level, 80),
+            "state": state,
+            "start": clip(data.get("start"), 40),
+            "end": clip(data.get("end"), 40),
+            "size": number(data.get("size")),
+            "negative": number(evidence.get("negative")),
+            "related": number(evidence.get("related")),
+            "baseline_share": number(evidence.get("baseline_share")),
+        }
+        self.alert_states.move_to_end(level)
+        while len(self.alert_states) > MAX_ALERT_ENTITIES:
+            self.alert_states.popitem(last=False)
+        self._dirty_meta = True
+
+    def mark_changed(self) -> None:
+        """Something outside the records changed (an alert): send the views a delta."""
+        with self.lock:
+            self._dirty_meta = True
+
+    def open_alerts(self) -> list[dict[str, Any]]:
+        """Entities whose alert is open now, oldest first (for the banners)."""
+        with self.lock:
+            return self._open_alerts_locked()
+
+    def _open_alerts_locked(self) -> list[dict[str, Any]]:
+        found = [a for a in self.alert_states.values() if a["state"] == "open"]
+        return sorted(found, key=lambda a: a["start"] or "")
 
     def _ignore(self, why: str) -> None:
         self.ignored += 1
@@ -284,6 +333,8 @@ class DashboardState:
         self.labels_total += 1
         if self.recorder is not None:
             self.recorder.add(view.name, record, key, related if split else None)
+        if self.alert_monitor is not None and isinstance(entity, str) and entity:
+            self.alert_monitor.add(view.name, record)
         self._dirty_entities.setdefault(view.name, set()).add(minute)
 
         scores = record.get("scores")
@@ -390,6 +441,7 @@ class DashboardState:
             "broker": self.broker,
             "broker_connected": self.broker_connected,
             "broker_error": self.broker_error,
+            "alerts": self._open_alerts_locked(),
         }
 
     def snapshot(self) -> dict[str, Any]:

@@ -112,8 +112,10 @@ def render(
         no_wrap=True,
     )
 
-    # Fixed lines: header, 2 tables x (title row + rule + "+N more" caption), errors.
-    budget = max(2, height - 8)
+    alert_line = alert_banner(snapshot.get("alerts") or [])
+    # Fixed lines: header, 2 tables x (title row + rule + "+N more" caption), errors, and
+    # the alert banner when one is open.
+    budget = max(2, height - 8 - (alert_line is not None))
     # Online nodes first, then the most recent changes: what an operator looks for.
     nodes = sorted(snapshot["nodes"], key=lambda c: (c["state"] != "online", -(c["since"] or 0)))
     live = {e["name"]: e for e in snapshot["entities"]}
@@ -210,7 +212,30 @@ def render(
         et.caption = f"+{len(entities) - entity_rows} more entities"
     if not entities:
         et.add_row(Text("no labels yet", style="dim"), "", "", "", "", "", "", "", "")
+    if alert_line is not None:
+        return Group(header, alert_line, nt, et, error_line)
     return Group(header, nt, et, error_line)
+
+
+def alert_banner(alerts: list[dict[str, Any]]) -> Text | None:
+    """One line for the open spike alerts (repedge/alerts/<entity>), or None."""
+    if not alerts:
+        return None
+    parts = []
+    for a in alerts:
+        since = (a.get("start") or "")[5:16].replace("T", " ")
+        evidence = ""
+        if isinstance(a.get("negative"), int | float) and isinstance(a.get("related"), int | float):
+            evidence = f" {a['negative']:.0f}/{a['related']:.0f} negative"
+            if isinstance(a.get("baseline_share"), int | float):
+                evidence += f", usual {a['baseline_share']:.0%}"
+        parts.append(f"{a.get('entity')} since {since}{evidence}")
+    return Text(
+        "NEGATIVE SPIKE: " + "; ".join(parts),
+        style="bold white on red",
+        overflow="ellipsis",
+        no_wrap=True,
+    )
 
 
 @contextlib.contextmanager

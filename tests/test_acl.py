@@ -282,7 +282,7 @@ def test_feeder_only_writes_tweets(broker: Mosquitto) -> None:
     reads_through(broker, "feeder1", [("repedge/tweets", False), ("repedge/labels", False)])
 
 
-def test_dashboard_only_reads(broker: Mosquitto) -> None:
+def test_dashboard_reads_and_writes_only_its_alerts(broker: Mosquitto) -> None:
     reads_through(
         broker,
         "dash",
@@ -298,7 +298,16 @@ def test_dashboard_only_reads(broker: Mosquitto) -> None:
     writes_through(
         broker,
         "dash",
-        [("repedge/tweets", False), ("repedge/labels", False), ("repedge/nodes/x/status", False)],
+        [
+            ("repedge/tweets", False),
+            ("repedge/labels", False),
+            ("repedge/nodes/x/status", False),
+            # The spike alerts it evaluates, and their Home Assistant discovery; no other.
+            ("repedge/alerts/BMW", True),
+            ("repedge/alerts/BMW/events", True),
+            ("homeassistant/binary_sensor/repedge_alerts/BMW_spike/config", True),
+            ("homeassistant/sensor/repedge_node1/repedge_node1_cpu/config", False),
+        ],
     )
 
 

@@ -10,6 +10,8 @@ from dashboard.alerts import SpikeDetector, SpikeRule, beta_binomial_sf
 
 T0 = 1_355_000_000 - 1_355_000_000 % 60  # a minute boundary in December 2012
 HOUR, DAY = 3600, 86400
+# Fixed here, so the tests do not move when the tuned defaults do.
+RULE = SpikeRule(window_s=2 * HOUR, baseline_s=7 * DAY, alpha=1e-4, min_negative=5)
 
 
 def exact_sf(k: int, n: int, a: float, b: float) -> float:
@@ -68,7 +70,7 @@ def feed_steady(
 
 
 def test_low_volume_never_alarms_however_lopsided() -> None:
-    det = SpikeDetector(SpikeRule(min_negative=5))
+    det = SpikeDetector(RULE)
     # A quiet brand: every tweet of the day negative, but only four of them in the window.
     events = []
     for minute in range(4):
@@ -79,7 +81,7 @@ def test_low_volume_never_alarms_however_lopsided() -> None:
 
 
 def test_the_same_share_alarms_only_with_enough_volume() -> None:
-    rule = SpikeRule()
+    rule = RULE
     small, large = SpikeDetector(rule), SpikeDetector(rule)
     for det in (small, large):
         feed_steady(det, "B", T0, T0 + 7 * DAY, 15 * 60, neg_every=10)  # 10 % negative
@@ -92,7 +94,7 @@ def test_the_same_share_alarms_only_with_enough_volume() -> None:
 
 
 def test_a_clear_burst_opens_an_alert_with_its_evidence_and_it_closes_after() -> None:
-    det = SpikeDetector(SpikeRule())
+    det = SpikeDetector(RULE)
     # A week of one tweet every 15 min, 10 % negative: its own baseline.
     assert feed_steady(det, "BMW", T0, T0 + 7 * DAY, 15 * 60, neg_every=10) == []
     burst = T0 + 7 * DAY
@@ -120,7 +122,7 @@ def test_a_clear_burst_opens_an_alert_with_its_evidence_and_it_closes_after() ->
 
 
 def test_an_alert_closes_when_time_passes_without_tweets() -> None:
-    det = SpikeDetector(SpikeRule())
+    det = SpikeDetector(RULE)
     feed_steady(det, "Fiat", T0, T0 + 3 * DAY, 20 * 60, neg_every=10)
     start = T0 + 3 * DAY
     det.add("Fiat", start, 12, 14)
@@ -131,7 +133,7 @@ def test_an_alert_closes_when_time_passes_without_tweets() -> None:
 
 
 def test_entities_are_independent() -> None:
-    det = SpikeDetector(SpikeRule())
+    det = SpikeDetector(RULE)
     feed_steady(det, "Calm", T0, T0 + 2 * DAY, 10 * 60, neg_every=2)  # always 50 % negative
     feed_steady(det, "Spiky", T0, T0 + 2 * DAY, 10 * 60, neg_every=20)
     end = T0 + 2 * DAY
@@ -142,7 +144,7 @@ def test_entities_are_independent() -> None:
 
 
 def test_late_minutes_count_as_if_they_came_in_order() -> None:
-    in_order, shuffled = SpikeDetector(), SpikeDetector()
+    in_order, shuffled = SpikeDetector(RULE), SpikeDetector(RULE)
     counts = [(T0 + i * 60, i % 3 == 0, 1 + i % 2) for i in range(300)]
     for m, n, r in counts:
         in_order.add("E", m, int(n), r)

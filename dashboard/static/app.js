@@ -141,6 +141,22 @@ function renderHeader() {
   setText($("history"), meta.history_minutes ?? 60);
   setText($("recent-n"), meta.recent ?? 50);
   setText($("ignored"), `${meta.ignored ?? 0} messages ignored` + (meta.last_ignored ? ` (last: ${meta.last_ignored})` : ""));
+  renderAlerts(meta.alerts || []);
+}
+
+// Open spike alerts, as a dashboard serve/collect publishes them on repedge/alerts/<entity>.
+function renderAlerts(alerts) {
+  const banner = $("alert-banner");
+  banner.hidden = alerts.length === 0;
+  banner.replaceChildren(...alerts.map((a) => {
+    const since = (a.start || "").slice(5, 16).replace("T", " ");
+    let evidence = "";
+    if (typeof a.negative === "number" && typeof a.related === "number") {
+      evidence = `: ${a.negative} of ${a.related} related tweets negative in the last 2 h`;
+      if (typeof a.baseline_share === "number") evidence += ` (usually ${Math.round(a.baseline_share * 100)} %)`;
+    }
+    return el("span", "alert-item", `Negative spike for ${a.entity} since ${since} UTC${evidence}`);
+  }));
 }
 
 const CARD_FIELDS = [
