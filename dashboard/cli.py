@@ -383,3 +383,37 @@ def collect(
             monitor.stop()
         source.stop()
         _stop_history(store, recorder)
+
+
+@app.command()
+def teach(
+    node: Annotated[str, typer.Option(help="The node whose kept tweets to label.")],
+    entity: Annotated[str, typer.Option(help="The entity (brand) to teach.")],
+    broker: Broker = "mqtt://localhost:1883",
+    username: Username = None,
+    password: Password = None,
+    cafile: Cafile = None,
+    certfile: Certfile = None,
+    keyfile: Keyfile = None,
+) -> None:
+    """Label a node's kept tweets in the terminal (a headless site's Teach view): one per
+    line, 1 negative, 2 neutral, 3 positive, 0 not about the brand, s skip, z undo,
+    a adapt, q quit. The broker user needs the teach role."""
+    import sys
+
+    from dashboard.teach_term import run
+    from node.teach_client import TeachClient, TeachClientError
+
+    try:
+        endpoint = BrokerEndpoint.parse(broker, username, password, cafile, certfile, keyfile)
+    except EndpointError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--broker") from None
+    client = TeachClient(endpoint)
+    try:
+        given = run(client, node, entity, sys.stdin.readline, sys.stdout)
+    except TeachClientError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        client.close()
+    typer.echo(f"\n{given} labels given; they are kept on node {node}")

@@ -15,7 +15,9 @@ from node.paths import default_state_dir
 
 # The defaults of `node start` are NodeConfig's: one place for the CLI, files and docs.
 from node.settings import NodeConfig
+from node.teach_cli import adapt as teach_adapt
 from node.teach_cli import labels_app, texts_app
+from node.teach_cli import rollback as teach_rollback
 
 app = typer.Typer(
     cls=LazyCommandsGroup,
@@ -39,6 +41,8 @@ def _main() -> None:
 
 app.add_typer(texts_app, name="texts")
 app.add_typer(labels_app, name="labels")
+app.command("adapt")(teach_adapt)
+app.command("rollback")(teach_rollback)
 
 
 # --model has no REPEDGE_MODEL: that variable already names the fallback model, used

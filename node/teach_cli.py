@@ -116,3 +116,86 @@ def import_labels(
     finally:
         store.close()
     typer.echo(f"imported {added} labels ({present} already here) into {store.path}")
+
+
+def _teach_client(broker: str, username, password, cafile, certfile, keyfile):
+    from broker.endpoint import BrokerEndpoint, EndpointError
+    from node.teach_client import TeachClient
+
+    try:
+        endpoint = BrokerEndpoint.parse(broker, username, password, cafile, certfile, keyfile)
+    except EndpointError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--broker") from None
+    return TeachClient(endpoint)
+
+
+Broker = Annotated[
+    str, typer.Option(help="MQTT broker: mqtt://host:port, or mqtts://host:port for TLS.")
+]
+Username = Annotated[str | None, typer.Option(help="Broker user with the teach (or admin) role.")]
+Password = Annotated[
+    str | None, typer.Option(help="Broker password.", envvar="REPEDGE_MQTT_PASSWORD")
+]
+TlsFile = Annotated[Path | None, typer.Option(show_default=False)]
+Target = Annotated[
+    str | None,
+    typer.Option(
+        "--node-id", help="The running node (default: the host name).", show_default=False
+    ),
+]
+
+
+Timeout = Annotated[float, typer.Option(help="Seconds to wait for the node's answer.", min=0.1)]
+
+
+def _remote(op: str, node: str | None, client_args: tuple, timeout: float, **fields) -> None:
+    from node.teach_client import TeachClientError
+
+    client = _teach_client(*client_args)
+    try:
+        answer = client.request(node or socket.gethostname(), op, timeout, **fields)
+    except TeachClientError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        client.close()
+    typer.echo(answer["reason"])
+    if answer.get("summary"):
+        typer.echo(answer["summary"])
+    if answer.get("model"):
+        model = answer["model"]
+        typer.echo(f"serving {model['name']} {model['version']} ({answer['seconds']} s)")
+    if not answer["swapped"]:
+        raise typer.Exit(1)
+
+
+def adapt(
+    entity: Annotated[str, typer.Option(help="The entity whose labels to fit a head on.")],
+    node_id: Target = None,
+    broker: Broker = "mqtt://localhost:1883",
+    username: Username = None,
+    password: Password = None,
+    cafile: Annotated[Path | None, typer.Option(help="CA of an mqtts:// broker.")] = None,
+    certfile: TlsFile = None,
+    keyfile: TlsFile = None,
+    timeout: Timeout = 60.0,
+) -> None:
+    """Fit ENTITY's head from the labels given in the Teach view, on the running node; it
+    serves the result only if cross-validation says it is better. Exit 0: swapped;
+    1: kept its model (the reason is printed); 2: no answer or an error."""
+    _remote("adapt", node_id, (broker, username, password, cafile, certfile, keyfile),
+            timeout, entity=entity)  # fmt: skip
+
+
+def rollback(
+    node_id: Target = None,
+    broker: Broker = "mqtt://localhost:1883",
+    username: Username = None,
+    password: Password = None,
+    cafile: Annotated[Path | None, typer.Option(help="CA of an mqtts:// broker.")] = None,
+    certfile: TlsFile = None,
+    keyfile: TlsFile = None,
+    timeout: Timeout = 60.0,
+) -> None:
+    """Serve the previous model again (after `node adapt` or a provisioned update)."""
+    _remote("rollback", node_id, (broker, username, password, cafile, certfile, keyfile), timeout)
