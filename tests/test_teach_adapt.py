@@ -103,9 +103,12 @@ def test_adapt_swaps_under_load_and_rolls_back(mosquitto, tiny_bundle, tmp_path:
         back = teacher.request(node, "rollback", timeout=WAIT_S)
         assert back["swapped"] and back["model"]["version"] == tiny_bundle.manifest.version
         assert service.model_identity()["version"] == tiny_bundle.manifest.version
-        events = [m.json()["event"] for m in watcher.on("repedge/nodes/+/events")]
-        assert events.count("adapt_refused") == 2
-        assert "adapted" in events and "rolled_back" in events
+
+        def events(msgs) -> list[str]:
+            return [m.json()["event"] for m in msgs if m.topic.endswith("/events")]
+
+        seen = watcher.wait_for(lambda msgs: "rolled_back" in events(msgs) and events(msgs))
+        assert seen.count("adapt_refused") == 2 and "adapted" in seen
     finally:
         teacher.close()
         service.stop()
