@@ -63,7 +63,7 @@ TWITTER_EPOCH_S = 1_142_899_200  # 2006-03-21: no tweet is older
 FUTURE_SLACK_S = 300.0  # clocks disagree a little; minutes ahead is a broken clock
 MAX_POINTS = 5000  # per series; a longer axis moves to the next coarser bucket
 COLUMNS = tuple(f"{label}_{relation}" for label in LABELS for relation in RELATIONS)
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 __all__ = [
     "DAY",
@@ -159,19 +159,50 @@ def event_time(record: dict[str, Any], received: float) -> tuple[float, bool]:
 # -- the store ------------------------------------------------------------------------------
 
 
-def _schema() -> str:
+META = "CREATE TABLE IF NOT EXISTS history_meta (key TEXT PRIMARY KEY, value TEXT)"
+
+
+def _tables(suffix: str) -> str:
+    """The three tables; ``suffix`` is the dialect's (SQLite: WITHOUT ROWID, which keeps
+    one entity's buckets together on disk, so a range is a few pages, not one per row)."""
     counts = "".join(f"    {column} BIGINT NOT NULL DEFAULT 0,\n" for column in COLUMNS)
-    tables = "".join(
+    return "".join(
         f"""
-CREATE TABLE IF NOT EXISTS {table} (
+CREATE TABLE {table} (
     entity TEXT NOT NULL,
     bucket BIGINT NOT NULL,
 {counts}    PRIMARY KEY (entity, bucket)
-);
-CREATE INDEX IF NOT EXISTS {table}_bucket ON {table} (bucket);"""
+){suffix};
+CREATE INDEX {table}_bucket ON {table} (bucket);"""
         for table in TABLES.values()
     )
-    return tables + "\nCREATE TABLE IF NOT EXISTS history_meta (key TEXT PRIMARY KEY, value TEXT);"
+
+
+def _migration(old: str, suffix: str) -> str:
+    """SQL that rebuilds the tables of an earlier development schema (1: one row per label
+    and relation; 2: a rowid table) as the current one, keeping every count."""
+    steps = []
+    for table in TABLES.values():
+        steps += [
+            f"DROP INDEX IF EXISTS {table}_bucket",
+            f"ALTER TABLE {table} RENAME TO {table}_old",
+        ]
+    steps.append(_tables(suffix).strip().rstrip(";"))
+    for table in TABLES.values():
+        if old == "1":
+            sums = ", ".join(
+                f"SUM(CASE WHEN label || '_' || relation = '{c}' THEN n ELSE 0 END)"
+                for c in COLUMNS
+            )
+            select = f"SELECT entity, bucket, {sums} FROM {table}_old GROUP BY entity, bucket"
+        else:
+            select = f"SELECT entity, bucket, {', '.join(COLUMNS)} FROM {table}_old"
+        steps += [
+            f"INSERT INTO {table} (entity, bucket, {', '.join(COLUMNS)}) {select}",
+            f"DROP TABLE {table}_old",
+        ]
+    steps.append(f"UPDATE history_meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema'")
+    return ";\n".join(steps)
 
 
 def _upsert(table: str) -> str:
@@ -201,28 +232,34 @@ class HistoryStore:
         self.retention = retention or Retention()
         self.db: Dialect = connect(db)
         self.where = self.db.where
-        self.db.run(_schema())
-        rows = self.db.query("SELECT value FROM history_meta WHERE key = 'schema'")
-        if not rows:
-            self.db.write_many(
-                [
-                    (
-                        "INSERT INTO history_meta (key, value) VALUES (?, ?)",
-                        [("schema", SCHEMA_VERSION)],
-                    )
-                ]
-            )
-        elif rows[0][0] != SCHEMA_VERSION:
-            raise HistoryDatabaseError(
-                f"{self.where} holds history schema {rows[0][0]}, this dashboard writes "
-                f"{SCHEMA_VERSION}; use another --db"
-            )
+        self._prepare()
         self._newest = self._read_newest()
         self._swept_at = -math.inf
 
     @property
     def kind(self) -> str:
         return self.db.name
+
+    def _prepare(self) -> None:
+        """Create the tables, or bring an earlier schema's up to date; refuse a newer one."""
+        suffix = self.db.table_suffix
+        self.db.run(META)
+        rows = self.db.query("SELECT value FROM history_meta WHERE key = 'schema'")
+        found = rows[0][0] if rows else None
+        if found is None:
+            self.db.run(
+                _tables(suffix)
+                + f"\nINSERT INTO history_meta (key, value) VALUES ('schema', '{SCHEMA_VERSION}')"
+            )
+        elif found in ("1", "2"):
+            log.warning("history: %s holds schema %s; rebuilding it as %s", self.where, found,
+                        SCHEMA_VERSION)  # fmt: skip
+            self.db.run(_migration(found, suffix))
+        elif found != SCHEMA_VERSION:
+            raise HistoryDatabaseError(
+                f"{self.where} holds history schema {found}, this dashboard reads "
+                f"{SCHEMA_VERSION}; use another --db"
+            )
 
     def claim_writer(self) -> bool:
         """Whether this process may record (one recorder per database, never two)."""

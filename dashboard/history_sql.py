@@ -31,6 +31,7 @@ class HistoryDatabaseError(RuntimeError):
 class Dialect(Protocol):
     name: str
     where: str  # for messages: the file, or the server without its password
+    table_suffix: str  # after CREATE TABLE (...): the dialect's storage option, if any
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 
@@ -54,6 +55,7 @@ class SQLiteDialect:
     """An embedded file: WAL, so readers never wait for the writer, and fsync per batch."""
 
     name = "sqlite"
+    table_suffix = " WITHOUT ROWID"
 
     def __init__(self, path: Path) -> None:
         self.where = str(path)
@@ -102,8 +104,14 @@ class SQLiteDialect:
             self._db.execute("COMMIT")
 
     def run(self, sql: str) -> None:
+        """Statements separated by ``;``, in one transaction."""
         with self._lock, _errors(self.where):
-            self._db.executescript(sql)
+            try:
+                self._db.executescript(f"BEGIN IMMEDIATE;\n{sql};\nCOMMIT;")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         with self._lock:
@@ -117,6 +125,7 @@ class PostgresDialect:
     """A PostgreSQL server through psycopg 3, for a central site."""
 
     name = "postgresql"
+    table_suffix = ""
 
     def __init__(self, url: str) -> None:
         try:

@@ -20,7 +20,7 @@ from dashboard.history import (
     event_time,
     parse_time,
 )
-from dashboard.history_sql import HistoryDatabaseError
+from dashboard.history_sql import HistoryDatabaseError, connect
 from tests import postgres
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z, a day boundary
@@ -255,3 +255,35 @@ def test_grafana_history_dashboard_queries_run_on_postgresql(pg_server):
     ]
     kia = next(row for row in results[5] if row[0] == "Kia")
     assert (int(kia[1]), float(kia[2]), float(kia[4]), int(kia[5])) == (4, 75.0, 25.0, 4)
+
+
+SCHEMA_1 = """
+CREATE TABLE history_meta (key TEXT PRIMARY KEY, value TEXT);
+INSERT INTO history_meta VALUES ('schema', '1');
+""" + "".join(
+    f"""
+CREATE TABLE {t} (entity TEXT NOT NULL, bucket BIGINT NOT NULL, label TEXT NOT NULL,
+    relation TEXT NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (entity, bucket, label, relation));
+CREATE INDEX {t}_bucket ON {t} (bucket);
+INSERT INTO {t} VALUES ('Kia', {T0}, 'negative', 'related', 3);
+INSERT INTO {t} VALUES ('Kia', {T0}, 'positive', 'unrelated', 2);
+INSERT INTO {t} VALUES ('Kia', {T0}, 'neutral', 'unknown', 1);"""
+    for t in ("history_minute", "history_hour", "history_day")
+)
+
+
+def test_a_database_of_an_earlier_schema_is_rebuilt_keeping_its_counts(db):
+    conn = connect(db)  # only a connection, to write the old layout
+    conn.run(SCHEMA_1.strip().rstrip(";"))
+    conn.close()
+    store = HistoryStore(db)
+    assert store.totals(["Kia"], T0, T0 + MINUTE)["entities"]["Kia"] == {
+        "negative": 3, "neutral": 1, "positive": 0, "other": 0, "unrelated": 2
+    }  # fmt: skip
+    assert store.series(["Kia"], T0, T0 + DAY, step=DAY)["entities"]["Kia"]["unrelated"] == [2]
+    recorder = HistoryRecorder(store, clock=Clock(T0 + HOUR))
+    recorder.add("Kia", record("negative", T0), "negative", True)
+    recorder.flush()
+    assert store.entities() == {"Kia": 7}
+    store.close()
+    assert HistoryStore(db).entities() == {"Kia": 7}  # and opens again as it is
