@@ -21,6 +21,7 @@ from broker.config import (
 )
 from broker.roles import RoleError, check_name, check_role, read_roles, set_role
 from broker.users import UserError, add_user, list_users, remove_user
+from common.cli import VersionOption
 from common.cliconfig import ConfigFile, PrintConfig, configurable
 
 app = typer.Typer(
@@ -32,6 +33,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+@app.callback()
+def _main(version: VersionOption = False) -> None:
+    """repedge's Mosquitto: config, users and roles, certificates."""
+
+
 users_app = typer.Typer(
     help="Manage the users allowed in when the broker runs with --auth.",
     no_args_is_help=True,
@@ -72,7 +80,7 @@ def start(
             "that Mosquitto binds it on ALL interfaces whatever --host says.",
             show_default=False,
         ),
-    ] = None,
+    ] = BrokerConfig.websockets_port,
     auth: Annotated[
         bool,
         typer.Option(
@@ -80,7 +88,7 @@ def start(
             help="Require a user name and password (add users with `broker users add`) and "
             "apply the acl file in the data folder.",
         ),
-    ] = False,
+    ] = BrokerConfig.auth,
     max_queued_messages: Annotated[
         int, typer.Option(help="Messages queued per client while it is offline or slow.")
     ] = BrokerConfig.max_queued_messages,
@@ -117,7 +125,7 @@ def start(
             "--require-client-cert",
             help="With --tls: refuse clients without a certificate signed by the CA.",
         ),
-    ] = False,
+    ] = BrokerConfig.require_client_cert,
     bridge_to: Annotated[
         str | None,
         typer.Option(
@@ -193,19 +201,22 @@ def start(
             )
         except BridgeError as exc:
             raise _fail(str(exc), 2) from None
-    config = BrokerConfig(
-        data_dir=data_dir or default_data_dir(),
-        port=port,
-        host=host,
-        websockets_port=websockets_port,
-        auth=auth,
-        max_queued_messages=max_queued_messages,
-        autosave_interval=autosave_seconds or autosave_changes,
-        autosave_on_changes=autosave_seconds is None,
-        tls_dir=tls,
-        require_client_cert=require_client_cert,
-        bridge=bridge,
-    )
+    try:
+        config = BrokerConfig(
+            data_dir=data_dir or default_data_dir(),
+            port=port,
+            host=host,
+            websockets_port=websockets_port,
+            auth=auth,
+            max_queued_messages=max_queued_messages,
+            autosave_interval=autosave_seconds or autosave_changes,
+            autosave_on_changes=autosave_seconds is None,
+            tls_dir=tls,
+            require_client_cert=require_client_cert,
+            bridge=bridge,
+        )
+    except ValueError as exc:  # SettingsError, EndpointError: one line, nothing written
+        raise _fail(str(exc), 2) from None
     try:
         if tls is not None:
             check_tls_dir(tls)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import pwd
+import re
 import shutil
 from dataclasses import dataclass
 from importlib import resources
@@ -18,6 +19,8 @@ from string import Template
 from broker.bridge import BridgeConfig, render_bridge
 from broker.certs import CA_CERT, SERVER_CERT, SERVER_KEY
 from broker.roles import write_acl
+from common.endpoint import check_host
+from common.settings import SettingsError, setting, validate
 
 TEMPLATE = "repedge.conf"
 CONFIG_FILE = "mosquitto.conf"
@@ -32,6 +35,9 @@ _EXTRA_BIN_DIRS = (
     "/usr/local/opt/mosquitto/sbin",
 )
 INSTALL_HINT = "install it with: sudo apt-get install mosquitto mosquitto-clients"
+
+
+_CONTROL_OR_SPACE = re.compile(r"[\s\x00-\x1f\x7f]")
 
 
 class MosquittoMissing(RuntimeError):
@@ -56,29 +62,52 @@ def default_data_dir() -> Path:
     return Path(state) / "repedge" / "broker"
 
 
+# Mosquitto's persistent_client_expiration: a number and a unit (hours to years).
+_EXPIRATION = re.compile(r"[1-9][0-9]{0,5}[hdwmy]")
+
+
 @dataclass(frozen=True)
 class BrokerConfig:
+    """`broker start`'s settings. Every value here is written into mosquitto.conf, so each
+    is checked when the object is built (``__post_init__``): a port outside 1-65535 or a
+    host with a newline (which would add lines to the file) never reaches Mosquitto."""
+
     data_dir: Path
-    port: int = 1883
-    host: str = "127.0.0.1"
-    websockets_port: int | None = None
+    port: int = setting(1883, min=1, max=65_535)
+    host: str = setting("127.0.0.1", max_len=253)
+    websockets_port: int | None = setting(None, min=1, max=65_535)
     auth: bool = False
     # ~1.5 h of 100 tweets/s for one offline node; bytes cap protects the broker's RAM.
-    max_queued_messages: int = 500_000
-    max_queued_bytes: int = 256 * 1024 * 1024
-    max_inflight_messages: int = 100
+    max_queued_messages: int = setting(500_000, min=0)
+    max_queued_bytes: int = setting(256 * 1024 * 1024, min=0)
+    max_inflight_messages: int = setting(100, min=0, max=65_535)
     # Save the database every 100 changes (a message queued or delivered, a retained
     # message, a subscription): a crash loses at most the last 100 acknowledged tweets, and
     # the broker still takes ~3,000 tweets/s (benchmarks/broker_durability.py, docs/broker.md).
     # autosave_on_changes False: autosave_interval is in seconds (Mosquitto's default is 60).
-    autosave_interval: int = 100
+    autosave_interval: int = setting(100, option="autosave-changes", min=1)
     autosave_on_changes: bool = True
-    session_expiration: str = "14d"
+    session_expiration: str = setting("14d", max_len=8)
     # A folder from `broker certs`: every listener then speaks TLS only.
     tls_dir: Path | None = None
     require_client_cert: bool = False
     # Forward this site's labels, errors and node reports to a central broker.
     bridge: BridgeConfig | None = None
+
+    def __post_init__(self) -> None:
+        validate(self)  # types, ranges, and no control characters in any text
+        check_host(self.host)  # no spaces either
+        if not _EXPIRATION.fullmatch(self.session_expiration):
+            raise SettingsError(
+                f"session expiration {self.session_expiration!r}: a number and h, d, w, m or y"
+            )
+        for name in ("data_dir", "tls_dir"):
+            path = getattr(self, name)
+            if path is not None and _CONTROL_OR_SPACE.search(str(path)):
+                raise SettingsError(
+                    f"--{name.replace('_', '-')} {str(path)!r}: Mosquitto cannot use a path "
+                    "with spaces or control characters"
+                )
 
     @property
     def config_path(self) -> Path:

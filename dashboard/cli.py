@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from common.cli import VersionOption
 from common.endpoint import BrokerEndpoint, EndpointError
 from common.text import inert_log_handlers
 from dashboard.history import (
@@ -37,6 +38,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def _main(version: VersionOption = False) -> None:
+    """Live views of a repedge deployment."""
+
 
 Broker = Annotated[
     str, typer.Option(help="MQTT broker: mqtt://host:port, or mqtts://host:port for TLS.")

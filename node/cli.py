@@ -8,13 +8,15 @@ from typing import Annotated
 
 import typer
 
+from common.cli import LogLevel, VersionOption
 from common.cliconfig import ConfigFile, PrintConfig, configurable
 from common.endpoint import BrokerEndpoint, EndpointError
+from common.settings import SettingsError
 from node.lazy_commands import LazyCommandsGroup
 from node.paths import default_state_dir
 
 # The defaults of `node start` are NodeConfig's: one place for the CLI, files and docs.
-from node.settings import NodeConfig
+from node.settings import NodeConfig, NodeStart
 from node.teach_cli import adapt as teach_adapt
 from node.teach_cli import labels_app, texts_app
 from node.teach_cli import rollback as teach_rollback
@@ -35,7 +37,7 @@ app = typer.Typer(
 
 
 @app.callback()
-def _main() -> None:
+def _main(version: VersionOption = False) -> None:
     """Keeps `start` a named sub-command (`node start`), room for more later."""
 
 
@@ -59,17 +61,17 @@ def start(
             "or --watch-mount), else $REPEDGE_MODEL, else the shipped models/default.",
             show_default=False,
         ),
-    ] = None,
+    ] = NodeStart.model,
     variant: Annotated[
         str | None,
         typer.Option(
             help="Variant of a bundle folder (int8, fp16, ...); default: the bundle's.",
             show_default=False,
         ),
-    ] = None,
+    ] = NodeStart.variant,
     broker: Annotated[
         str, typer.Option(help="MQTT broker: mqtt://host:port, or mqtts://host:port for TLS.")
-    ] = f"mqtt://{NodeConfig.host}:{NodeConfig.port}",
+    ] = NodeConfig.broker.url,
     node_id: Annotated[
         str | None,
         typer.Option(
@@ -83,7 +85,7 @@ def start(
         typer.Option(
             help="Interpreter threads (default: CPU cores - 1, from 1 to 4).", show_default=False
         ),
-    ] = None,
+    ] = NodeStart.threads,
     username: Annotated[
         str | None,
         typer.Option(
@@ -186,7 +188,7 @@ def start(
             "updates and hot-swap them in.",
             show_default=False,
         ),
-    ] = None,
+    ] = NodeStart.watch_mount,
     trust_key: Annotated[
         list[Path] | None,
         typer.Option(
@@ -200,7 +202,7 @@ def start(
             "Default: STATE_DIR/provisioning.",
             show_default=False,
         ),
-    ] = None,
+    ] = NodeStart.provision_state,
     entity: Annotated[
         str | None,
         typer.Option(
@@ -214,18 +216,16 @@ def start(
         typer.Option(
             help="Serve Prometheus metrics on http://METRICS_HOST:PORT/metrics (off by "
             "default; 9464 is the usual choice).",
-            min=1,
-            max=65535,
             show_default=False,
         ),
-    ] = None,
+    ] = NodeStart.metrics_port,
     metrics_host: Annotated[
         str,
         typer.Option(
             help="Address the metrics server listens on: 0.0.0.0 for a Prometheus on "
             "another machine."
         ),
-    ] = "127.0.0.1",
+    ] = NodeStart.metrics_host,
     ha_discovery: Annotated[
         bool,
         typer.Option(
@@ -233,91 +233,64 @@ def start(
             help="Announce this node's sensors to Home Assistant (MQTT discovery: "
             "retained configs under homeassistant/).",
         ),
-    ] = True,
+    ] = NodeStart.ha_discovery,
     texts_per_entity: Annotated[
         int,
         typer.Option(
             help="Labelled tweets kept per entity in STATE_DIR/teach.sqlite for the Teach "
             "view (the most recent ones; 0 keeps none). docs/teach.md.",
-            min=0,
         ),
     ] = NodeConfig.texts_per_entity,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_level: LogLevel = NodeStart.log_level,
 ) -> None:
     """Serve a model: read tweets from MQTT, publish labels, until SIGTERM or Ctrl-C."""
     node_id = node_id or socket.gethostname()
+    state_dir = state_dir or default_state_dir(node_id)
     try:
         endpoint = BrokerEndpoint.parse(
             broker,
             # With --auth, a node's broker user is named after the node (broker/roles.py).
             username=username or (node_id if password else None),
             password=password,
-            cafile=cafile,
-            certfile=certfile,
-            keyfile=keyfile,
+            cafile=cafile and cafile.absolute(),
+            certfile=certfile and certfile.absolute(),
+            keyfile=keyfile and keyfile.absolute(),
         )
-    except EndpointError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--broker") from None
-    state_dir = state_dir or default_state_dir(node_id)
-    provision_state = provision_state or state_dir / "provisioning"
-    if model is None and watch_mount is None:
-        # Fail early with a usage error; node.serve picks the installed model itself
-        # (with its signed variant and canaries).
-        _installed_or_default_model(provision_state)
-    spec = {
-        "config": {
-            "node_id": node_id,
-            "host": endpoint.host,
-            "port": endpoint.port,
-            "username": endpoint.username,
-            "password": endpoint.password,
-            "tls": endpoint.tls,
-            "cafile": str(endpoint.cafile.absolute()) if endpoint.cafile else None,
-            "certfile": str(endpoint.certfile.absolute()) if endpoint.certfile else None,
-            "keyfile": str(endpoint.keyfile.absolute()) if endpoint.keyfile else None,
-            "tweets_topic": tweets_topic,
-            "labels_topic": labels_topic,
-            "errors_topic": errors_topic,
-            "telemetry_interval_s": telemetry_interval,
-            "max_batch": max_batch,
-            "max_batch_tokens": max_batch_tokens,
-            "max_wait_ms": max_wait_ms,
-            "queue_size": queue_size,
-            "max_bytes": max_bytes,
-            "state_dir": str(state_dir.absolute()),
-            "session_expiry_s": session_expiry,
-            "drain_timeout_s": drain_timeout,
-            "default_entity": entity.strip() if entity and entity.strip() else None,
-            "share_group": share_group,
-            "texts_per_entity": texts_per_entity,
-        },
-        "model": str(model.absolute()) if model else None,
-        "variant": variant,
-        "threads": threads,
-        "watch_mount": str(watch_mount.absolute()) if watch_mount else None,
-        "trust_keys": [str(k.absolute()) for k in trust_key or []],
-        "provision_state": str(provision_state.absolute()),
-        "metrics_port": metrics_port,
-        "metrics_host": metrics_host,
-        "ha_discovery": ha_discovery,
-        "log_level": log_level,
-    }
+        settings = NodeStart(
+            config=NodeConfig(
+                node_id=node_id,
+                broker=endpoint,
+                tweets_topic=tweets_topic,
+                labels_topic=labels_topic,
+                errors_topic=errors_topic,
+                telemetry_interval_s=telemetry_interval,
+                max_batch=max_batch,
+                max_batch_tokens=max_batch_tokens,
+                max_wait_ms=max_wait_ms,
+                queue_size=queue_size,
+                max_bytes=max_bytes,
+                state_dir=state_dir.absolute(),
+                session_expiry_s=session_expiry,
+                drain_timeout_s=drain_timeout,
+                default_entity=entity.strip() if entity and entity.strip() else None,
+                share_group=share_group,
+                texts_per_entity=texts_per_entity,
+            ),
+            model=model and model.absolute(),
+            variant=variant,
+            threads=threads,
+            watch_mount=watch_mount and watch_mount.absolute(),
+            trust_keys=[k.absolute() for k in trust_key or []],
+            provision_state=(provision_state or state_dir / "provisioning").absolute(),
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            ha_discovery=ha_discovery,
+            log_level=log_level,
+        )
+    except (EndpointError, SettingsError) as exc:
+        # One line and the usage-error status, no traceback (issue 20).
+        typer.echo(f"node start: error: {exc}", err=True)
+        raise typer.Exit(2) from None
     from node.serve import exec_serve
 
-    exec_serve(spec)
-
-
-def _installed_or_default_model(provision_state: Path) -> Path:
-    """Without --model: a model installed with `provision install`, else the shipped one."""
-    from node.serve import StartError, installed_or_default_model
-
-    try:
-        model = installed_or_default_model(provision_state)
-    except StartError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--provision-state") from None
-    if model is None:
-        raise typer.BadParameter(
-            "give --model (no installed model in --provision-state, no default model: set "
-            "REPEDGE_MODEL or restore models/default), or --watch-mount to wait for one"
-        )
-    return model
+    exec_serve(settings)  # the model is resolved there, once

@@ -112,8 +112,7 @@ class MqttShell:
         props.SessionExpiryInterval = self.config.session_expiry_s
         props.ReceiveMaximum = self.receive_maximum
         self.client.connect_async(
-            self.config.host,
-            self.config.port,
+            *self.config.broker.address,  # the endpoint `node start` parsed, unchanged
             keepalive=self.config.keepalive_s,
             clean_start=False,
             properties=props,

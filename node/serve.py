@@ -1,9 +1,11 @@
 """The serving process behind `node start`.
 
 `node start` parses its options (typer, which pulls in pydantic and rich: ~10 MB of RSS)
-and then execs ``python -m node.serve`` with the options in an environment variable, so
-the long-running process carries only what serving needs. :func:`run` can also be
-called directly.
+into one checked :class:`~node.settings.NodeStart` and then execs ``python -m node.serve``
+with it, serialized whole, in an environment variable, so the long-running process carries
+only what serving needs; it gets the same object back (paths as ``Path``, the broker as
+one ``BrokerEndpoint``). :func:`run` can also be called directly. The model is resolved
+here, once.
 
 This is the node's composition root: the only module under node/ that imports
 provisioning. It builds the model-updates source (provisioning's ``MountUpdates``, see
@@ -22,20 +24,22 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from common.settings import SettingsError, from_json, to_json
 from common.text import inert_log_handlers
 
 if TYPE_CHECKING:
     from edgemodel.inference import Classifier
+    from node.settings import NodeStart
     from node.updates import InstalledModel, ModelUpdates
 
 SPEC_ENV = "REPEDGE_NODE_SPEC"
 log = logging.getLogger("repedge.node")
 
 
-def exec_serve(spec: dict[str, Any]) -> NoReturn:
+def exec_serve(settings: NodeStart) -> NoReturn:
     """Replace this process (same pid, so signals and supervisors still reach it)."""
     # The environment, not argv: argv (with a broker password) is visible to every user.
-    env = {**os.environ, SPEC_ENV: json.dumps(spec)}
+    env = {**os.environ, SPEC_ENV: json.dumps(to_json(settings))}
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", "node.serve"], env)
@@ -70,7 +74,7 @@ def installed_model(provision_state: Path) -> InstalledModel | None:
         raise StartError(str(exc)) from None
 
 
-def model_updates(spec: dict[str, Any]) -> ModelUpdates:
+def model_updates(settings: NodeStart) -> ModelUpdates:
     """The provisioning side, built here and nowhere else under node/: a mount watcher
     that installs signed artifacts into --provision-state."""
     from provisioning.install import Installer
@@ -79,13 +83,18 @@ def model_updates(spec: dict[str, Any]) -> ModelUpdates:
 
     try:
         installer = Installer(
-            state_dir=Path(spec["provision_state"]),
-            trusted_keys=[Path(k) for k in spec.get("trust_keys", [])],
-            num_threads=spec.get("threads") or default_interpreter_threads(),
+            state_dir=provision_state(settings),
+            trusted_keys=settings.trust_keys,
+            num_threads=settings.threads or default_interpreter_threads(),
         )
     except KeyFileError as exc:
         raise StartError(f"--trust-key: {exc}") from None
-    return MountUpdates(Path(spec["watch_mount"]), installer)
+    assert settings.watch_mount is not None
+    return MountUpdates(settings.watch_mount, installer)
+
+
+def provision_state(settings: NodeStart) -> Path:
+    return settings.provision_state or settings.config.resolved_state_dir / "provisioning"
 
 
 def load_classifier(
@@ -135,10 +144,10 @@ def run_canaries(classifier: Classifier, canaries: list[dict[str, Any]]) -> list
         return [f"running the canaries failed: {type(exc).__name__}: {exc}"]
 
 
-def run(spec: dict[str, Any]) -> int:
+def run(settings: NodeStart) -> int:
     """Serve until SIGTERM/SIGINT; the process exit status."""
     logging.basicConfig(
-        level=spec.get("log_level", "info").upper(),
+        level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     inert_log_handlers()  # a log line never carries a terminal escape from outside
@@ -146,63 +155,58 @@ def run(spec: dict[str, Any]) -> int:
 
     return_freed_memory_to_os()
     from edgemodel.bundle import default_bundle_path
-    from node.service import NodeConfig, NodeService
+    from node.service import NodeService
 
+    config = settings.config
     try:
-        config = NodeConfig(**{**spec["config"], "state_dir": Path(spec["config"]["state_dir"])})
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-    try:
-        updates = model_updates(spec) if spec.get("watch_mount") else None
-        model = Path(spec["model"]) if spec.get("model") else None
-        variant = spec.get("variant")
+        updates = model_updates(settings) if settings.watch_mount else None
+        model, variant = settings.model, settings.variant
         canaries: list[dict[str, Any]] = []
         if model is None:
             # The last installed model, else the shipped default until one is installed
             # (with --watch-mount and no default, tweets wait for the first install).
             if updates is not None:
                 installed = updates.active_model()
-            elif spec.get("provision_state"):
-                installed = installed_model(Path(spec["provision_state"]))
             else:
-                installed = None
+                installed = installed_model(provision_state(settings))
             if installed is not None:
                 model, canaries = installed.path, list(installed.canaries)
                 variant = variant or installed.variant
             else:
                 model = default_bundle_path()
-        classifier = (
-            load_classifier(model, variant, spec.get("threads"), canaries) if model else None
-        )
+            if model is None and updates is None:
+                raise StartError(
+                    "give --model (no installed model in --provision-state, no default "
+                    "model: set REPEDGE_MODEL or restore models/default), or --watch-mount "
+                    "to wait for one"
+                )
+        classifier = load_classifier(model, variant, settings.threads, canaries) if model else None
     except StartError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
     service = NodeService(config, classifier, updates=updates)
-    if spec.get("provision_state"):
-        # `node adapt` installs into the same slots as signed models (rollback included).
-        from provisioning.local import LocalSlots
+    # `node adapt` installs into the same slots as signed models (rollback included).
+    from provisioning.local import LocalSlots
 
-        service.model_slots = LocalSlots(Path(spec["provision_state"]))
-        service.interpreter_threads = spec.get("threads")
+    service.model_slots = LocalSlots(provision_state(settings))
+    service.interpreter_threads = settings.threads
     metrics_server = None
-    if spec.get("metrics_port") is not None:
+    if settings.metrics_port is not None:
         # Imported only when asked for: prometheus_client adds ~1 MiB to the process.
         from node.metrics import attach as attach_metrics
 
         try:
             metrics_server = attach_metrics(
                 service,
-                spec["metrics_port"],
-                spec.get("metrics_host") or "127.0.0.1",
+                settings.metrics_port,
+                settings.metrics_host,
                 classifier.bundle.labels if classifier else (),
             )
         except OSError as exc:
-            print(f"error: --metrics-port {spec['metrics_port']}: {exc}", file=sys.stderr)
+            print(f"error: --metrics-port {settings.metrics_port}: {exc}", file=sys.stderr)
             return 2
-    if spec.get("ha_discovery", True):
+    if settings.ha_discovery:
         from node.ha_discovery import attach as attach_ha_discovery
 
         attach_ha_discovery(service)
@@ -229,7 +233,14 @@ def main() -> int:
     if raw is None:
         print(f"node.serve is started by `node start` (it reads ${SPEC_ENV})", file=sys.stderr)
         return 2
-    return run(json.loads(raw))
+    from node.settings import NodeStart
+
+    try:
+        settings = from_json(NodeStart, json.loads(raw))
+    except (SettingsError, ValueError, TypeError) as exc:
+        print(f"error: ${SPEC_ENV}: {exc}", file=sys.stderr)
+        return 2
+    return run(settings)
 
 
 if __name__ == "__main__":

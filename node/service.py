@@ -213,10 +213,9 @@ class NodeService:
         if self._updates is not None:
             self._updates.start(self)
         log.info(
-            "node %s: broker %s:%d, tweets on %s, records to %s (%s)",
+            "node %s: broker %s, tweets on %s, records to %s (%s)",
             self.config.node_id,
-            self.config.host,
-            self.config.port,
+            self.config.broker,
             self.config.tweets_subscription,
             self.config.store_path,
             self.store.status,

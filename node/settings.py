@@ -6,63 +6,86 @@ from here; node.serve receives the object whole across its exec.
 
 from __future__ import annotations
 
+import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import topics
 from common.endpoint import BrokerEndpoint
+from common.settings import LOG_LEVELS, MAX_UINT32, SettingsError, setting, validate
 from node.core import CoreConfig
 from node.dedup import DEFAULT_MAX_RECORDS, DEFAULT_RETRY_S
 from node.messages import DEFAULT_MAX_BYTES
 from node.paths import default_state_dir
 from node.teachstore import DEFAULT_TEXTS_PER_ENTITY
 
+# Where a node connects when nothing says otherwise.
+DEFAULT_BROKER = BrokerEndpoint("localhost", 1883)
+# The node id is the MQTT client id's tail, a topic level and (with --auth) a broker user
+# name: keep it short and free of MQTT wildcards, separators and control characters.
+MAX_NODE_ID = 64
+_NODE_ID_FORBIDDEN = re.compile(r"[/+#\s\x00-\x1f\x7f]")
+
 
 @dataclass
 class NodeConfig:
-    node_id: str = field(default_factory=socket.gethostname)
-    host: str = "localhost"
-    port: int = 1883
-    username: str | None = None
-    password: str | None = None
-    tweets_topic: str = topics.TWEETS
-    labels_topic: str = topics.LABELS
-    errors_topic: str = topics.ERRORS
-    telemetry_interval_s: float = 5.0
-    max_batch: int = 32
+    """One node's settings. Ranges are checked when it is built (``__post_init__``)."""
+
+    node_id: str = setting(default_factory=socket.gethostname, max_len=MAX_NODE_ID)
+    # Address, credentials and TLS files in one typed value (common/endpoint.py).
+    broker: BrokerEndpoint = setting(DEFAULT_BROKER)
+    tweets_topic: str = setting(topics.TWEETS, max_len=1024)
+    labels_topic: str = setting(topics.LABELS, max_len=1024)
+    errors_topic: str = setting(topics.ERRORS, max_len=1024)
+    # A floor: every report is a publish and a JSON document; 0 would be a busy loop.
+    telemetry_interval_s: float = setting(5.0, option="telemetry-interval", min=0.5, max=86_400.0)
+    max_batch: int = setting(32, min=1, max=4096)
     # Rows x padded length per interpreter call; see batcher.bucket_by_length.
-    max_batch_tokens: int = 256
-    max_wait_ms: float = 5.0
-    queue_size: int = 256
-    max_bytes: int = DEFAULT_MAX_BYTES
+    max_batch_tokens: int = setting(256, min=1, max=1_048_576)
+    max_wait_ms: float = setting(5.0, min=0.0, max=60_000.0)
+    # Also the MQTT Receive Maximum (capped at 65,535 there).
+    queue_size: int = setting(256, min=1, max=1_000_000)
+    max_bytes: int = setting(DEFAULT_MAX_BYTES, min=1, max=256 * 1024 * 1024)
     state_dir: Path | None = None
-    session_expiry_s: int = 7 * 24 * 3600
-    keepalive_s: int = 30
-    dedup_max_records: int = DEFAULT_MAX_RECORDS
-    drain_timeout_s: float = 10.0
+    session_expiry_s: int = setting(7 * 24 * 3600, option="session-expiry", min=0, max=MAX_UINT32)
+    keepalive_s: int = setting(30, min=5, max=65_535)
+    dedup_max_records: int = setting(DEFAULT_MAX_RECORDS, min=1)
+    drain_timeout_s: float = setting(10.0, option="drain-timeout", min=0.0, max=3600.0)
     # The brand a node monitors: the entity of tweets that arrive without one.
-    default_entity: str | None = None
+    default_entity: str | None = setting(None, option="entity", max_len=200)
     # How often a failing record store is tried again (the node labels without it).
-    store_retry_s: float = DEFAULT_RETRY_S
+    store_retry_s: float = setting(DEFAULT_RETRY_S, min=0.0, min_exclusive=True)
     # MQTT 5 shared subscription group: the broker deals tweets out among its members.
-    share_group: str | None = None
-    # mqtts:// (common/endpoint.py): the CA that signed the broker's certificate (None: the
-    # system's CAs), and this node's certificate and key if the broker requires one.
-    tls: bool = False
-    cafile: Path | None = None
-    certfile: Path | None = None
-    keyfile: Path | None = None
+    share_group: str | None = setting(None, max_len=MAX_NODE_ID)
     # Tweets kept per entity for teaching (node/teachstore.py); 0 keeps none.
-    texts_per_entity: int = DEFAULT_TEXTS_PER_ENTITY
+    texts_per_entity: int = setting(DEFAULT_TEXTS_PER_ENTITY, min=0)
 
     def __post_init__(self) -> None:
-        if not self.node_id or any(c in self.node_id for c in "/+#\x00"):
-            raise ValueError(f"node id {self.node_id!r} must be non-empty, without / + #")
+        validate(self)
+        if not self.node_id or _NODE_ID_FORBIDDEN.search(self.node_id):
+            raise SettingsError(
+                f"--node-id: {self.node_id!r} must be 1-{MAX_NODE_ID} characters without "
+                "spaces, control characters, / + or #"
+            )
         if self.share_group is not None and (
-            not self.share_group or any(c in self.share_group for c in "/+#\x00")
+            not self.share_group or _NODE_ID_FORBIDDEN.search(self.share_group)
         ):
-            raise ValueError(f"share group {self.share_group!r} must be non-empty, without / + #")
+            raise SettingsError(
+                f"--share-group: {self.share_group!r} must be non-empty, without spaces, / + #"
+            )
+        for name in ("labels_topic", "errors_topic"):
+            topic = getattr(self, name)
+            if not topic or "+" in topic or "#" in topic or topic.startswith("$"):
+                raise SettingsError(
+                    f"--{name.replace('_', '-')}: {topic!r} must be a topic name "
+                    "(no wildcards + #, not $...)"
+                )
+        if not self.tweets_topic or self.tweets_topic.startswith("$share/"):
+            raise SettingsError(
+                f"--tweets-topic: {self.tweets_topic!r} must be a topic filter "
+                "(use --share-group for $share/)"
+            )
 
     @property
     def client_id(self) -> str:
@@ -71,20 +94,7 @@ class NodeConfig:
 
     def endpoint(self) -> BrokerEndpoint:
         """The broker address, credentials and TLS files, ready to configure a paho client."""
-
-        def path(value: Path | str | None) -> Path | None:
-            return Path(value) if value else None
-
-        return BrokerEndpoint(
-            host=self.host,
-            port=self.port,
-            tls=self.tls,
-            username=self.username,
-            password=self.password,
-            cafile=path(self.cafile),
-            certfile=path(self.certfile),
-            keyfile=path(self.keyfile),
-        )
+        return self.broker
 
     @property
     def tweets_subscription(self) -> str:
@@ -112,3 +122,29 @@ class NodeConfig:
             default_entity=self.default_entity,
             max_batch_tokens=self.max_batch_tokens,
         )
+
+
+@dataclass
+class NodeStart:
+    """Everything ``node start`` hands to node.serve: built and checked once, in the CLI,
+    and sent across the exec whole (common/settings.py ``to_json`` / ``from_json``)."""
+
+    config: NodeConfig = setting(default_factory=NodeConfig)
+    # None: the model installed into provision_state, else the shipped default; node.serve
+    # resolves it, once.
+    model: Path | None = None
+    variant: str | None = setting(None, max_len=64)
+    # None: node.serve's default_interpreter_threads().
+    threads: int | None = setting(None, min=1, max=256)
+    watch_mount: Path | None = None
+    trust_keys: list[Path] = setting(default_factory=list, option="trust-key")
+    provision_state: Path | None = None
+    metrics_port: int | None = setting(None, min=1, max=65_535)
+    metrics_host: str = setting("127.0.0.1", max_len=253)
+    ha_discovery: bool = setting(True, option="ha-discovery")
+    log_level: str = setting("info", choices=LOG_LEVELS)
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if not self.metrics_host or any(c.isspace() for c in self.metrics_host):
+            raise SettingsError(f"--metrics-host: {self.metrics_host!r} is not a host address")

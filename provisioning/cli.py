@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from common.cli import VersionOption
 from edgemodel.bundle import BundleError, ModelBundle
 from edgemodel.canaries import DEFAULT_CANARIES, compute_canaries
 from edgemodel.inference import Classifier
@@ -35,6 +36,12 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="markdown",  # re-flows docstring paragraphs instead of keeping breaks
 )
+
+
+@app.callback()
+def _main(version: VersionOption = False) -> None:
+    """Signed model bundles for air-gapped nodes."""
+
 
 TrustKeys = Annotated[
     list[Path],

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from packaging.version import InvalidVersion, Version
+
 _VERSION = re.compile(r"^(0|[1-9][0-9]{0,8})(\.(0|[1-9][0-9]{0,8})){0,3}$")
 
 
@@ -33,17 +35,10 @@ def is_newer(candidate: str, than: str | None) -> bool:
 
 
 def runtime_version_at_least(installed: str, minimum: str) -> bool:
-    """Compare package versions such as "2.3.0" or "2.14.0rc1" by their numeric parts."""
-
-    def numeric(version: str) -> tuple[int, ...]:
-        parts = []
-        for piece in version.split("."):
-            digits = re.match(r"\d+", piece)
-            if not digits:
-                break
-            parts.append(int(digits.group()))
-            if digits.group() != piece:  # "0rc1": a pre-release, stop at its number
-                break
-        return tuple(parts)
-
-    return numeric(installed) >= numeric(minimum)
+    """Whether package version ``installed`` is ``minimum`` or later, by PEP 440 (the rules
+    pip uses): "2.3.0rc1" comes before "2.3.0", "2.3.0.post1" after it. A version that
+    PEP 440 cannot read is not at least anything."""
+    try:
+        return Version(installed) >= Version(minimum)
+    except InvalidVersion:
+        return False

@@ -27,6 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker.config import BrokerConfig, find_program, write_config
+from common.endpoint import BrokerEndpoint
 
 REPO = Path(__file__).resolve().parents[1]
 # Generous: these bound a hang on a loaded 2-core machine, they do not measure speed.
@@ -307,8 +308,7 @@ def embedded_node(mosquitto: Mosquitto, tmp_path: Path, classifier, **config: An
     topics = Topics(f"test/embedded/{uuid.uuid4().hex[:8]}")
     settings: dict[str, Any] = {
         "node_id": f"e{uuid.uuid4().hex[:8]}",
-        "host": mosquitto.host,
-        "port": mosquitto.port,
+        "broker": BrokerEndpoint(mosquitto.host, mosquitto.port),
         "tweets_topic": topics.tweets,
         "labels_topic": topics.labels,
         "errors_topic": topics.errors,

@@ -148,7 +148,7 @@ def test_node_defaults_are_node_config_s(tmp_path):
     assert values["session-expiry"] == NodeConfig.session_expiry_s
     assert values["drain-timeout"] == NodeConfig.drain_timeout_s
     assert values["tweets-topic"] == NodeConfig.tweets_topic
-    assert values["broker"] == f"mqtt://{NodeConfig.host}:{NodeConfig.port}"
+    assert values["broker"] == NodeConfig.broker.url
 
 
 def test_model_keeps_repedge_model_as_the_fallback_only(tmp_path):

@@ -453,14 +453,14 @@ def test_cli_end_to_end(world, tmp_path: Path) -> None:
 def test_node_without_model_serves_the_installed_one(tmp_path):
     """After `provision install`, `node start` with no --model picks the installed slot."""
     from edgemodel.bundle import DEFAULT_BUNDLE_DIR
-    from node.cli import _installed_or_default_model
+    from node.serve import installed_or_default_model
     from provisioning.install import installed_model
 
     state = tmp_path / "prov"
     assert installed_model(state) is None
-    assert _installed_or_default_model(state) == DEFAULT_BUNDLE_DIR
+    assert installed_or_default_model(state) == DEFAULT_BUNDLE_DIR
     slot = state / "slots" / "3" / "bundle"
     slot.mkdir(parents=True)
     (state / "active.json").write_text('{"active": "3"}')
     assert installed_model(state) == slot
-    assert _installed_or_default_model(state) == slot
+    assert installed_or_default_model(state) == slot

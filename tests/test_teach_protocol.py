@@ -88,12 +88,14 @@ def test_only_a_teach_user_reads_texts_and_gives_labels(secured, tiny_bundle, tm
     node_ep = endpoint(broker, certs, "tn1")
     config = NodeConfig(
         node_id="tn1",
-        host=broker.host,
-        port=broker.port,
-        username="tn1",
-        password=pw("tn1"),
-        tls=node_ep.tls,
-        cafile=node_ep.cafile,
+        broker=BrokerEndpoint(
+            broker.host,
+            broker.port,
+            tls=node_ep.tls,
+            username="tn1",
+            password=pw("tn1"),
+            cafile=node_ep.cafile,
+        ),
         state_dir=tmp_path / "state",
         session_expiry_s=60,
         telemetry_interval_s=60,

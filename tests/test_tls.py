@@ -332,8 +332,9 @@ def test_a_node_with_the_wrong_ca_says_why_it_cannot_connect(
         tls_broker,
         tmp_path,
         Classifier(tiny_bundle, num_threads=1),
-        tls=True,
-        cafile=tmp_path / "wrong-ca" / "ca.crt",
+        broker=BrokerEndpoint.parse(
+            f"mqtts://127.0.0.1:{tls_broker.port}", cafile=tmp_path / "wrong-ca" / "ca.crt"
+        ),
     )
     failed = threading.Event()
     lines: list[str] = []

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from common.cli import VersionOption
 from edgemodel.splits import SPLIT_SEED
 
 app = typer.Typer(
@@ -16,6 +17,12 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _main(version: VersionOption = False) -> None:
+    """repedge's trainer: fine-tune, export, evaluate, adapt."""
+
 
 Opt = typer.Option
 

@@ -1,0 +1,53 @@
+"""What every repedge command line shares: ``--version`` and the log level option."""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Annotated
+
+import typer
+
+from common.settings import LOG_LEVELS
+
+
+def repedge_version() -> str:
+    try:
+        return metadata.version("repedge")
+    except metadata.PackageNotFoundError:  # a source tree that is not installed
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"repedge {repedge_version()}")
+        raise typer.Exit()
+
+
+VersionOption = Annotated[
+    bool,
+    typer.Option(
+        "--version",
+        is_eager=True,
+        callback=_print_version,
+        help="Print repedge's version and exit.",
+    ),
+]
+
+
+def check_log_level(value: str) -> str:
+    """The level name, lower case; a one-line usage error for any other word."""
+    level = value.strip().lower()
+    if level not in LOG_LEVELS:
+        raise typer.BadParameter(
+            f"{value!r} is not a log level; use one of {', '.join(LOG_LEVELS)}"
+        )
+    return level
+
+
+LogLevel = Annotated[
+    str,
+    typer.Option(
+        callback=check_log_level,
+        help=f"Log level: {', '.join(LOG_LEVELS)}.",
+    ),
+]
