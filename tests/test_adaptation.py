@@ -106,3 +106,29 @@ def test_random_is_seeded_and_sizes_are_bounded() -> None:
     assert select(pool, 0) == []
     with pytest.raises(SelectionError, match="unknown strategy"):
         select(pool, 3, "clever")
+
+
+def test_unlabelled_tweets_centre_the_head_and_self_train_it() -> None:
+    embedding, logits, related_logits, polarity, related = brand(400, seed=2)
+    embedding += 3.0  # the brand's tweets sit far from the origin: centring matters
+    labelled, rest = slice(0, 60), slice(60, None)
+    pool = PoolOutputs(logits[rest], embedding[rest], related_logits[rest])
+    fitted = fit_entity_head(
+        "Acme",
+        embedding[labelled],
+        logits[labelled],
+        related_logits[labelled],
+        polarity[labelled],
+        related[labelled],
+        unlabelled=pool,
+    )
+    assert fitted.head.info["unlabelled_tweets"] == 340
+    # Cross-validation kept the better of the plain and the self-trained head.
+    assert fitted.polarity.after.correct >= max(
+        v.correct for k, v in fitted.polarity.cv.items() if "self" not in k
+    )
+    e2, l2, _, p2, _ = brand(300, seed=3)
+    e2 += 3.0
+    rows = p2 >= 0
+    adapted = (l2[rows] + fitted.head.polarity(e2[rows])).argmax(1)
+    assert (adapted == p2[rows]).mean() > (l2[rows].argmax(1) == p2[rows]).mean() + 0.2

@@ -182,6 +182,7 @@ def select_rows(
                     done_out.get(RELATED_OUTPUT),
                     polarity,
                     related,
+                    unlabelled=PoolOutputs(logits, embedding, related_logits),
                 )
             except AdaptationError:
                 fitted = None  # too few labels yet: select with the general model
