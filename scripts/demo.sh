@@ -11,6 +11,11 @@ REPEDGE_EXTRAS="${REPEDGE_EXTRAS:-test,dashboard}" bash scripts/setup.sh
 PORT="${REPEDGE_DEMO_PORT:-18830}"
 DASHBOARD_PORT="${REPEDGE_DEMO_DASHBOARD_PORT:-8080}"
 STATE="${REPEDGE_DEMO_STATE:-.demo}"
+# Real history for the dashboard's first screen: a brand's RepLab 2013 tweets, replayed in
+# their own time order with created_at (`node replay`). The labelled data is not shipped:
+# without the file the demo runs without it. REPEDGE_DEMO_REPLAY= (empty) turns it off.
+REPLAY="${REPEDGE_DEMO_REPLAY-../shared/data/replab2013/automotive_en.tsv}"
+REPLAY_ENTITY="${REPEDGE_DEMO_REPLAY_ENTITY:-Honda}"
 mkdir -p "$STATE"
 pids=()
 cleanup() {
@@ -37,9 +42,27 @@ pids+=($!)
 echo "dashboard: http://127.0.0.1:$DASHBOARD_PORT/ (live; log: $STATE/dashboard.log)"
 
 echo "labels (repedge/labels), Ctrl-C to stop:"
-mosquitto_sub -p "$PORT" -t repedge/labels -t repedge/errors -v &
+# Every record goes to a file; the terminal shows those of the sample tweets (the replayed
+# history carries created_at and is the dashboard's to show).
+mosquitto_sub -p "$PORT" -t repedge/labels -t repedge/errors -v \
+    > >(tee "$STATE/records.log" | grep --line-buffered -v '"created_at"') &
 pids+=($!)
-sleep 3
+# Tweets published before the node subscribes would reach nobody: wait for it to be online
+# (its retained status), however long loading the model takes on a busy machine.
+for _ in $(seq 300); do
+    mosquitto_sub -p "$PORT" -t repedge/nodes/demo/status -C 1 -W 1 2>/dev/null |
+        grep -q '"online"' && break
+done
+
+if [ -n "$REPLAY" ] && [ -f "$REPLAY" ]; then
+    echo "replaying $REPLAY_ENTITY's tweets of $REPLAY (a month in under a minute) for the" \
+        "dashboard's history and alerts; log: $STATE/replay.log"
+    python -m node replay --data "$REPLAY" --entity "$REPLAY_ENTITY" --speed 100000 \
+        --max-wait 0.05 --broker "mqtt://localhost:$PORT" > "$STATE/replay.log" 2>&1 &
+    pids+=($!)
+elif [ -n "$REPLAY" ]; then
+    echo "(no $REPLAY: no replayed history; set REPEDGE_DEMO_REPLAY to a RepLab TSV)"
+fi
 
 while IFS= read -r tweet; do
     [ -n "$tweet" ] && mosquitto_pub -p "$PORT" -q 1 -t repedge/tweets -m "$tweet"
@@ -47,5 +70,15 @@ while IFS= read -r tweet; do
 done < scripts/demo_tweets.txt
 echo "(published $(grep -c . scripts/demo_tweets.txt) tweets; node log: $STATE/node.log;" \
     "telemetry: mosquitto_sub -p $PORT -t 'repedge/nodes/#' -v)"
-if [ "${1:-}" = "--once" ]; then sleep 3; exit 0; fi
+if [ "${1:-}" = "--once" ]; then
+    # Until every sample tweet has its record (the node may still be busy with the replay).
+    want=$(grep -c . scripts/demo_tweets.txt)
+    for _ in $(seq 600); do
+        got=$(grep -v '"created_at"' "$STATE/records.log" | grep -c '^repedge/' || true)
+        [ "$got" -ge "$want" ] && break
+        sleep 0.2
+    done
+    sleep 1
+    exit 0
+fi
 wait
