@@ -51,6 +51,8 @@ def assert_cli_defaults_are_the_settings(cmd, settings_cls, skip: set[str] = fro
             continue  # computed at run time (the host name, an empty list, a folder)
         if isinstance(expected, BrokerEndpoint):
             expected = expected.url
+        if expected == () and defaults[name] is None:  # a repeatable option: none given
+            continue
         assert defaults[name] == expected, f"--{name}: CLI {defaults[name]!r} != {expected!r}"
         checked += 1
     return checked
@@ -72,6 +74,20 @@ def test_broker_start_defaults_are_the_settings_defaults() -> None:
     start = command(app, "start")
     # --port's default depends on --tls (1883 or 8883), so the CLI leaves it unset.
     assert assert_cli_defaults_are_the_settings(start, BrokerConfig, skip={"port"}) >= 3
+
+
+def test_trainer_train_defaults_are_the_settings_defaults() -> None:
+    from trainer.cli import app
+    from trainer.settings import TrainConfig
+
+    assert assert_cli_defaults_are_the_settings(command(app, "train"), TrainConfig) >= 16
+
+
+def test_trainer_train_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
+    from trainer.cli import app
+
+    result = runner.invoke(app, ["train", "--out", str(tmp_path), "--batch-size", "0"])
+    one_line_error(result, "--batch-size: must be at least 1")
 
 
 # -- bad values: one line, exit status 2, no traceback ----------------------------------

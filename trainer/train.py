@@ -23,42 +23,9 @@ from edgemodel.batching import outputs_in_length_order
 from edgemodel.data import FILTER_LABELS, POLARITY_LABELS, Example
 from edgemodel.inference import EmptyTextError, Encoded, TweetEncoder, pad_batch
 from edgemodel.metrics import classification_report
-from edgemodel.splits import SPLIT_SEED
 from edgemodel.textclean import CleaningConfig
 from trainer.model import RELATED_OUTPUT, build_classifier
-
-
-@dataclass
-class TrainConfig:
-    base: str = "all-MiniLM-L6-v2"
-    num_layers: int | None = None
-    max_length: int = 64
-    batch_size: int = 32
-    epochs: float = 3.0
-    learning_rate: float = 6e-5
-    warmup_ratio: float = 0.06
-    weight_decay: float = 0.01
-    dropout: float = 0.1
-    # "none", "sqrt" (inverse square-root frequency) or "balanced" (inverse frequency).
-    class_weighting: str = "sqrt"
-    # Sources whose tweets keep weight 1: RepLab is scored by accuracy, where up-weighting
-    # its rare negative class costs more than it gains (SemEval's AvgRec rewards it).
-    unweighted_sources: tuple[str, ...] = ()
-    entity_input: bool = True
-    # Replace the entity's name in the tweet by "brand" (see CleaningConfig.mask_entity).
-    mask_entity: bool = False
-    filter_head: bool = False
-    # Separate reputation (with entity) and sentiment (without) heads on one encoder.
-    task_heads: bool = False
-    # How many times each RepLab tweet is repeated per epoch (RepLab is ~1/5 of SemEval).
-    replab_repeat: int = 2
-    eval_every: int = 500
-    patience: int = 4
-    time_budget_min: float | None = None
-    # Start from a previous run's weights (OUT/checkpoints/best.weights.h5), e.g. a second,
-    # RepLab-heavy stage after a first run on everything.
-    init_weights: str | None = None
-    seed: int = SPLIT_SEED  # also seeds the data split (trainer train --seed)
+from trainer.settings import TrainConfig
 
 
 @dataclass
