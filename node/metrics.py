@@ -45,6 +45,11 @@ LATENCY_BUCKETS_S = (
 # Tweets per batch: powers of two up to the largest --max-batch anyone should use.
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 MODEL_LABELS = ("name", "version", "variant", "sha256")
+# Entities with series of their own in repedge_entity_labels_total: the node's --entity
+# always, then the first ones seen up to this cap; the rest are summed under OTHER_ENTITY,
+# so tweets naming ever new brands cannot grow the scrape (Prometheus cardinality).
+MAX_METRIC_ENTITIES = 20
+OTHER_ENTITY = "_other"
 # provisioning/install.py and provisioning/watch.py; primed at 0 so increase() sees the first.
 PROVISIONING_EVENTS = ("install_started", "installed", "rejected", "swap_failed")
 # /metrics is scraped by one Prometheus every few seconds: 32 sockets is plenty, and keeps
@@ -78,12 +83,24 @@ class NodeMetrics:
         queue_depth: Callable[[], int] | None = None,
         connected: Callable[[], bool] | None = None,
         process: bool = True,
+        entities: Iterable[str] = (),
+        max_entities: int = MAX_METRIC_ENTITIES,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.labels = Counter(
             "repedge_labels", "Tweets labelled, by predicted label.", ["label"], registry=r
         )
+        self.entity_labels = Counter(
+            "repedge_entity_labels",
+            "Tweets labelled per entity (the node's --entity and the first "
+            f"{max_entities} seen; others as {OTHER_ENTITY}), by label and related "
+            "(true, false, unknown).",
+            ["entity", "label", "related"],
+            registry=r,
+        )
+        self._entities: set[str] = set(entities)
+        self._max_entities = max(max_entities, len(self._entities))
         self.errors = Counter(
             "repedge_errors", "Error records published, by reason.", ["reason"], registry=r
         )
@@ -172,6 +189,24 @@ class NodeMetrics:
         self.batches.inc()
         self.batch_size.observe(batch_size)
 
+    def observe_entities(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Label records of tweets with an entity: counted per entity, bounded."""
+        for record in records:
+            entity = record.get("entity")
+            if not isinstance(entity, str):
+                continue
+            if entity not in self._entities:
+                if len(self._entities) >= self._max_entities:
+                    entity = OTHER_ENTITY
+                else:
+                    self._entities.add(entity)
+            related = record.get("related")
+            self.entity_labels.labels(
+                entity=entity,
+                label=str(record.get("label")),
+                related="unknown" if not isinstance(related, bool) else str(related).lower(),
+            ).inc()
+
     def set_model(self, identity: Mapping[str, Any] | None, labels: Iterable[str] = ()) -> None:
         """The model now served (None: none yet). ``labels`` (the model's classes) start
         at 0 so that ``rate()`` sees the first label of each class."""
@@ -217,18 +252,22 @@ def attach(
 
     Raises OSError when the port cannot be bound (in use, no permission).
     """
+    default_entity = service.config.default_entity
     metrics = NodeMetrics(
         service.config.node_id,
         queue_depth=service.queue_depth,
         connected=service.shell.connected.is_set,
+        entities=[default_entity] if default_entity else (),
     )
     metrics.set_model(service.model_identity(), labels)
 
     def on_batch(report: BatchReport) -> None:
         records = report.result.records
+        # The record carries the label and entity; the batch result only counts them.
+        labelled = [json.loads(r.payload) for r in records if r.kind == "label"]
+        metrics.observe_entities(labelled)
         metrics.observe_batch(
-            # The record carries the label; the batch result only counts them.
-            (json.loads(r.payload)["label"] for r in records if r.kind == "label"),
+            (record["label"] for record in labelled),
             (r.reason or "unknown" for r in records if r.kind == "error"),
             report.result.duplicates,
             (ms / 1000 for ms in report.result.latencies_ms),
