@@ -13,6 +13,7 @@ import typer
 
 from common.cli import VersionOption
 from common.endpoint import BrokerEndpoint, EndpointError
+from common.settings import SettingsError
 from common.text import inert_log_handlers
 from dashboard.history import (
     HistoryDatabaseError,
@@ -21,6 +22,7 @@ from dashboard.history import (
     Retention,
     default_db_path,
 )
+from dashboard.settings import DashboardSettings
 from dashboard.source import DEFAULT_TOPICS, Subscriber
 from dashboard.state import DashboardState
 
@@ -81,10 +83,8 @@ Topics = Annotated[
         show_default=False,
     ),
 ]
-History = Annotated[
-    int, typer.Option(help="Minutes of the live per-minute view kept in memory.", min=1)
-]
-Recent = Annotated[int, typer.Option(help="Labelled tweets kept per entity.", min=1)]
+History = Annotated[int, typer.Option(help="Minutes of the live per-minute view kept in memory.")]
+Recent = Annotated[int, typer.Option(help="Labelled tweets kept per entity.")]
 Db = Annotated[
     str | None,
     typer.Option(
@@ -105,9 +105,7 @@ RetentionOpt = Annotated[
 ]
 FlushInterval = Annotated[
     float,
-    typer.Option(
-        help="Seconds between history writes; a kill -9 loses at most this much.", min=0.1
-    ),
+    typer.Option(help="Seconds between history writes; a kill -9 loses at most this much."),
 ]
 
 
@@ -122,7 +120,7 @@ AlertEntities = Annotated[
 ]
 AlertMax = Annotated[
     int,
-    typer.Option(help="Most entities watched for spikes without --alert-entity.", min=1),
+    typer.Option(help="Most entities watched for spikes without --alert-entity."),
 ]
 NoAlerts = Annotated[
     bool,
@@ -132,11 +130,20 @@ NoAlerts = Annotated[
 ]
 
 
+def _checked(**values: object) -> DashboardSettings:
+    """The run's settings, checked: a bad value is one line and exit status 2."""
+    try:
+        return DashboardSettings(**values)  # type: ignore[arg-type]
+    except SettingsError as exc:
+        typer.echo(f"dashboard: error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 @dataclass
 class AlertOptions:
     off: bool = False
     entities: list[str] | None = None
-    max_entities: int = 100
+    max_entities: int = DashboardSettings.alert_max_entities
 
 
 def _start_alerts(options: AlertOptions, state: DashboardState, source: Subscriber):
@@ -163,7 +170,7 @@ class HistoryOptions:
     db: str | None = None
     off: bool = False
     retention: str = DEFAULT_RETENTION
-    flush_interval: float = 2.0
+    flush_interval: float = DashboardSettings.flush_interval
 
 
 def _open_history(options: HistoryOptions) -> tuple[HistoryStore | None, HistoryRecorder | None]:
@@ -220,31 +227,41 @@ def _stop_history(store: HistoryStore | None, recorder: HistoryRecorder | None) 
 
 @app.command()
 def serve(
-    broker: Broker = "mqtt://localhost:1883",
+    broker: Broker = DashboardSettings.broker,
     username: Username = None,
     password: Password = None,
     cafile: Cafile = None,
     certfile: Certfile = None,
     keyfile: Keyfile = None,
-    port: Annotated[int, typer.Option(help="HTTP port of the dashboard.")] = 8080,
+    port: Annotated[int, typer.Option(help="HTTP port of the dashboard.")] = DashboardSettings.port,
     host: Annotated[
         str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")
-    ] = "127.0.0.1",
+    ] = DashboardSettings.host,
     topic: Topics = None,
-    history: History = 60,
-    recent: Recent = 50,
+    history: History = DashboardSettings.history,
+    recent: Recent = DashboardSettings.recent,
     push_interval: Annotated[
-        float, typer.Option(help="Seconds between batched updates to the browsers.", min=0.05)
-    ] = 0.5,
+        float, typer.Option(help="Seconds between batched updates to the browsers.")
+    ] = DashboardSettings.push_interval,
     db: Db = None,
     no_history: NoHistory = False,
     retention: RetentionOpt = DEFAULT_RETENTION,
-    flush_interval: FlushInterval = 2.0,
+    flush_interval: FlushInterval = DashboardSettings.flush_interval,
     alert_entity: AlertEntities = None,
-    alert_max_entities: AlertMax = 100,
+    alert_max_entities: AlertMax = DashboardSettings.alert_max_entities,
     no_alerts: NoAlerts = False,
 ) -> None:
     """Serve the live web dashboard (no internet needed: every file is served locally)."""
+    _checked(
+        broker=broker,
+        port=port,
+        host=host,
+        history=history,
+        recent=recent,
+        push_interval=push_interval,
+        flush_interval=flush_interval,
+        alert_max_entities=alert_max_entities,
+    )
     from dashboard.web import DashboardServer, Hub
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -307,25 +324,30 @@ def _interrupt(*_: object) -> None:
 
 @app.command()
 def top(
-    broker: Broker = "mqtt://localhost:1883",
+    broker: Broker = DashboardSettings.broker,
     username: Username = None,
     password: Password = None,
     cafile: Cafile = None,
     certfile: Certfile = None,
     keyfile: Keyfile = None,
     topic: Topics = None,
-    history: History = 60,
-    recent: Recent = 50,
+    history: History = DashboardSettings.history,
+    recent: Recent = DashboardSettings.recent,
     once: Annotated[
         bool, typer.Option(help="Wait --wait seconds, print one frame, exit (for scripts).")
     ] = False,
-    wait: Annotated[float, typer.Option(help="Seconds to collect before --once prints.")] = 2.0,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to collect before --once prints.")
+    ] = DashboardSettings.wait,
     db: Db = None,
     no_history: NoHistory = False,
     retention: RetentionOpt = DEFAULT_RETENTION,
-    flush_interval: FlushInterval = 2.0,
+    flush_interval: FlushInterval = DashboardSettings.flush_interval,
 ) -> None:
     """Show the dashboard in the terminal, with the last 24 h per entity; q quits."""
+    _checked(
+        broker=broker, history=history, recent=recent, wait=wait, flush_interval=flush_interval
+    )
     import time
 
     from dashboard.top import run
@@ -349,7 +371,7 @@ def top(
 
 @app.command()
 def collect(
-    broker: Broker = "mqtt://localhost:1883",
+    broker: Broker = DashboardSettings.broker,
     username: Username = None,
     password: Password = None,
     cafile: Cafile = None,
@@ -358,13 +380,14 @@ def collect(
     topic: Topics = None,
     db: Db = None,
     retention: RetentionOpt = DEFAULT_RETENTION,
-    flush_interval: FlushInterval = 2.0,
+    flush_interval: FlushInterval = DashboardSettings.flush_interval,
     alert_entity: AlertEntities = None,
-    alert_max_entities: AlertMax = 100,
+    alert_max_entities: AlertMax = DashboardSettings.alert_max_entities,
     no_alerts: NoAlerts = False,
 ) -> None:
     """Record reputation history and evaluate spike alerts headless (a central site): no
     web page, no terminal view."""
+    _checked(broker=broker, flush_interval=flush_interval, alert_max_entities=alert_max_entities)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     inert_log_handlers()  # topics and broker errors quote outside text
     store, recorder = _open_history(HistoryOptions(db, False, retention, flush_interval))
@@ -396,7 +419,7 @@ def collect(
 def teach(
     node: Annotated[str, typer.Option(help="The node whose kept tweets to label.")],
     entity: Annotated[str, typer.Option(help="The entity (brand) to teach.")],
-    broker: Broker = "mqtt://localhost:1883",
+    broker: Broker = DashboardSettings.broker,
     username: Username = None,
     password: Password = None,
     cafile: Cafile = None,

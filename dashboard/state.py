@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from dashboard.settings import DashboardSettings
+
 if TYPE_CHECKING:
     from dashboard.history import HistoryRecorder
 
@@ -151,8 +153,8 @@ class DashboardState:
 
     def __init__(
         self,
-        history_minutes: int = 60,
-        recent: int = 50,
+        history_minutes: int = DashboardSettings.history,
+        recent: int = DashboardSettings.recent,
         clock: Callable[[], float] = time.time,
         recorder: HistoryRecorder | None = None,
     ) -> None:

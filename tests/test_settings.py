@@ -90,6 +90,29 @@ def test_trainer_train_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
     one_line_error(result, "--batch-size: must be at least 1")
 
 
+@pytest.mark.parametrize("name", ["serve", "top", "collect"])
+def test_dashboard_defaults_are_the_settings_defaults(name: str) -> None:
+    from dashboard.cli import app
+    from dashboard.settings import DashboardSettings
+
+    assert assert_cli_defaults_are_the_settings(command(app, name), DashboardSettings) >= 3
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["serve", "--port", "70000"], "--port: must be at most 65535"),
+        (["serve", "--push-interval", "0"], "--push-interval: must be at least 0.05"),
+        (["top", "--once", "--wait", "-1"], "--wait: must be at least 0"),
+        (["collect", "--flush-interval", "0"], "--flush-interval: must be at least 0.1"),
+    ],
+)
+def test_dashboard_refuses_bad_settings_in_one_line(args: list[str], needle: str) -> None:
+    from dashboard.cli import app
+
+    one_line_error(runner.invoke(app, args), needle)
+
+
 # -- bad values: one line, exit status 2, no traceback ----------------------------------
 
 
