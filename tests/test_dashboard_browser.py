@@ -10,7 +10,9 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -318,3 +320,45 @@ def test_history_survives_a_restart_and_shows_brands_side_by_side(
         assert browser.save_screenshot(str(tmp_path / "history.png"))
     finally:
         second.stop()
+
+
+def test_an_open_spike_alert_shows_as_a_banner(browser, mosquitto, topics, tmp_path):
+    # An entity name that would run if it were ever parsed as HTML.
+    entity = f"<i>Brand</i>{uuid.uuid4().hex[:6]}"
+    t0 = 1_355_000_000 - 1_355_000_000 % 60
+
+    def record(i: int, at: int, negative: bool) -> str:
+        return json.dumps({
+            "id": f"a{i}", "label": "negative" if negative else "neutral", "entity": entity,
+            "related": True, "scores": {"negative": 0.9 if negative else 0.02},
+            "created_at": datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z"),
+        })  # fmt: skip
+
+    week = [record(i, t0 + i * 900, i % 10 == 0) for i in range(7 * 96)]
+    burst = [record(1000 + i, t0 + 7 * 86400 + i * 300, True) for i in range(12)]
+    dash = DashboardProcess(
+        mosquitto.url, [topics.labels, "repedge/alerts/+"], tmp_path / "dashboard.log"
+    )
+    try:
+        browser.get(dash.url)
+        assert browser.execute_script("return document.getElementById('alert-banner').hidden")
+        publish(mosquitto, topics.labels, week)
+        wait_js(
+            browser,
+            "return document.getElementById('labels-total').textContent",
+            lambda v: v == str(len(week)),
+            "the week counted",
+        )
+        publish(mosquitto, topics.labels, burst)
+        text = wait_js(
+            browser,
+            "const b = document.getElementById('alert-banner');"
+            "return b.hidden ? '' : b.textContent",
+            lambda v: entity in v,
+            "the alert banner",
+        )
+        assert text.startswith(f"Negative spike for {entity} since 12-")
+        assert "related tweets negative" in text
+        assert browser.execute_script("return document.querySelector('#alert-banner i')") is None
+    finally:
+        dash.stop()
