@@ -2,10 +2,17 @@
 
 A bundle is a folder::
 
-    manifest.json      identity, preprocessing, variants with their sha256, metrics
+    manifest.json      identity, preprocessing, the sha256 of every other file, metrics
     labels.json        class names, in the order of the model's logits
     tokenizer.json     Hugging Face `tokenizers` file (WordPiece for the BERT family)
     <variant>.tflite   one or more FlatBuffer variants: fp32, fp16, int8, int8-full, int4
+    entity_heads.json  optional per-entity heads (edgemodel.entity_heads, `trainer adapt`)
+
+The manifest lists the sha256 of every other file, and :meth:`ModelBundle.load` checks
+every file it serves against it: labels.json, the tokenizer, the selected FlatBuffer and the
+heads. The bundle's own identity, :attr:`ModelBundle.bundle_sha256`, is one digest over
+all of its files (manifest.json included); label records carry it, so two bundles that
+differ in any file (two adapted brands of one parent, say) are told apart.
 
 The trainer writes bundles with :func:`write_bundle`; the node and provisioning read them
 with :meth:`ModelBundle.load`. Nothing else in the code base knows these file names.
@@ -16,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -24,10 +32,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edgemodel.entity_heads import ENTITY_HEADS_FILE
+from edgemodel.entity_heads import ENTITY_HEADS_FILE, EntityHeadsError, load_entity_heads
 from edgemodel.textclean import CleaningConfig
 
-BUNDLE_FORMAT = "repedge-bundle/1"
+# Format 2 adds labels_sha256, so that every file of a bundle is covered by its manifest.
+# Format 1 bundles (models/default up to 2.0.0) still load: their labels.json is checked
+# against nothing, but bundle_sha256 covers its bytes all the same.
+BUNDLE_FORMAT = "repedge-bundle/2"
+LEGACY_FORMATS = ("repedge-bundle/1",)
 MANIFEST_FILE = "manifest.json"
 LABELS_FILE = "labels.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -57,6 +69,11 @@ RELATED_LABELS = ("unrelated", "related")
 EMBEDDING_OUTPUT = "embedding"
 
 _CHUNK = 1 << 20
+# File names a manifest may give: flat and plain (no separators, "..", hidden files).
+_SAFE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# manifest.json and labels.json are read whole; a real one has a few kilobytes.
+MAX_JSON_BYTES = 4 << 20
 
 
 def _shipped_bundle_dir() -> Path:
@@ -79,6 +96,20 @@ def default_bundle_path() -> Path | None:
 
 class BundleError(Exception):
     """A bundle is missing, incomplete, corrupt or of an unknown format."""
+
+
+def bundle_digest(file_digests: Mapping[str, str]) -> str:
+    """The digest of a whole bundle from the sha256 of each of its files: sha256 of the
+    ``sha256sum``-style listing, a line ``<sha256>  <file>`` per file, sorted by name.
+    Reproduce it in a bundle folder with
+    ``sha256sum manifest.json labels.json tokenizer.json *.tflite [entity_heads.json] |
+    LC_ALL=C sort -k 2 | sha256sum`` (every file the manifest names, and only those)."""
+    listing = "".join(f"{sha}  {name}\n" for name, sha in sorted(file_digests.items()))
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and _SHA256.match(value) is not None
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -124,23 +155,50 @@ class Manifest:
     # made. `node start` refuses a model that no longer gives them (a corrupted weight
     # that still matches its sha256, a runtime that computes differently). Optional.
     canaries: list[dict[str, Any]] = field(default_factory=list)
+    # sha256 of labels.json (format 2; None in format 1 manifests).
+    labels_sha256: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Manifest:
-        if data.get("format") != BUNDLE_FORMAT:
+    def from_json(cls, data: Any) -> Manifest:
+        if not isinstance(data, dict):
+            raise BundleError("malformed manifest: not a JSON object")
+        fmt = data.get("format")
+        if fmt != BUNDLE_FORMAT and fmt not in LEGACY_FORMATS:
             raise BundleError(
-                f"unknown bundle format {data.get('format')!r} (this node reads {BUNDLE_FORMAT})"
+                f"unknown bundle format {fmt!r} (this node reads {BUNDLE_FORMAT} and "
+                f"{', '.join(LEGACY_FORMATS)})"
             )
+        if fmt == BUNDLE_FORMAT and not _is_sha256(data.get("labels_sha256")):
+            raise BundleError(f"malformed manifest: {BUNDLE_FORMAT} needs labels_sha256")
         try:
             fields = dict(data)
             fields["variants"] = {k: VariantInfo(**v) for k, v in data["variants"].items()}
             fields["cleaning"] = CleaningConfig(**data.get("cleaning", {}))
-            return cls(**fields)
-        except (KeyError, TypeError) as exc:
+            manifest = cls(**fields)
+        except (KeyError, TypeError, AttributeError) as exc:
             raise BundleError(f"malformed manifest: {exc}") from exc
+        manifest.check_file_entries()
+        return manifest
+
+    def check_file_entries(self) -> None:
+        """Every file the manifest names is a plain name with a sha256 to check it by."""
+        entries = [(v.file, v.sha256) for v in self.variants.values()]
+        entries.append((TOKENIZER_FILE, self.tokenizer_sha256))
+        if self.entity_heads is not None:
+            heads = self.entity_heads
+            if not isinstance(heads, dict):
+                raise BundleError("malformed manifest: entity_heads must be an object or null")
+            entries.append((heads.get("file"), heads.get("sha256")))
+        for name, sha in entries:
+            if not (isinstance(name, str) and _SAFE_FILE.match(name)):
+                raise BundleError(f"malformed manifest: unsafe or missing file name {name!r}")
+            if name in (MANIFEST_FILE, LABELS_FILE):
+                raise BundleError(f"malformed manifest: {name} cannot be a model file")
+            if not _is_sha256(sha):
+                raise BundleError(f"malformed manifest: no valid sha256 for {name}")
 
 
 @dataclass
@@ -151,6 +209,12 @@ class ModelBundle:
     manifest: Manifest
     labels: list[str]
     variant: str
+    # sha256 of manifest.json and labels.json as read by load(): the bundle digest covers
+    # those bytes, not a later re-read.
+    manifest_file_sha256: str = ""
+    labels_file_sha256: str = ""
+    # Whether verify() has checked the served files against the manifest.
+    verified: bool = False
 
     @property
     def model_path(self) -> Path:
@@ -178,13 +242,31 @@ class ModelBundle:
     def model_sha256(self) -> str:
         return self.manifest.variants[self.variant].sha256
 
+    def file_digests(self) -> dict[str, str]:
+        """sha256 of every file of the bundle: manifest.json and labels.json as read, the
+        others as the manifest lists them (verify() checks those that are served)."""
+        m = self.manifest
+        files = {MANIFEST_FILE: self.manifest_file_sha256, LABELS_FILE: self.labels_file_sha256}
+        files[TOKENIZER_FILE] = m.tokenizer_sha256
+        files.update({v.file: v.sha256 for v in m.variants.values()})
+        if m.entity_heads:
+            files[m.entity_heads["file"]] = m.entity_heads["sha256"]
+        return files
+
+    @property
+    def bundle_sha256(self) -> str:
+        """One digest of the whole bundle (:func:`bundle_digest` of :meth:`file_digests`)."""
+        return bundle_digest(self.file_digests())
+
     def identity(self) -> dict[str, str]:
-        """What records and telemetry say about the model that produced them."""
+        """What records and telemetry say about the model that produced them: ``sha256``
+        is the served FlatBuffer's, ``bundle_sha256`` the whole bundle's."""
         return {
             "name": self.manifest.name,
             "version": self.manifest.version,
             "variant": self.variant,
             "sha256": self.model_sha256,
+            "bundle_sha256": self.bundle_sha256,
         }
 
     @classmethod
@@ -208,8 +290,10 @@ class ModelBundle:
                 f"(a bare .tflite needs {MANIFEST_FILE}, {LABELS_FILE} and {TOKENIZER_FILE} "
                 "beside it)"
             )
-        manifest = Manifest.from_json(_read_json(manifest_path))
-        labels = _read_json(root / LABELS_FILE)
+        manifest_bytes = _read_bounded(manifest_path)
+        manifest = Manifest.from_json(_parse_json(manifest_path, manifest_bytes))
+        labels_bytes = _read_bounded(root / LABELS_FILE)
+        labels = _parse_json(root / LABELS_FILE, labels_bytes)
         if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
             raise BundleError(f"{root / LABELS_FILE} must be a non-empty list of class names")
 
@@ -224,13 +308,28 @@ class ModelBundle:
             raise BundleError(
                 f"bundle {root} has no variant {chosen!r}; it has {sorted(manifest.variants)}"
             )
-        bundle = cls(root=root, manifest=manifest, labels=labels, variant=chosen)
+        bundle = cls(
+            root=root,
+            manifest=manifest,
+            labels=labels,
+            variant=chosen,
+            manifest_file_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
+            labels_file_sha256=hashlib.sha256(labels_bytes).hexdigest(),
+        )
+        if manifest.labels_sha256 is not None and bundle.labels_file_sha256 != (
+            manifest.labels_sha256
+        ):
+            raise BundleError(
+                f"{root / LABELS_FILE} does not match its manifest (sha256 "
+                f"{bundle.labels_file_sha256[:12]}..., expected {manifest.labels_sha256[:12]}...)"
+            )
         if verify:
             bundle.verify()
         return bundle
 
     def verify(self) -> None:
-        """Check the selected FlatBuffer and the tokenizer against the manifest."""
+        """Check every file that is served (the selected FlatBuffer, the tokenizer, the
+        heads) against the manifest; labels.json was checked by load()."""
         info = self.manifest.variants[self.variant]
         checked = [
             (self.model_path, info.sha256),
@@ -238,9 +337,7 @@ class ModelBundle:
         ]
         heads = self.manifest.entity_heads
         if heads:
-            if not isinstance(heads.get("file"), str) or "/" in heads["file"]:
-                raise BundleError("manifest entity_heads needs a plain 'file' name")
-            checked.append((self.root / heads["file"], heads.get("sha256")))
+            checked.append((self.root / heads["file"], heads["sha256"]))
         for file, expected in checked:
             if not file.is_file():
                 raise BundleError(f"bundle file missing: {file}")
@@ -250,15 +347,33 @@ class ModelBundle:
                     f"{file} does not match its manifest (sha256 {actual[:12]}..., "
                     f"expected {expected[:12]}...)"
                 )
+        self.verified = True
+
+
+def _read_bounded(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_JSON_BYTES + 1)
+    except FileNotFoundError as exc:
+        raise BundleError(f"bundle file missing: {path}") from exc
+    except OSError as exc:
+        raise BundleError(f"cannot read {path}: {exc}") from exc
+    if len(data) > MAX_JSON_BYTES:
+        raise BundleError(f"{path} is larger than {MAX_JSON_BYTES} bytes")
+    return data
+
+
+def _parse_json(path: Path, data: bytes) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise BundleError(f"{path} is not valid JSON: nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise BundleError(f"{path} is not valid JSON: {exc}") from exc
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise BundleError(f"bundle file missing: {path}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path} is not valid JSON: {exc}") from exc
+    return _parse_json(path, _read_bounded(path))
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -323,13 +438,16 @@ def write_bundle(
 
     heads = None
     if entity_heads_file is not None:
+        # The shared check (edgemodel.entity_heads): never write a bundle a node refuses.
+        try:
+            checked = load_entity_heads(entity_heads_file, len(labels), len(RELATED_LABELS))
+        except EntityHeadsError as exc:
+            raise BundleError(str(exc)) from exc
         _copy_into(Path(entity_heads_file), root / ENTITY_HEADS_FILE)
         heads = {
             "file": ENTITY_HEADS_FILE,
             "sha256": sha256_file(root / ENTITY_HEADS_FILE),
-            "entities": sorted(
-                h["entity"] for h in _read_json(root / ENTITY_HEADS_FILE).get("heads", {}).values()
-            ),
+            "entities": sorted(h.entity for h in checked.values()),
         }
     else:
         (root / ENTITY_HEADS_FILE).unlink(missing_ok=True)
@@ -344,6 +462,7 @@ def write_bundle(
         max_length=max_length,
         variants=variants,
         tokenizer_sha256=sha256_file(root / TOKENIZER_FILE),
+        labels_sha256=sha256_file(root / LABELS_FILE),
         default_variant=default_variant,
         entity_input=entity_input,
         cleaning=cleaning or CleaningConfig(),
@@ -394,6 +513,10 @@ def update_manifest(root: str | os.PathLike[str], **changes: Any) -> Manifest:
         if not hasattr(manifest, key):
             raise BundleError(f"manifest has no field {key!r}")
         setattr(manifest, key, value)
+    # Rewriting a manifest writes the current format, so labels.json gets its sha256.
+    manifest.format = BUNDLE_FORMAT
+    if manifest.labels_sha256 is None:
+        manifest.labels_sha256 = sha256_file(root / LABELS_FILE)
     write_json_atomic(root / MANIFEST_FILE, manifest.to_json())
     return manifest
 

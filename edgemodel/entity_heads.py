@@ -26,6 +26,18 @@ import numpy as np
 ENTITY_HEADS_FILE = "entity_heads.json"
 ENTITY_HEADS_FORMAT = "repedge-entity-heads/1"
 
+# Limits that `trainer adapt`, `provision bundle`, `provision install` and `node start` all
+# apply through load_entity_heads, so that nothing is signed that a node would refuse.
+# A site adapts a handful of brands (RepLab 2013 has 61 entities); 256 heads of a 512-wide
+# embedding are about 7 MB of JSON, parsed in about a second on the 2-core dev machine.
+MAX_ENTITY_HEADS = 256
+MAX_HEADS_FILE_BYTES = 8 << 20
+MAX_ENTITY_CHARS = 200
+# A fitted correction is a regularised logistic regression on a sentence vector: its
+# weights are of order 1. Far beyond this bound a weight is corruption or an attack (3e38
+# overflows float32 in the first product and gives NaN scores).
+MAX_ABS_WEIGHT = 1e4
+
 
 class EntityHeadsError(ValueError):
     """An entity heads file is malformed or does not fit the model."""
@@ -66,6 +78,12 @@ class Correction:
             )
         if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
             raise EntityHeadsError(f"{where}: weights must be finite")
+        largest = max(float(np.abs(weight).max(initial=0)), float(np.abs(bias).max(initial=0)))
+        if largest > MAX_ABS_WEIGHT:
+            raise EntityHeadsError(
+                f"{where}: a weight of magnitude {largest:.3g} is beyond the sane bound "
+                f"{MAX_ABS_WEIGHT:g}"
+            )
         return cls(weight, bias)
 
 
@@ -100,25 +118,61 @@ def save_entity_heads(
 
 
 def load_entity_heads(
-    path: str | os.PathLike[str], num_labels: int, num_related: int = 2
+    path: str | os.PathLike[str],
+    num_labels: int,
+    num_related: int = 2,
+    embedding_dim: int | None = None,
 ) -> dict[str, EntityHead]:
-    """Read and check ``entity_heads.json``; keys are :func:`entity_key` of the entity."""
+    """Read and check ``entity_heads.json``; keys are :func:`entity_key` of the entity.
+
+    The one validation of heads that trainer, provisioning and node share: size and
+    entity-count caps, JSON shape, finite weights within :data:`MAX_ABS_WEIGHT`, and with
+    ``embedding_dim`` (the width of the FlatBuffer's ``embedding`` output) a width that
+    fits the model. Raises :class:`EntityHeadsError` with a one-line reason.
+    """
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_HEADS_FILE_BYTES + 1)
+    except OSError as exc:
+        raise EntityHeadsError(f"{path}: cannot read entity heads ({exc})") from exc
+    if len(raw) > MAX_HEADS_FILE_BYTES:
+        raise EntityHeadsError(
+            f"{path}: larger than the {MAX_HEADS_FILE_BYTES} bytes a heads file may have"
+        )
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise EntityHeadsError(f"{path}: JSON nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise EntityHeadsError(f"{path}: cannot read entity heads ({exc})") from exc
     if not isinstance(data, dict) or data.get("format") != ENTITY_HEADS_FORMAT:
         raise EntityHeadsError(f"{path}: not a {ENTITY_HEADS_FORMAT} file")
     dim = data.get("embedding_dim")
     heads_data = data.get("heads")
-    if not isinstance(dim, int) or dim <= 0 or not isinstance(heads_data, dict):
+    if (
+        not isinstance(dim, int)
+        or isinstance(dim, bool)
+        or dim <= 0
+        or not isinstance(heads_data, dict)
+    ):
         raise EntityHeadsError(f"{path}: needs a positive 'embedding_dim' and a 'heads' object")
+    if embedding_dim is not None and dim != embedding_dim:
+        raise EntityHeadsError(
+            f"{path}: heads read a {dim}-wide embedding, the model's embedding output is "
+            f"{embedding_dim} wide (heads fitted for another model)"
+        )
+    if len(heads_data) > MAX_ENTITY_HEADS:
+        raise EntityHeadsError(
+            f"{path}: {len(heads_data)} entity heads, more than the {MAX_ENTITY_HEADS} allowed"
+        )
     heads = {}
     for key, head in heads_data.items():
-        where = f"{path}: head {key!r}"
+        where = f"{path}: head {key[:MAX_ENTITY_CHARS]!r}"
         if not isinstance(head, dict) or not isinstance(head.get("entity"), str):
             raise EntityHeadsError(f"{where}: needs an 'entity' name")
+        if not 0 < len(head["entity"]) <= MAX_ENTITY_CHARS:
+            raise EntityHeadsError(f"{where}: entity names have 1 to {MAX_ENTITY_CHARS} characters")
         if entity_key(head["entity"]) != key:
             raise EntityHeadsError(f"{where}: key does not match entity {head['entity']!r}")
         related = head.get("related")

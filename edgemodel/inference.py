@@ -78,6 +78,13 @@ class Prediction:
     def related(self) -> bool | None:
         return None if self.related_score is None else self.related_score >= 0.5
 
+    @property
+    def finite(self) -> bool:
+        """False when an output overflowed (NaN or infinite scores): such a prediction is
+        no answer, and the node makes it an error record rather than invalid JSON."""
+        values = [*self.scores.values(), 0.0 if self.related_score is None else self.related_score]
+        return bool(np.isfinite(values).all())
+
 
 @dataclass(frozen=True)
 class Outputs:
@@ -154,6 +161,8 @@ class Classifier:
     """
 
     def __init__(self, bundle: ModelBundle, num_threads: int | None = None) -> None:
+        if not bundle.verified:  # loaded with verify=False: nothing runs unchecked bytes
+            bundle.verify()
         self.bundle = bundle
         self.labels = list(bundle.labels)
         self.encoder = TweetEncoder.from_bundle(bundle)
@@ -168,12 +177,20 @@ class Classifier:
             raise BundleError(
                 f"{bundle.model_path} takes inputs {sorted(inputs)}, expected {list(INPUT_NAMES)}"
             )
-        outputs = set(self._runner.get_output_details())
-        if OUTPUT_NAME not in outputs:
+        details = self._runner.get_output_details()
+        if OUTPUT_NAME not in details:
             raise BundleError(f"{bundle.model_path} has no {OUTPUT_NAME!r} output")
+        widths = {name: int(d["shape_signature"][-1]) for name, d in details.items()}
+        # A label map that does not fit the logits would fail every tweet at serving time.
+        if widths[OUTPUT_NAME] != len(self.labels):
+            raise BundleError(
+                f"{bundle.root}: labels.json names {len(self.labels)} classes, the model's "
+                f"{OUTPUT_NAME!r} output has {widths[OUTPUT_NAME]}"
+            )
         # Older bundles have only "logits": no related answer, no per-entity heads.
-        self.has_related_head = RELATED_OUTPUT in outputs
-        self.has_embedding = EMBEDDING_OUTPUT in outputs
+        self.has_related_head = RELATED_OUTPUT in details
+        self.has_embedding = EMBEDDING_OUTPUT in details
+        self.embedding_width = widths.get(EMBEDDING_OUTPUT)
         self.entity_heads = self._load_entity_heads()
 
     @classmethod
@@ -199,7 +216,9 @@ class Classifier:
                 f"{EMBEDDING_OUTPUT!r} output to apply them to"
             )
         try:
-            return load_entity_heads(path, len(self.labels), len(RELATED_LABELS))
+            return load_entity_heads(
+                path, len(self.labels), len(RELATED_LABELS), embedding_dim=self.embedding_width
+            )
         except EntityHeadsError as exc:
             raise BundleError(str(exc)) from exc
 
@@ -225,9 +244,11 @@ class Classifier:
                 head = self.entity_heads.get(entity_key(encoded.entity or ""))
                 if head is None or encoded.entity is None:
                     continue
-                logits[row] += head.polarity(embedding[row])
-                if related is not None and head.related is not None:
-                    related[row] += head.related(embedding[row])
+                # Row by row: an overflow stays in its row, where Prediction.finite sees it.
+                with np.errstate(over="ignore", invalid="ignore"):
+                    logits[row] += head.polarity(embedding[row])
+                    if related is not None and head.related is not None:
+                        related[row] += head.related(embedding[row])
         return Outputs(logits, related, embedding)
 
     def predict_logits(self, batch: Sequence[Encoded]) -> np.ndarray:
@@ -260,7 +281,8 @@ class Classifier:
         probs = softmax(logits)
         scores = {label: round(float(p), 6) for label, p in zip(self.labels, probs, strict=True)}
         related = None
-        if not np.isnan(related_logits).any():
+        # NaN rows are tweets without an entity; an overflow shows as +-inf (or NaN scores).
+        if not np.isnan(related_logits).all():
             related = round(float(softmax(related_logits)[RELATED_LABELS.index("related")]), 6)
         return Prediction(
             label=self.labels[int(np.argmax(logits))],
@@ -280,5 +302,7 @@ class Classifier:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
+    # Overflowed logits give NaN here, quietly: Prediction.finite is where they are caught.
+    with np.errstate(invalid="ignore", over="ignore"):
+        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return shifted / shifted.sum(axis=-1, keepdims=True)

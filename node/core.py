@@ -221,6 +221,12 @@ class BatchStep:
                 continue
             done = self._clock()
             for (item, tweet, _), prediction in zip(group, predictions, strict=True):
+                if not prediction.finite:
+                    # An overflowed output is no answer; this tweet alone gets an error.
+                    detail = f"the model's output for this tweet is not finite: {prediction.scores}"
+                    error = self._error(item, tweet.id, "non_finite_output", detail[:200])
+                    drafts.append(_Draft(error, (tweet.id, tweet.digest)))
+                    continue
                 latency = (done - item.received) * 1000
                 record = label_record(tweet, prediction, model, cfg.node_id, latency)
                 out = Outbound("label", cfg.labels_topic, dumps(record), item, tweet.id)

@@ -195,8 +195,10 @@ def dumps(record: dict[str, Any]) -> str:
 
     Always encodable as UTF-8: should a lone surrogate slip into a record (an exception's
     text, say), the record falls back to ASCII escapes rather than failing to publish.
+    Never NaN or Infinity (not JSON): node/core.py turns non-finite outputs into
+    ``non_finite_output`` errors, and ``allow_nan=False`` raises should one get past it.
     """
-    text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     if _unicode_ok(text):
         return text
-    return json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+    return json.dumps(record, ensure_ascii=True, separators=(",", ":"), allow_nan=False)

@@ -44,7 +44,7 @@ LATENCY_BUCKETS_S = (
 )  # fmt: skip
 # Tweets per batch: powers of two up to the largest --max-batch anyone should use.
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-MODEL_LABELS = ("name", "version", "variant", "sha256")
+MODEL_LABELS = ("name", "version", "variant", "sha256", "bundle_sha256")
 # Entities with series of their own in repedge_entity_labels_total: the node's --entity
 # always, then the first ones seen up to this cap; the rest are summed under OTHER_ENTITY,
 # so tweets naming ever new brands cannot grow the scrape (Prometheus cardinality).

@@ -98,13 +98,18 @@ def provision_state(settings: NodeStart) -> Path:
 
 
 def load_classifier(
-    path: Path, variant: str | None, threads: int | None, canaries: list[dict[str, Any]]
+    path: Path,
+    variant: str | None,
+    threads: int | None,
+    canaries: list[dict[str, Any]],
+    bundle_sha256: str | None = None,
 ) -> Classifier:
     """Load and check a model; :class:`StartError` with a clear message if it is unusable.
 
-    Beyond the bundle's own checks (sha256 of every file): the FlatBuffer must load, and
-    the canary tweets, from the bundle's manifest and from ``canaries`` (the signed
-    artifact of an installed model), must still get their recorded labels.
+    Beyond the bundle's own checks (sha256 of every file): the FlatBuffer must load, the
+    whole bundle must have ``bundle_sha256`` where one is given (the signed artifact of an
+    installed model implies it), and the canary tweets, from the bundle's manifest and from
+    ``canaries`` (the signed artifact), must still get their recorded labels.
     """
     from edgemodel.bundle import BundleError
     from edgemodel.inference import Classifier
@@ -117,6 +122,12 @@ def load_classifier(
         raise StartError(str(exc)) from None
     except Exception as exc:  # the interpreter refuses the file: not a valid FlatBuffer
         raise StartError(f"{path}: the model does not load: {exc}") from None
+    served = classifier.bundle.bundle_sha256
+    if bundle_sha256 is not None and served != bundle_sha256:
+        raise StartError(
+            f"{path}: the bundle is not the one that was signed (bundle sha256 "
+            f"{served[:12]}..., signed {bundle_sha256[:12]}...); a file changed since install"
+        )
     problems = run_canaries(classifier, [*classifier.bundle.manifest.canaries, *canaries])
     if problems:
         raise StartError(
@@ -162,6 +173,7 @@ def run(settings: NodeStart) -> int:
         updates = model_updates(settings) if settings.watch_mount else None
         model, variant = settings.model, settings.variant
         canaries: list[dict[str, Any]] = []
+        signed_digest: str | None = None
         if model is None:
             # The last installed model, else the shipped default until one is installed
             # (with --watch-mount and no default, tweets wait for the first install).
@@ -171,6 +183,7 @@ def run(settings: NodeStart) -> int:
                 installed = installed_model(provision_state(settings))
             if installed is not None:
                 model, canaries = installed.path, list(installed.canaries)
+                signed_digest = installed.bundle_sha256
                 variant = variant or installed.variant
             else:
                 model = default_bundle_path()
@@ -180,7 +193,11 @@ def run(settings: NodeStart) -> int:
                     "model: set REPEDGE_MODEL or restore models/default), or --watch-mount "
                     "to wait for one"
                 )
-        classifier = load_classifier(model, variant, settings.threads, canaries) if model else None
+        classifier = (
+            load_classifier(model, variant, settings.threads, canaries, signed_digest)
+            if model
+            else None
+        )
     except StartError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

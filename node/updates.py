@@ -37,6 +37,10 @@ class InstalledModel(Protocol):
     @property
     def canaries(self) -> list[dict[str, Any]]: ...
 
+    # The whole bundle's digest as signed (edgemodel.bundle.bundle_digest); None: unknown.
+    @property
+    def bundle_sha256(self) -> str | None: ...
+
 
 class ModelSink(Protocol):
     def swap_classifier(self, classifier: Classifier) -> None: ...

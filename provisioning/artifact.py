@@ -30,7 +30,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgemodel.bundle import MANIFEST_FILE, ModelBundle
+from edgemodel.bundle import MANIFEST_FILE, ModelBundle, bundle_digest
 from edgemodel.canaries import Canary
 from edgemodel.inference import Classifier, load_interpreter_class
 from provisioning.fsutil import (
@@ -100,6 +100,9 @@ class ArtifactManifest:
     files: dict[str, FileEntry]
     canaries: list[Canary]
     format: str = ARTIFACT_FORMAT
+    # The bundle's own digest (ModelBundle.bundle_sha256) at signing; None in artifacts
+    # signed before it existed.
+    bundle_sha256: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -111,12 +114,22 @@ class ArtifactManifest:
                 "interpreter": self.runtime.interpreter,
                 "min_version": self.runtime.min_version,
             },
-            "bundle": {"version": self.bundle_version, "variant": self.variant},
+            "bundle": {
+                "version": self.bundle_version,
+                "variant": self.variant,
+                **({"sha256": self.bundle_sha256} if self.bundle_sha256 else {}),
+            },
             "files": {
                 name: {"sha256": e.sha256, "size": e.size} for name, e in sorted(self.files.items())
             },
             "canaries": [c.to_json() for c in self.canaries],
         }
+
+    @property
+    def signed_bundle_sha256(self) -> str:
+        """The bundle digest the signed file list implies (edgemodel.bundle.bundle_digest):
+        what ModelBundle.bundle_sha256 of the installed bundle must be."""
+        return bundle_digest({name: e.sha256 for name, e in self.files.items()})
 
     def to_bytes(self) -> bytes:
         return (json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n").encode()
@@ -126,7 +139,9 @@ class ArtifactManifest:
         """Parse and validate strictly; only called on bytes whose signature checked out."""
         try:
             doc = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except RecursionError:
+            raise ArtifactError(f"{MANIFEST_NAME} is not valid JSON: nested too deeply") from None
+        except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
             raise ArtifactError(f"{MANIFEST_NAME} is not valid JSON: {exc}") from exc
         try:
             if doc["format"] != ARTIFACT_FORMAT:
@@ -151,6 +166,7 @@ class ArtifactManifest:
                 variant=_str(doc["bundle"]["variant"]),
                 files=files,
                 canaries=canaries,
+                bundle_sha256=_optional_sha256(doc["bundle"].get("sha256")),
             )
         except VersionError as exc:
             raise ArtifactError(str(exc)) from exc
@@ -160,12 +176,20 @@ class ArtifactManifest:
             raise ArtifactError(f"{MANIFEST_NAME} must list the bundle's files")
         if not canaries:
             raise ArtifactError(f"{MANIFEST_NAME} lists no canary tweets; nothing to self-test")
+        if manifest.bundle_sha256 not in (None, manifest.signed_bundle_sha256):
+            raise ArtifactError(f"{MANIFEST_NAME}: bundle sha256 does not match its file list")
         return manifest
 
 
 def _str(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _optional_sha256(value: Any) -> str | None:
+    if value is not None and not (isinstance(value, str) and _SHA256.match(value)):
+        raise ArtifactError(f"{MANIFEST_NAME}: bad bundle sha256")
     return value
 
 
@@ -305,8 +329,16 @@ def build_artifact(
             variant=bundle.variant,
             files=files,
             canaries=list(canaries),
+            bundle_sha256=bundle.bundle_sha256,
         )
         data = manifest.to_bytes()
+        # The node reads at most MAX_MANIFEST_BYTES (read_verified): never sign what it refuses.
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise ArtifactError(
+                f"{MANIFEST_NAME} would have {len(data)} bytes, more than the "
+                f"{MAX_MANIFEST_BYTES} a node reads (too many canaries: fewer entity heads "
+                "or shorter canary texts)"
+            )
         signature = sign(key, data)
         key.public_key().verify(signature, data)  # never ship a signature we cannot check
         write_new_durable(staging / MANIFEST_NAME, data)

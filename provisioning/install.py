@@ -123,6 +123,9 @@ class InstalledSlot:
     variant: str | None
     canaries: list[dict[str, Any]]
     version: str
+    # The digest the signed file list implies; the node refuses a slot whose bundle has
+    # another (a file changed on the node's disk since install, hashes rewritten or not).
+    bundle_sha256: str | None = None
 
 
 def installed_slot(state_dir: Path) -> InstalledSlot | None:
@@ -134,13 +137,31 @@ def installed_slot(state_dir: Path) -> InstalledSlot | None:
     folder = installed_model(state_dir)
     if folder is None:
         return None
-    variant, canaries = None, []
+    variant, canaries, digest = None, [], None
     try:
         signed = ArtifactManifest.from_bytes((folder.parent / MANIFEST_NAME).read_bytes())
         variant, canaries = signed.variant, [c.to_json() for c in signed.canaries]
+        digest = signed.signed_bundle_sha256
     except (OSError, ArtifactError) as exc:
         log.warning("cannot read the signed manifest of %s: %s", folder.parent, exc)
-    return InstalledSlot(folder, variant, canaries, folder.parent.name)
+    return InstalledSlot(folder, variant, canaries, folder.parent.name, digest)
+
+
+def signed_bundle_mismatch(signed: ArtifactManifest, bundle: ModelBundle) -> str | None:
+    """Why ``bundle`` is not exactly the bundle that was signed, or None if it is: the
+    signed files are the bundle's files, no more and no fewer, with the same digests."""
+    signed_files, bundle_files = set(signed.files), set(bundle.contract_files())
+    if signed_files != bundle_files:
+        return (
+            f"the signed files {sorted(signed_files)} are not the bundle's files "
+            f"{sorted(bundle_files)}"
+        )
+    if signed.signed_bundle_sha256 != bundle.bundle_sha256:
+        return (
+            f"bundle digest {bundle.bundle_sha256[:12]}... is not the signed "
+            f"{signed.signed_bundle_sha256[:12]}..."
+        )
+    return None
 
 
 class Installer:
@@ -358,6 +379,9 @@ class Installer:
             classifier = Classifier(bundle, num_threads=self.num_threads)
         except Exception as exc:  # a signed but unloadable model is still refused, not raised
             raise ArtifactError(f"self-test failed: the model does not load: {exc}") from exc
+        problem = signed_bundle_mismatch(artifact.manifest, bundle)
+        if problem:
+            raise ArtifactError(f"self-test failed: {problem}")
         problems = check_canaries(classifier, artifact.manifest.canaries)
         if problems:
             raise ArtifactError("self-test failed: " + "; ".join(problems))

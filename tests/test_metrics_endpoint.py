@@ -39,7 +39,13 @@ def value(text: str, name: str, **labels: str) -> float:
 def test_registry_counts_what_it_is_told() -> None:
     depth = [3]
     metrics = NodeMetrics("n1", queue_depth=lambda: depth[0], connected=lambda: True)
-    identity = {"name": "m", "version": "1.0.0", "variant": "int8", "sha256": "ab" * 32}
+    identity = {
+        "name": "m",
+        "version": "1.0.0",
+        "variant": "int8",
+        "sha256": "ab" * 32,
+        "bundle_sha256": "cd" * 32,
+    }
     metrics.set_model(identity, labels=["negative", "neutral", "positive"])
     metrics.observe_batch(["positive", "positive", "negative"], ["malformed_json"], 1,
                           [0.004, 0.02, 0.3], batch_size=5)  # fmt: skip
