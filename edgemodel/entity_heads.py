@@ -28,9 +28,10 @@ ENTITY_HEADS_FORMAT = "repedge-entity-heads/1"
 
 # Limits that `trainer adapt`, `provision bundle`, `provision install` and `node start` all
 # apply through load_entity_heads, so that nothing is signed that a node would refuse.
-# A site adapts a handful of brands (RepLab 2013 has 61 entities); 256 heads of a 512-wide
-# embedding are about 7 MB of JSON, parsed in about a second on the 2-core dev machine.
-MAX_ENTITY_HEADS = 256
+# A site adapts a handful of brands (RepLab 2013 has 61 entities). The byte cap admits the
+# entity cap at a 512-wide embedding with both heads, also as written before save_entity_heads
+# shortened its numbers; benchmarks/heads_load.py measures what loading that costs.
+MAX_ENTITY_HEADS = 128
 MAX_HEADS_FILE_BYTES = 8 << 20
 MAX_ENTITY_CHARS = 200
 # A fitted correction is a regularised logistic regression on a sentence vector: its
@@ -59,9 +60,11 @@ class Correction:
         return embedding @ self.weight + self.bias
 
     def to_json(self) -> dict[str, Any]:
+        # Rounded in float64: a float32 rounded to 7 decimals prints as its float64 value
+        # (0.12345670014619827), twice the bytes of 0.1234567.
         return {
-            "weight": np.round(self.weight, 7).tolist(),
-            "bias": np.round(self.bias, 7).tolist(),
+            "weight": np.round(self.weight.astype(np.float64), 7).tolist(),
+            "bias": np.round(self.bias.astype(np.float64), 7).tolist(),
         }
 
     @classmethod

@@ -404,7 +404,7 @@ def test_packaging_and_install_agree_on_the_heads_cap(parent, operator_key, tmp_
     # Canary texts long enough to overflow artifact.json: refused before signing.
     result = provision(
         "bundle", full, "--key", operator_key, "--version", "4", "--out", tmp_path / "art",
-        "--canary", "great service " * 200, "--canary", "awful service " * 200,
+        "--canary", "great service " * 400, "--canary", "awful service " * 400,
     )  # fmt: skip
     assert_clean_refusal(result, "a node reads")
 
