@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bench.measure import encode_all, saturation_throughput
 from bench.tweets import BenchTweets
+from broker.local import Mosquitto, start_mosquitto
 from common import topics as wire
 from common.endpoint import BrokerEndpoint
 from common.mqttclient import new_client
@@ -65,12 +65,6 @@ class BrokerBenchConfig:
     rate: float = 50.0
     seconds: float = 20.0
     repeats: int = 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Link:
@@ -290,25 +284,6 @@ def _fixed_rate(link: _Link, topics: str, tweets: BenchTweets, rate: float, seco
     }
 
 
-def _start_local_broker(work: Path) -> tuple[subprocess.Popen, int]:
-    from broker.config import BrokerConfig, find_program, write_config
-
-    port = free_port()
-    conf = write_config(BrokerConfig(data_dir=work / "broker", port=port))
-    with open(work / "broker.log", "ab") as log:
-        cmd = [find_program("mosquitto"), "-c", str(conf)]
-        process = subprocess.Popen(cmd, stdout=log, stderr=log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return process, port
-        except OSError:
-            time.sleep(0.05)
-    process.terminate()
-    raise RuntimeError(f"Mosquitto did not start; see {work / 'broker.log'}")
-
-
 def run_broker_bench(
     cfg: BrokerBenchConfig, tweets: BenchTweets, progress: Progress = lambda _: None
 ) -> dict[str, Any]:
@@ -320,10 +295,10 @@ def run_broker_bench(
     classifier = Classifier.from_path(cfg.model, variant=cfg.variant, num_threads=cfg.threads)
     inputs = [e for e in encode_all(classifier, tweets.texts, tweets.entities) if e is not None]
     work = Path(tempfile.mkdtemp(prefix="repedge-bench-"))
-    broker: subprocess.Popen | None = None
+    broker: Mosquitto | None = None
     if cfg.broker == "local":
-        broker, port = _start_local_broker(work)
-        endpoint = BrokerEndpoint("127.0.0.1", port)
+        broker = start_mosquitto(work / "broker")
+        endpoint = BrokerEndpoint(broker.host, broker.port)
     else:  # the node's own parser: mqtt://, mqtts:// (with cafile), credentials
         endpoint = BrokerEndpoint.parse(cfg.broker, cfg.username, cfg.password, cfg.cafile)
     link = _Link(endpoint)
@@ -345,8 +320,7 @@ def run_broker_bench(
     finally:
         node.stop()
         if broker is not None:
-            broker.terminate()
-            broker.wait(30)
+            broker.stop()
 
     med = statistics.median
     result = {

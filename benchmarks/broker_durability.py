@@ -27,15 +27,12 @@ import os
 import platform
 import random
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,7 +45,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from broker.config import BrokerConfig, find_program, write_config  # noqa: E402
+from broker.config import find_program  # noqa: E402
+from broker.local import Mosquitto as Broker  # noqa: E402
+from harness import free_port  # noqa: E402
 
 TOPIC = "repedge/tweets"
 SINK_ID = "durability-sink"
@@ -63,53 +62,16 @@ SETTINGS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Broker:
-    data_dir: Path
-    port: int
-    autosave_interval: int
-    on_changes: bool
-    process: subprocess.Popen | None = None
-
-    def start(self) -> Broker:
-        conf = write_config(
-            BrokerConfig(
-                data_dir=self.data_dir,
-                port=self.port,
-                autosave_interval=self.autosave_interval,
-                autosave_on_changes=self.on_changes,
-                max_queued_messages=1_000_000,
-                max_queued_bytes=1024**3,
-            )
-        )
-        with open(self.data_dir / "mosquitto.log", "ab") as log:
-            self.process = subprocess.Popen(
-                [find_program("mosquitto"), "-c", str(conf)], stdout=log, stderr=log
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.02)
-        raise TimeoutError("broker did not start")
-
-    def kill9(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(30)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(60)
+def durable_broker(data_dir: Path, port: int, interval: int, on_changes: bool) -> Broker:
+    """A Mosquitto saving its persistence file every ``interval`` s (or every
+    ``interval`` changes), with queues large enough for the backlog runs."""
+    config = {
+        "autosave_interval": interval,
+        "autosave_on_changes": on_changes,
+        "max_queued_messages": 1_000_000,
+        "max_queued_bytes": 1024**3,
+    }
+    return Broker("127.0.0.1", port, data_dir, config=config).start()
 
 
 def _client(client_id: str = "", clean_start: bool = True) -> tuple[mqtt.Client, Properties]:
@@ -262,7 +224,7 @@ def crash_trial(broker: Broker, run: str, count: int, kill_after: int) -> dict[s
     sender = threading.Thread(target=publisher.send, args=(run, count), daemon=True)
     sender.start()
     publisher.wait_acked(kill_after)
-    broker.kill9()
+    broker.kill()
     publisher.gone.wait(10)
     sender.join(30)
     publisher.client.loop_stop()
@@ -278,23 +240,23 @@ def measure(label: str, interval: int, on_changes: bool, args: argparse.Namespac
     try:
         empty, online, backlog, drain = [], [], [], []
         for r in range(args.trials):
-            broker = Broker(root / f"tp{r}", free_port(), interval, on_changes).start()
+            broker = durable_broker(root / f"tp{r}", free_port(), interval, on_changes)
             make_sink_session(broker)
             online.append(throughput_online(broker, f"o{r}", args.burst))
             empty.append(throughput(broker, f"e{r}", args.burst))
             broker.stop()
             # The backlog goes in fast (default saving), then the setting is measured on it.
-            filler = Broker(root / f"bl{r}", free_port(), 60, False).start()
+            filler = durable_broker(root / f"bl{r}", free_port(), 60, False)
             make_sink_session(filler)
             throughput(filler, "fill", args.backlog)
             filler.stop()
-            broker = Broker(filler.data_dir, filler.port, interval, on_changes).start()
+            broker = durable_broker(filler.data_dir, filler.port, interval, on_changes)
             backlog.append(throughput(broker, f"b{r}", args.burst))
             drain.append(drain_rate(broker, args.backlog + args.burst))
             broker.stop()
         trials = []
         for r in range(args.trials):
-            broker = Broker(root / f"crash{r}", free_port(), interval, on_changes).start()
+            broker = durable_broker(root / f"crash{r}", free_port(), interval, on_changes)
             make_sink_session(broker)
             # A random kill point: saves come every N changes, the kill must not align.
             kill_after = rng.randrange(args.burst // 4, args.burst * 3 // 4)

@@ -15,7 +15,7 @@ Falling behind shows as a backlog that grows over the run, and as drain time aft
 publisher stops. With history (issue 17) the dashboard also writes every label into its
 database; ``--history off,sqlite,postgresql`` runs the same load once per setting, one
 after the other in one invocation, so the figures sit side by side (PostgreSQL: a local
-server from Debian's package, started by tests/postgres.py). After each run the history's
+server from Debian's package, started by harness/postgres.py). After each run the history's
 total is checked against the labels counted.
 
 Run:  python benchmarks/dashboard_load.py [--rate 1000 --seconds 60 --history off,sqlite]
@@ -28,7 +28,6 @@ import argparse
 import json
 import platform
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,29 +45,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from broker.config import BrokerConfig, find_program, write_config  # noqa: E402
 from dashboard.headless import missing_reason, open_browser  # noqa: E402
+from harness import WAIT_S, free_port, start_mosquitto, wait_listening  # noqa: E402
+from harness.postgres import PostgresServer  # noqa: E402
 
 ENTITIES = ["Volvo", "BMW", "Toyota", "Ryanair", "Santander", None]  # None: "sentiment"
 LABELS = ["negative", "neutral", "positive"]
 NODES = ["edge-1", "edge-2", "edge-3", "edge-4"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing on port {port}")
 
 
 def now_iso() -> str:
@@ -277,35 +260,31 @@ def run(args: argparse.Namespace, history: str) -> dict:
     work = Path(tempfile.mkdtemp(prefix="repedge-dashboard-bench-"))
     postgres = None
     if history == "postgresql":
-        from tests.postgres import PostgresServer
-
         postgres = PostgresServer().start()
         db_args = ["--db", postgres.url]
     elif history == "sqlite":
         db_args = ["--db", str(work / "history.sqlite3")]
     else:
         db_args = ["--no-history"]
-    mqtt_port, http_port = free_port(), free_port()
-    conf = write_config(BrokerConfig(data_dir=work / "broker", port=mqtt_port))
+    broker = start_mosquitto(work / "broker")
+    mqtt_port, http_port = broker.port, free_port()
     log = open(work / "processes.log", "ab")  # noqa: SIM115
-    broker = subprocess.Popen([find_program("mosquitto"), "-c", str(conf)], stdout=log, stderr=log)
     dashboard = None
     driver = None
     publisher = None
     try:
-        wait_port(mqtt_port)
         dashboard = subprocess.Popen(
             [sys.executable, "-m", "dashboard", "serve", "--broker", f"mqtt://127.0.0.1:{mqtt_port}",
              "--port", str(http_port), "--push-interval", str(args.push_interval), *db_args],
             cwd=REPO, stdout=log, stderr=log,
         )  # fmt: skip
-        wait_port(http_port)
+        wait_listening("127.0.0.1", http_port, WAIT_S, dashboard)
         driver = open_browser(work / "chromium-profile")
         driver.get(f"http://127.0.0.1:{http_port}/")
         time.sleep(2)
         meters = {
             "dashboard_cpu": CpuMeter([dashboard.pid]),
-            "mosquitto_cpu": CpuMeter([broker.pid]),
+            "mosquitto_cpu": CpuMeter([broker.process.pid]),
             "browser_cpu": CpuMeter([driver.service.process.pid]),
         }
         print(f"idle baseline, {args.idle:.0f} s ...", flush=True)
@@ -331,10 +310,10 @@ def run(args: argparse.Namespace, history: str) -> dict:
             publisher.close()
         if driver is not None:
             driver.quit()
-        for proc in (dashboard, broker):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                proc.wait(30)
+        if dashboard is not None and dashboard.poll() is None:
+            dashboard.terminate()
+            dashboard.wait(30)
+        broker.stop()
         log.close()
     # The dashboard flushed on SIGTERM: its database must hold every label it counted.
     total = None if history == "off" else history_total(db_args[1])

@@ -12,7 +12,7 @@ plus the shaping into a dense axis), --repeats times each, and reports medians:
 * 30 d, one entity, per minute (43,200 points: the whole minute series of one brand);
 * 24 h totals of all 100 entities (the brand table, `dashboard top`).
 
-PostgreSQL is a local server from Debian's package (tests/postgres.py), default settings
+PostgreSQL is a local server from Debian's package (harness/postgres.py), default settings
 except fsync off while loading. Run:  python benchmarks/history_query.py [--entities 100
 --days 30 --repeats 7 --db sqlite,postgresql]; a table goes to stdout, JSON to --out.
 """
@@ -134,7 +134,7 @@ def main() -> int:
     for kind in kinds:
         server = None
         if kind == "postgresql":
-            from tests.postgres import PostgresServer
+            from harness.postgres import PostgresServer
 
             server = PostgresServer().start()
             db = server.url

@@ -1,7 +1,7 @@
 """Idle and slow HTTP clients against the node's /metrics and `dashboard serve` while
 tweets flow: labels on time, /healthz, RSS, threads and open files of both servers.
 
-The scenario is tests/http_attack.py (the same one tests/test_http_attack.py asserts on):
+The scenario is harness/http_attack.py (the same one tests/test_http_attack.py asserts on):
 a fresh Mosquitto, a real node with --metrics-port and a real dashboard, each under a
 1,024 open-file limit; per server and wave, --idle sockets that never send and --slow
 readers that request /metrics or /events and never read; --rate tweets/s for --seconds.
@@ -27,8 +27,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests import http_attack  # noqa: E402
-from tests.conftest import start_mosquitto  # noqa: E402
+from harness import http_attack, start_mosquitto  # noqa: E402
 
 
 def _median(runs: list[dict[str, Any]], *path: str) -> float | None:

@@ -22,7 +22,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from broker.config import BrokerConfig, find_program, write_config  # noqa: E402
+from broker.config import find_program  # noqa: E402
+from harness import Collector, Mosquitto, start_mosquitto  # noqa: E402
 
 TWEETS_TOPIC = "load/tweets"
 LABELS_TOPIC = "load/labels"
@@ -90,12 +90,6 @@ def tweet_texts(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def client(port: int) -> mqtt.Client:
     c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     c.connect("127.0.0.1", port)
@@ -141,24 +135,16 @@ class Labels:
         self.client.loop_stop()
 
 
-def wait_online(port: int, timeout: float = 120) -> None:
-    online = threading.Event()
-    watch = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    watch.on_connect = lambda c, *a: c.subscribe(f"repedge/nodes/{NODE_ID}/status", qos=1)
-
-    def on_message(c, userdata, m) -> None:
-        if not m.retain and json.loads(m.payload).get("state") == "online":
-            online.set()
-
-    watch.on_message = on_message
-    watch.connect("127.0.0.1", port)
-    watch.loop_start()
+def wait_online(broker: Mosquitto, timeout: float = 120) -> None:
+    watch = Collector(broker, [f"repedge/nodes/{NODE_ID}/status"])
     try:
-        if not online.wait(timeout):
-            raise RuntimeError("the node did not come online")
+        watch.wait_for(
+            lambda msgs: any(not m.retain and m.json().get("state") == "online" for m in msgs),
+            timeout,
+            "the node to come online",
+        )
     finally:
-        watch.disconnect()
-        watch.loop_stop()
+        watch.close()
 
 
 def rss_mib(proc: psutil.Process) -> float | None:
@@ -181,15 +167,12 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="repedge-load-"))
-    port = free_port()
     program = find_program("mosquitto", args.mosquitto)
     version = subprocess.run(
         [program, "-h"], capture_output=True, text=True, check=False
     ).stdout.splitlines()[0]
-    conf = write_config(BrokerConfig(data_dir=work / "broker", port=port))
-    broker_log = open(work / "broker.log", "ab")  # noqa: SIM115
-    broker = subprocess.Popen([program, "-c", str(conf)], stdout=broker_log, stderr=broker_log)
-    time.sleep(0.3)
+    broker = start_mosquitto(work / "broker", program=Path(program))
+    port = broker.port
     node_cmd = [
         sys.executable, "-m", "node", "start", "--model", str(args.model),
         "--broker", f"mqtt://127.0.0.1:{port}", "--node-id", NODE_ID,
@@ -203,9 +186,9 @@ def main() -> int:
     node = subprocess.Popen(node_cmd, cwd=REPO, stdout=node_log, stderr=node_log)
     labels = publisher = None
     try:
-        wait_online(port)
+        wait_online(broker)
         labels = Labels(port)
-        node_proc, broker_proc = psutil.Process(node.pid), psutil.Process(broker.pid)
+        node_proc, broker_proc = psutil.Process(node.pid), psutil.Process(broker.process.pid)
         idle_rss = rss_mib(node_proc)
 
         total = int(args.rate * args.seconds)
@@ -287,8 +270,7 @@ def main() -> int:
         if node.poll() is None:
             node.send_signal(signal.SIGTERM)
             node.wait(60)
-        broker.terminate()
-        broker.wait(60)
+        broker.stop()
 
     node_rss = [s["node_rss_mib"] for s in samples if s["node_rss_mib"] is not None]
     broker_rss = [s["broker_rss_mib"] for s in samples if s["broker_rss_mib"] is not None]

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 # The suite's helpers: a Mosquitto from repedge's own config, node processes, publishing.
-from tests.conftest import (  # noqa: E402
+from harness import (  # noqa: E402
     Collector,
     Mosquitto,
     NodeProcess,

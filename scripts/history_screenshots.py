@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from broker.config import BrokerConfig, find_program, write_config  # noqa: E402
 from dashboard.headless import open_browser  # noqa: E402
-from tests.conftest import free_port, wait_for_port  # noqa: E402
+from harness import WAIT_S, free_port, wait_listening  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "replab2013" / "automotive_en.tsv"
 TWITTER_EPOCH_MS = 1288834974657
@@ -101,11 +101,11 @@ def main() -> int:
     procs = [subprocess.Popen([find_program("mosquitto"), "-c", str(conf)], stdout=log, stderr=log)]
     broker = f"mqtt://127.0.0.1:{mqtt_port}"
     try:
-        wait_for_port("127.0.0.1", mqtt_port)
+        wait_listening("127.0.0.1", mqtt_port, WAIT_S)
         serve = [sys.executable, "-m", "dashboard", "serve", "--broker", broker]
         serve += ["--port", str(http_port), "--db", str(db)]
         procs.append(subprocess.Popen(serve, cwd=REPO, stdout=log, stderr=log))
-        wait_for_port("127.0.0.1", http_port)
+        wait_listening("127.0.0.1", http_port, WAIT_S)
         node = [sys.executable, "-m", "node", "start", "--broker", broker]
         node += ["--node-id", "replay-demo", "--state-dir", str(work / "node"), "--no-ha-discovery"]
         procs.append(subprocess.Popen(node, cwd=REPO, stdout=log, stderr=log))

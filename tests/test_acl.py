@@ -25,7 +25,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from broker.config import BrokerConfig, render_config, write_config
 from broker.roles import RoleError, read_roles, render_acl, set_role
 from broker.users import add_user
-from tests.conftest import WAIT_S, Collector, Mosquitto, start_mosquitto
+from harness import WAIT_S, Collector, Mosquitto, start_mosquitto
 
 USERS = {
     "node1": "node",

@@ -26,7 +26,7 @@ from dashboard.alert_monitor import (
 from dashboard.alerts import SpikeRule
 from dashboard.state import DashboardState
 from dashboard.top import render
-from tests.conftest import REPO, Collector, publish
+from harness import REPO, Collector, publish
 
 T0 = 1_355_000_000 - 1_355_000_000 % 60  # December 2012, a minute boundary
 RULE = SpikeRule(alpha=1e-4, min_negative=5)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from harness import REPO
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LABELLED = [

@@ -27,7 +27,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker.bridge import BridgeConfig, BridgeError, parse_bridge_url, render_bridge
 from broker.config import BrokerConfig, render_config
-from tests.conftest import (
+from harness import (
     REPO,
     WAIT_S,
     Collector,
@@ -35,9 +35,11 @@ from tests.conftest import (
     NodeProcess,
     Topics,
     free_port,
+    holds_for,
     publish,
     start_mosquitto,
-    wait_for_port,
+    wait_listening,
+    wait_until,
 )
 
 OUTAGE_S = 30.0
@@ -290,7 +292,8 @@ def test_a_central_feed_is_spread_over_sites_each_tweet_labelled_once(tmp_path, 
         watcher = Collector(central, ["sites/+/repedge/labels"])
         publish(central, "repedge/tweets", tweets("f", 400))
         watcher.wait_count("sites/+/repedge/labels", 400)
-        time.sleep(1.0)  # a tweet labelled at both sites would show up as a 401st record
+        # A tweet labelled at both sites would show up as a 401st record.
+        holds_for(lambda: len(watcher.on("sites/+/repedge/labels")) == 400, 1.0, what="400")
         labels = watcher.on("sites/+/repedge/labels")
         records = [(m.topic.split("/")[1], m.json()["id"]) for m in labels]
         ids = [i for _, i in records]
@@ -344,7 +347,7 @@ class RabbitMQ:
                 [str(RABBITMQ_SERVER)], env=self.env, stdout=log, stderr=log,
                 start_new_session=True,
             )  # fmt: skip
-        wait_for_port("127.0.0.1", self.mqtt_port, timeout=180)
+        wait_listening("127.0.0.1", self.mqtt_port, 180)
         return self
 
     def stop(self) -> None:
@@ -382,10 +385,11 @@ def test_a_site_bridges_to_rabbitmq_over_mqtt_3_1_1(tmp_path, tiny_bundle):
         node.start_and_wait_online(local)
         local.close()
         publish(site, "repedge/tweets", tweets("r", 300))
-        deadline = time.monotonic() + 120
-        while len({json.loads(m.payload)["id"] for m in received}) < 300:
-            assert time.monotonic() < deadline, f"{len(received)} of 300 labels at RabbitMQ"
-            time.sleep(0.2)
+        wait_until(
+            lambda: len({json.loads(m.payload)["id"] for m in received}) >= 300,
+            timeout=120,
+            what="300 labels at RabbitMQ",
+        )
         assert {m.topic for m in received} == {"sites/north/repedge/labels"}
     finally:
         centre.disconnect()

@@ -10,7 +10,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker.config import BrokerConfig, render_config
-from tests.conftest import WAIT_S, Collector, free_port, publish, start_mosquitto, wait_for_port
+from harness import WAIT_S, Collector, free_port, publish, start_mosquitto, wait_listening
 
 
 def directives(text: str) -> dict[str, list[str]]:
@@ -139,9 +139,9 @@ def test_broker_start_runs_mosquitto(tmp_path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        wait_for_port("127.0.0.1", port)
+        wait_listening("127.0.0.1", port, WAIT_S)
         (tmp_path / "b" / "mosquitto.conf").read_text()
-        from tests.conftest import Mosquitto
+        from harness import Mosquitto
 
         publish(Mosquitto("127.0.0.1", port, tmp_path / "b"), "repedge/ping", ["x"])
     finally:

@@ -23,7 +23,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker.config import BrokerConfig, render_config
-from tests.conftest import WAIT_S, Mosquitto, start_mosquitto
+from harness import WAIT_S, Mosquitto, start_mosquitto, wait_until
 
 BURST = 2000
 TOPIC = "repedge/tweets"
@@ -74,9 +74,7 @@ def test_kill9_mid_burst_loses_at_most_the_autosave_window(tmp_path: Path) -> No
         for i in range(BURST):  # paho keeps 100 in flight and queues the rest
             payload = json.dumps({"id": str(i), "text": f"tweet number {i}"})
             mids[publisher.publish(TOPIC, payload, qos=1).mid] = str(i)
-        deadline = time.monotonic() + WAIT_S
-        while len(acked_mids) < BURST // 2 and time.monotonic() < deadline:
-            time.sleep(0.001)
+        wait_until(lambda: len(acked_mids) >= BURST // 2, interval=0.001, what="half acked")
         assert broker.process is not None
         broker.process.send_signal(signal.SIGKILL)  # mid-burst, with tweets in flight
         broker.process.wait(WAIT_S)

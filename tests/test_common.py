@@ -21,7 +21,7 @@ from common.hass import object_id
 from common.mqttclient import new_client
 from common.stats import percentile
 from common.timestamps import parse_wire, to_wire, utc_now
-from tests.conftest import WAIT_S, Mosquitto, embedded_node, free_port
+from harness import WAIT_S, Mosquitto, embedded_node, free_port
 
 # -- Home Assistant object id -------------------------------------------------------------
 

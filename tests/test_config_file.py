@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from broker.cli import app as broker_app
 from broker.config import BrokerConfig
-from tests.conftest import REPO
+from harness import REPO
 
 EXAMPLES = REPO / "examples"
 

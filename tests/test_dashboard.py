@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from dashboard.source import Subscriber
 from dashboard.state import MAX_ENTITIES, MAX_REASONS, SENTIMENT, DashboardState
 from dashboard.top import render
 from dashboard.web import DashboardServer, Hub
-from tests.conftest import REPO, WAIT_S, publish
+from harness import REPO, WAIT_S, publish, wait_until
 
 STATIC = Path(__file__).resolve().parents[1] / "dashboard" / "static"
 
@@ -245,7 +244,7 @@ def test_terminal_frame_fits_80x24_and_prints_mqtt_strings_literally():
 
 def test_subscriber_reads_a_tls_broker_verified_against_cafile(tmp_path):
     from broker.certs import CA_CERT, make_certs
-    from tests.conftest import start_mosquitto
+    from harness import start_mosquitto
 
     certs = tmp_path / "tls"
     make_certs(certs)
@@ -260,9 +259,7 @@ def test_subscriber_reads_a_tls_broker_verified_against_cafile(tmp_path):
         sender.connect(*address.configure(sender))
         sender.loop_start()
         sender.publish("repedge/labels", label(1), qos=1).wait_for_publish(WAIT_S)
-        deadline = time.monotonic() + WAIT_S
-        while state.snapshot()["labels_total"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: state.snapshot()["labels_total"] >= 1, what="the label counted")
         assert state.snapshot()["labels_total"] == 1
         assert state.snapshot()["broker"] == f"mqtts://localhost:{broker.port}"
     finally:

@@ -7,55 +7,20 @@ Skipped, with the reason, where Chromium, chromedriver or Selenium are missing
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dashboard.headless import missing_reason, open_browser
-from tests.conftest import REPO, WAIT_S, Collector, free_port, publish, wait_for_port
+from harness import WAIT_S, Collector, DashboardProcess, publish, wait_until
 
 pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
 
 HOSTILE_NODE = "<img src=x onerror=alert(1)>"
 HOSTILE_ENTITY = "<script>window.pwned=1</script>Brand & Co"
-
-
-class DashboardProcess:
-    def __init__(
-        self, broker_url: str, topics: list[str], log: Path, extra: list[str] | None = None
-    ) -> None:
-        self.port = free_port()
-        args = [sys.executable, "-m", "dashboard", "serve", "--broker", broker_url]
-        args += ["--port", str(self.port), "--push-interval", "0.25"]
-        # Each test its own history database, never the user's default one.
-        args += extra or ["--db", str(log.parent / f"history-{self.port}.sqlite3")]
-        for topic in topics:
-            args += ["--topic", topic]
-        self.log = log
-        start = log.stat().st_size if log.exists() else 0
-        with open(log, "ab") as out:
-            self.process = subprocess.Popen(args, cwd=REPO, stdout=out, stderr=out)
-        wait_for_port("127.0.0.1", self.port)
-        # Subscribed (logged once the subscription is sent), so nothing published is missed.
-        deadline = time.monotonic() + WAIT_S
-        while "subscribed to" not in log.read_text()[start:]:
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(WAIT_S)
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +47,13 @@ def dashboard(mosquitto, topics, tmp_path) -> Iterator[Callable[[], DashboardPro
 
 def wait_js(driver, script: str, predicate: Callable[[Any], bool], what: str) -> Any:
     """Poll a script in the page until ``predicate`` holds for its result."""
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        value = driver.execute_script(script)
-        if predicate(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last value {value!r}")
-        time.sleep(0.1)
+    seen: list = [None]
+
+    def holds():
+        seen[0] = driver.execute_script(script)
+        return predicate(seen[0]) and (seen[0],)
+
+    return wait_until(holds, interval=0.1, what=lambda: f"{what}; last value {seen[0]!r}")[0]
 
 
 CARD = """
@@ -106,15 +70,17 @@ def card(driver, node_id: str) -> dict | None:
 
 
 def wait_card(driver, node_id: str, predicate: Callable[[dict], bool], what: str) -> dict:
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        value = card(driver, node_id)
-        if value is not None and predicate(value):
-            return value
-        if time.monotonic() > deadline:
-            state = driver.execute_script("return fetch('/api/state').then(r => r.text())")
-            raise AssertionError(f"timed out waiting for {what}; card {value!r}; server {state}")
-        time.sleep(0.1)
+    seen: list = [None]
+
+    def holds():
+        seen[0] = card(driver, node_id)
+        return seen[0] is not None and predicate(seen[0]) and (seen[0],)
+
+    def said() -> str:
+        state = driver.execute_script("return fetch('/api/state').then(r => r.text())")
+        return f"{what}; card {seen[0]!r}; server {state}"
+
+    return wait_until(holds, interval=0.1, what=said)[0]
 
 
 def tweets(start: int, count: int, entity: str = "Volvo") -> list[str]:

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from dashboard.history import HistoryRecorder, HistoryStore
-from tests.conftest import REPO, WAIT_S, publish
+from harness import REPO, WAIT_S, publish, wait_until
 
 ENV_80x24 = {**os.environ, "COLUMNS": "80", "LINES": "24"}
 
@@ -33,14 +33,14 @@ class Tmux:
         return self("capture-pane", "-p", "-t", "top").splitlines()
 
     def wait_screen(self, predicate, what: str) -> list[str]:
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            lines = self.screen()
-            if predicate("\n".join(lines)):
-                return lines
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; screen:\n" + "\n".join(lines))
-            time.sleep(0.2)
+        seen: list[str] = []
+
+        def holds():
+            seen[:] = self.screen()
+            return predicate("\n".join(seen)) and (list(seen),)
+
+        said = lambda: f"{what}; screen:\n" + "\n".join(seen)  # noqa: E731
+        return wait_until(holds, interval=0.2, what=said)[0]
 
     def kill(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)

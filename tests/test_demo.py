@@ -7,7 +7,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import free_port
+from harness import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 

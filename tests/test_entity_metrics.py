@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import uuid
 
+from test_metrics_endpoint import samples, scrape_until, value
+
+from harness import Collector, free_port, publish
 from node.metrics import OTHER_ENTITY, NodeMetrics
-from tests.conftest import Collector, free_port, publish
-from tests.test_metrics_endpoint import samples, scrape_until, value
 
 
 def test_entities_beyond_the_cap_share_one_series() -> None:

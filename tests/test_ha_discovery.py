@@ -11,6 +11,7 @@ import pytest
 from jinja2.sandbox import SandboxedEnvironment
 
 from broker.roles import rules_for
+from harness import Collector, Received, publish
 from node.ha_discovery import (
     DISCOVERY_PREFIX,
     HA_STATUS_TOPIC,
@@ -19,7 +20,6 @@ from node.ha_discovery import (
     is_ha_online,
     object_id,
 )
-from tests.conftest import Collector, Received, publish
 
 # <discovery_prefix>/<component>/[<node_id>/]<object_id>/config, ids in [a-zA-Z0-9_-].
 TOPIC = re.compile(r"^homeassistant/sensor/[a-zA-Z0-9_-]+/[a-zA-Z0-9_-]+/config$")

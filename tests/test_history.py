@@ -21,7 +21,7 @@ from dashboard.history import (
     parse_time,
 )
 from dashboard.history_sql import HistoryDatabaseError, connect
-from tests import postgres
+from harness import postgres
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z, a day boundary
 

@@ -15,7 +15,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,18 +23,7 @@ from dashboard import history_web
 from dashboard.history import HistoryRecorder, HistoryStore
 from dashboard.state import DashboardState
 from dashboard.web import DashboardServer, Hub
-from tests.conftest import REPO, WAIT_S, publish
-
-
-def wait_until(predicate: Callable[[], object], what: str, timeout: float = WAIT_S) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+from harness import REPO, WAIT_S, publish, wait_until
 
 
 def recorded(db: Path, entity: str) -> int:
@@ -65,7 +53,7 @@ class Collect:
         # Subscribed: the source logs it once the broker has granted the subscription.
         wait_until(
             lambda: "subscribed to" in log.read_text()[start:] or self.process.poll() is not None,
-            "dashboard collect to subscribe",
+            what="dashboard collect to subscribe",
         )
         assert self.process.poll() is None, log.read_text()
 
@@ -75,7 +63,7 @@ def test_collect_keeps_history_through_kill_9_and_a_restart(mosquitto, topics, t
     first = Collect(mosquitto.url, topics.labels, db, log)
     try:
         publish(mosquitto, topics.labels, labels("a", 40))
-        wait_until(lambda: recorded(db, "Volvo") == 40, "the first 40 labels to be flushed")
+        wait_until(lambda: recorded(db, "Volvo") == 40, what="the first 40 labels to be flushed")
         publish(mosquitto, topics.labels, labels("b", 25))
         first.process.send_signal(signal.SIGKILL)  # no goodbye: at most one interval is lost
         first.process.wait(WAIT_S)
@@ -92,7 +80,7 @@ def test_collect_keeps_history_through_kill_9_and_a_restart(mosquitto, topics, t
     second = Collect(mosquitto.url, topics.labels, db, log)
     try:
         publish(mosquitto, topics.labels, labels("c", 10))
-        wait_until(lambda: recorded(db, "Volvo") == survived + 10, "10 more after the restart")
+        wait_until(lambda: recorded(db, "Volvo") == survived + 10, what="10 more after the restart")
         # A second recorder on the same database would count everything twice: refused.
         again = [sys.executable, "-m", "dashboard", "collect", "--broker", mosquitto.url]
         duplicate = subprocess.run(

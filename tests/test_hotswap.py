@@ -17,10 +17,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edgemodel.canaries import DEFAULT_CANARIES, compute_canaries
 from edgemodel.inference import Classifier
+from harness import WAIT_S, Collector
 from provisioning.artifact import build_artifact, runtime_of
 from provisioning.keys import generate_keypair, load_private_key
 from provisioning.usb import write_to_stick
-from tests.conftest import WAIT_S, Collector
 from trainer.tiny import build_tiny_bundle
 
 TOTAL = 2000

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from tests import http_attack
+from harness import http_attack
 
 # On time: publish to label on a shared 2-core machine with the attack running on the
 # same cores; the node's own median is a few ms (docs/node.md).

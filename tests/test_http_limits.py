@@ -13,23 +13,16 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from common.httpserver import HttpServer, Limits, Response, Route
 from dashboard.state import DashboardState
 from dashboard.web import CSP, DashboardServer, Hub
+from harness import wait_until
 
 WAIT_S = 30.0
-
-
-def wait_until(condition: Callable[[], object], what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def exchange(port: int, request: bytes, timeout: float = WAIT_S) -> bytes:
@@ -101,7 +94,9 @@ def test_idle_sockets_cannot_lock_out_a_request_and_cost_no_threads():
         threads = threading.active_count()
         for _ in range(100):  # five times the limit, never sending a byte
             idle.append(socket.create_connection(("127.0.0.1", server.port)))
-        wait_until(lambda: server.evicted >= 80, "the oldest idle sockets to be closed")
+        wait_until(
+            lambda: server.evicted >= 80, WAIT_S, what="the oldest idle sockets to be closed"
+        )
         assert server.connections() <= limits.max_connections
         assert threading.active_count() == threads  # no thread per socket
         answer = exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n")
@@ -151,7 +146,7 @@ def test_new_streams_share_one_snapshot_and_a_stream_that_never_reads_is_dropped
     reader = open_stream(server.port)
     reader.settimeout(WAIT_S)
     try:
-        wait_until(lambda: hub.streams() == 11, "11 streams to join")
+        wait_until(lambda: hub.streams() == 11, WAIT_S, what="11 streams to join")
         hub.push()
         assert hub.snapshots == 1  # one encoded snapshot for the eleven that joined
         received = b""
@@ -164,7 +159,7 @@ def test_new_streams_share_one_snapshot_and_a_stream_that_never_reads_is_dropped
             hub.push()
             while f'"id":"t{i}"'.encode() not in received:
                 received += reader.recv(65536)
-        wait_until(lambda: hub.streams() == 1, "the silent streams to be dropped")
+        wait_until(lambda: hub.streams() == 1, WAIT_S, what="the silent streams to be dropped")
         assert server.streams() == 1
         silent[0].settimeout(WAIT_S)
         with contextlib.suppress(ConnectionResetError):  # closed by the server
@@ -183,7 +178,7 @@ def test_streams_beyond_the_limit_are_refused_and_healthz_still_answers():
     server.start()
     streams = [open_stream(server.port) for _ in range(3)]
     try:
-        wait_until(lambda: server.streams() == 3, "three streams")
+        wait_until(lambda: server.streams() == 3, WAIT_S, what="three streams")
         refused = exchange(server.port, b"GET /events HTTP/1.1\r\n\r\n")
         assert refused.startswith(b"HTTP/1.1 503")
         assert exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 200")

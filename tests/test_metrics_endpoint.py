@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -16,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgemodel.bundle import ModelBundle, update_manifest
 from edgemodel.inference import Classifier
+from harness import WAIT_S, Collector, embedded_node, free_port, publish, wait_until
 from node.metrics import NodeMetrics, attach
-from tests.conftest import WAIT_S, Collector, embedded_node, free_port, publish
 
 REPO = Path(__file__).resolve().parents[1]
 GRAFANA = REPO / "dashboard" / "grafana" / "repedge-node.json"
@@ -148,17 +147,17 @@ def scrape(port: int) -> str:
 
 def scrape_until(port: int, ready, what: str) -> str:
     """Scrape until ``ready(text)``: counters follow the records by up to one batch."""
-    deadline = time.monotonic() + WAIT_S
-    while True:
+    seen = ["(not serving yet)"]
+
+    def holds():
         try:
-            text = scrape(port)
-            if ready(text):
-                return text
+            seen[0] = scrape(port)
         except urllib.error.URLError:
-            text = "(not serving yet)"
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last scrape:\n{text}")
-        time.sleep(0.2)
+            seen[0] = "(not serving yet)"
+            return None
+        return ready(seen[0]) and (seen[0],)
+
+    return wait_until(holds, interval=0.2, what=lambda: f"{what}; last scrape:\n{seen[0]}")[0]
 
 
 def test_node_metrics_match_the_records_it_published(

@@ -11,8 +11,8 @@ from datetime import datetime
 import pytest
 
 from edgemodel.inference import Classifier
+from harness import WAIT_S, Collector, NodeProcess, Topics, publish
 from node.messages import content_id
-from tests.conftest import WAIT_S, Collector, NodeProcess, Topics, publish
 
 
 @pytest.fixture(scope="module")

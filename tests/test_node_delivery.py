@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import signal
 
-from tests.conftest import Collector, publish, start_mosquitto
+from harness import Collector, publish, start_mosquitto
 
 
 def tweets(prefix: str, n: int) -> list[str]:

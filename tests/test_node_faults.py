@@ -19,9 +19,9 @@ import pytest
 from edgemodel.bundle import VariantInfo, update_manifest
 from edgemodel.canaries import DEFAULT_CANARIES
 from edgemodel.inference import Classifier
+from harness import REPO, WAIT_S, Collector, embedded_node, holds_for, publish, wait_until
 from node.dedup import RecordStore
 from node.messages import content_id
-from tests.conftest import REPO, WAIT_S, Collector, embedded_node, publish
 from trainer.tiny import build_tiny_bundle
 
 POISON = [
@@ -129,7 +129,7 @@ def test_full_disk_under_the_record_store_degrades_and_recovers(mosquitto, tiny_
         assert service.telemetry()["record_store"].startswith("degraded")
 
         db.execute("PRAGMA max_page_count = 1073741823")  # space returns
-        time.sleep(0.5)
+        time.sleep(0.5)  # past the retry interval: the next batch tries the store again
         publish(mosquitto, topics.tweets, [json.dumps({"id": "back", "text": "space again"})])
         watcher.wait_for(lambda _: "back" in ids_on(watcher, topics.labels), what="back")
         assert service.telemetry()["record_store"] == "ok"
@@ -160,7 +160,7 @@ def test_unopenable_record_store_at_start_labels_and_recovers(mosquitto, tiny_bu
         publish(mosquitto, topics.tweets, [json.dumps({"id": "o1", "text": "no store"})])
         watcher.wait_for(lambda _: "o1" in ids_on(watcher, topics.labels), what="o1")
         shutil.rmtree(service.config.store_path)
-        time.sleep(0.5)
+        time.sleep(0.5)  # past the retry interval: the next batch opens the store
         publish(mosquitto, topics.tweets, [json.dumps({"id": "o2", "text": "store back"})])
         watcher.wait_for(lambda _: "o2" in ids_on(watcher, topics.labels), what="o2")
         assert service.telemetry()["record_store"] == "ok"
@@ -213,23 +213,20 @@ def test_label_drawing_a_telemetry_id_is_not_acked_before_its_puback(
         assert service.wait_connected(WAIT_S)
         assert service.publish_telemetry()
         telemetry_mid = published[-1][1]
-        deadline = time.monotonic() + WAIT_S
-        while ("puback", telemetry_mid) not in events:  # written: paho reported it
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        # written: paho reported it
+        wait_until(lambda: ("puback", telemetry_mid) in events, interval=0.01, what="PUBACK")
         client._last_mid = telemetry_mid - 1  # the wrap, without 65,535 publishes
         publish(mosquitto, topics.tweets, [json.dumps({"id": "w1", "text": "wrap"})])
         watcher.wait_for(lambda _: "w1" in ids_on(watcher, topics.labels), what="label")
-        deadline = time.monotonic() + WAIT_S
         # (The label can reach the watcher before the worker thread has noted its id.)
-        while not any(topic == topics.labels for topic, _ in published):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(
+            lambda: any(topic == topics.labels for topic, _ in published),
+            interval=0.01,
+            what="the label's publish",
+        )
         label_mid = next(mid for topic, mid in published if topic == topics.labels)
         assert label_mid == telemetry_mid
-        while not any(kind == "ack" for kind, _ in events):
-            assert time.monotonic() < deadline, events
-            time.sleep(0.01)
+        wait_until(lambda: any(kind == "ack" for kind, _ in events), interval=0.01, what="ack")
         with lock:
             after_telemetry = events[events.index(("puback", telemetry_mid)) + 1 :]
         kinds = [kind for kind, mid in after_telemetry if mid == label_mid or kind == "ack"]
@@ -494,13 +491,12 @@ def test_broker_honours_receive_maximum_while_acks_flow(mosquitto):
     try:
         assert subscribed.wait(WAIT_S)
         publish(mosquitto, topic, [str(i) for i in range(200)])
-        time.sleep(0.5)
+        wait_until(lambda: len(got) >= 16, what="a full window of 16 deliveries")
         for _ in range(4):
             sub.ack(got[0], 1)
             got.pop(0)
-            time.sleep(0.2)
-        time.sleep(0.5)
-        assert len(got) <= 16, f"{len(got)} unacknowledged deliveries with Receive Maximum 16"
+            wait_until(lambda: len(got) >= 16, what="the next delivery after an ack")
+        holds_for(lambda: len(got) <= 16, 0.5, what="at most 16 unacknowledged deliveries")
     finally:
         sub.disconnect()
         sub.loop_stop()

@@ -9,7 +9,7 @@ import pytest
 
 from edgemodel.bundle import ModelBundle, update_manifest
 from edgemodel.inference import Classifier
-from tests.conftest import WAIT_S, Collector, embedded_node, publish
+from harness import WAIT_S, Collector, embedded_node, publish
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 from edgemodel.bundle import ModelBundle
 from edgemodel.inference import Classifier
 from edgemodel.splits import DataSources
-from tests.conftest import Collector, NodeProcess, Topics, publish
+from harness import Collector, NodeProcess, Topics, publish
 from trainer.pipeline import run_training
 from trainer.train import TrainConfig
 

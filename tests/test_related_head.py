@@ -12,8 +12,8 @@ import pytest
 
 from edgemodel.bundle import EMBEDDING_OUTPUT, RELATED_OUTPUT
 from edgemodel.inference import Classifier, pad_batch, softmax
-from tests.conftest import Collector, publish
-from tests.test_task_heads import TWEETS
+from harness import Collector, publish
+from harness.tweets import TWEETS
 from trainer.tiny import build_tiny_bundle, tiny_classifier
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from edgemodel.data import Example
 from edgemodel.splits import TWITTER_EPOCH_MS
+from harness import REPO, Collector
 from node.replay import ReplayError, plan, wall_offsets
-from tests.conftest import REPO, Collector
 
 T0_MS = 1_355_900_000_000  # 2012-12-19
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_adapt import HEADER, brand_tsv
 from typer.testing import CliRunner
 
 from edgemodel.bundle import ModelBundle
-from tests.test_adapt import HEADER, brand_tsv
 from trainer.cli import app as trainer_app
 from trainer.tiny import build_tiny_bundle, tiny_classifier
 

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from broker.config import BrokerConfig
 from common.endpoint import BrokerEndpoint
 from common.settings import SettingsError, from_json, option_name, to_json
+from harness import REPO
 from node.settings import NodeConfig, NodeStart
-from tests.conftest import REPO
 
 runner = CliRunner()
 

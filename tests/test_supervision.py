@@ -10,7 +10,7 @@ import threading
 
 from common.supervise import supervised_thread
 from edgemodel.inference import Classifier
-from tests.conftest import WAIT_S, Collector, embedded_node, publish
+from harness import WAIT_S, Collector, embedded_node, publish
 
 
 def test_a_dying_thread_is_restarted_and_says_so(caplog):

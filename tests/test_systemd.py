@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from harness import REPO, WAIT_S, Collector, publish
 from node.systemd import HANG_FILE_ENV, Notifier, socket_address, watchdog_interval
-from tests.conftest import REPO, WAIT_S, Collector, publish
 
 INSTALL = REPO / "scripts" / "install-services.sh"
 UNITS = sorted(p.name for p in (REPO / "deploy" / "systemd").glob("*.service"))

@@ -14,16 +14,10 @@ import pytest
 
 from edgemodel.data import Example
 from edgemodel.inference import Classifier, pad_batch
+from harness.tweets import TWEETS
 from trainer.compress import CompressOptions, compress_bundle
 from trainer.model import has_task_heads
 from trainer.tiny import build_tiny_bundle, tiny_classifier
-
-TWEETS = [
-    ("recall announced for the new hatchback", "Honda"),
-    ("recall announced for the new hatchback", None),
-    ("what a drive, love it", "BMW"),
-    ("what a drive, love it", None),
-]
 
 
 @pytest.fixture(scope="module")

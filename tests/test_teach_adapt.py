@@ -14,10 +14,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from common.endpoint import BrokerEndpoint
 from edgemodel.inference import Classifier
+from harness import WAIT_S, Collector, embedded_node
 from node.teach_client import TeachClient
 from provisioning.install import read_state
 from provisioning.local import LocalSlots
-from tests.conftest import WAIT_S, Collector, embedded_node
 
 RATE = 50.0
 

@@ -17,9 +17,8 @@ import pytest
 
 from dashboard.headless import missing_reason, open_browser
 from edgemodel.inference import Classifier
+from harness import REPO, WAIT_S, Collector, DashboardProcess, embedded_node, publish
 from provisioning.local import LocalSlots
-from tests.conftest import REPO, WAIT_S, Collector, embedded_node, publish
-from tests.test_dashboard_browser import DashboardProcess
 
 pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
 

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from edgemodel.inference import Classifier
+from harness import REPO, WAIT_S, Collector, embedded_node, publish
 from provisioning.local import LocalSlots
-from tests.conftest import REPO, WAIT_S, Collector, embedded_node, publish
 
 
 def run(args: list[str], stdin: str = "") -> subprocess.CompletedProcess:

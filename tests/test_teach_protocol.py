@@ -20,9 +20,9 @@ from broker.roles import set_role
 from broker.users import add_user
 from common.endpoint import BrokerEndpoint
 from edgemodel.inference import Classifier
+from harness import WAIT_S, Mosquitto, start_mosquitto, wait_until
 from node.service import NodeConfig, NodeService
 from node.teach_client import TeachClient
-from tests.conftest import WAIT_S, Mosquitto, start_mosquitto
 
 USERS = {"tn1": "node", "teacher": "teach", "viewer": "view", "dash": "dashboard", "root": "admin"}
 
@@ -71,12 +71,9 @@ class Raw:
         self.client.publish(topic, payload, qos=1).wait_for_publish(WAIT_S)
 
     def wait_for(self, tag: bytes) -> None:
-        import time
-
-        deadline = time.monotonic() + WAIT_S
-        while not any(tag in m.payload for m in self.messages):
-            assert time.monotonic() < deadline, f"never received {tag!r}"
-            time.sleep(0.02)
+        wait_until(
+            lambda: any(tag in m.payload for m in self.messages), interval=0.02, what=repr(tag)
+        )
 
     def close(self) -> None:
         self.client.disconnect()

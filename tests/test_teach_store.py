@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from edgemodel.inference import Classifier, Prediction
+from harness import WAIT_S, Collector, embedded_node, publish
 from node.messages import Tweet
 from node.teachstore import TeachStore, TeachStoreError, TextKeeper
-from tests.conftest import WAIT_S, Collector, embedded_node, publish
 
 
 def labelled(n: int, entity: str | None = "Kia", start: int = 0):

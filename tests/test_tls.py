@@ -27,14 +27,7 @@ from broker.config import BrokerConfig
 from broker.roles import set_role
 from broker.users import add_user
 from common.endpoint import BrokerEndpoint, EndpointError
-from tests.conftest import (
-    WAIT_S,
-    Mosquitto,
-    NodeProcess,
-    Topics,
-    embedded_node,
-    start_mosquitto,
-)
+from harness import WAIT_S, Mosquitto, NodeProcess, Topics, embedded_node, start_mosquitto
 
 
 @pytest.fixture(scope="module")

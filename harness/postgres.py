@@ -11,11 +11,11 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from common.ports import free_port, wait_listening
 
 USER = "repedge"
 
@@ -48,19 +48,13 @@ def missing_reason() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PostgresServer:
     def __init__(self) -> None:
         bindir = _bindir()
         if bindir is None:
             raise RuntimeError(missing_reason())
         self.bindir = bindir
-        self.port = _free_port()
+        self.port = free_port()
         # Not under pytest's tmp_path: its 0700 parents keep the postgres user out.
         self.dir = Path(tempfile.mkdtemp(prefix="repedge-pg-"))
         self.data = self.dir / "data"
@@ -88,15 +82,8 @@ class PostgresServer:
         )
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.dir / "log"),
                   "-w", "-t", "60", "start")  # fmt: skip
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_listening("127.0.0.1", self.port, 30)
+        return self
 
     def stop(self) -> None:
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):

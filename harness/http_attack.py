@@ -23,7 +23,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,13 @@ import paho.mqtt.client as mqtt
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import REPO, Collector, Mosquitto, NodeProcess, Topics, free_port
+from broker.local import Mosquitto
+from common.ports import free_port
+from harness.mqtt import Collector
+from harness.node import REPO, NodeProcess, Topics
+from harness.waiting import WAIT_S, wait_until
 
 SERVER_FD_LIMIT = 1024
-WAIT_S = 60.0
 
 
 def raise_fd_limit(need: int) -> int:
@@ -152,14 +154,6 @@ def healthz(port: int, timeout: float = 10.0) -> float | None:
     return time.monotonic() - started if answer.split(b" ", 2)[1:2] == [b"200"] else None
 
 
-def wait_for(condition: Callable[[], object], what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 class Labels:
     """Times each tweet from publish to its label record."""
 
@@ -220,7 +214,7 @@ def start_dashboard(broker: Mosquitto, topics: Topics, state: Path) -> tuple[sub
     log = open(state / "dashboard.log", "ab")  # noqa: SIM115 - the child keeps it open
     process = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     cap_fds(process.pid)
-    wait_for(lambda: healthz(port, 1.0) is not None, "dashboard /healthz")
+    wait_until(lambda: healthz(port, 1.0) is not None, interval=0.1, what="dashboard /healthz")
     return process, port
 
 
@@ -255,7 +249,9 @@ def run(
             lambda msgs: any(not m.retain and m.json()["state"] == "online" for m in msgs),
             what=f"node online; log:\n{node.log()}",
         )
-        wait_for(lambda: healthz(metrics_port, 1.0) is not None, "node /healthz")
+        wait_until(
+            lambda: healthz(metrics_port, 1.0) is not None, interval=0.1, what="node /healthz"
+        )
         dashboard, dashboard_port = start_dashboard(broker, topics, work / "dashboard")
         labels = Labels(broker, topics)
         procs = {"node": Peak(node.process.pid), "dashboard": Peak(dashboard.pid)}
