@@ -41,6 +41,7 @@ from edgemodel.entity_heads import (
     EntityHead,
 )
 from edgemodel.inference import Classifier
+from harness import REPO, WAIT_S
 from node.core import BatchStep, CoreConfig, Inbound
 from node.messages import dumps
 from node.serve import StartError, load_classifier
@@ -48,7 +49,6 @@ from provisioning.artifact import MANIFEST_NAME, build_artifact, runtime_of
 from provisioning.cli import app as provision_app
 from provisioning.install import Installer, installed_slot
 from provisioning.keys import generate_keypair, load_private_key
-from tests.conftest import REPO, WAIT_S
 from trainer.tiny import build_tiny_bundle, tiny_classifier
 
 WIDTH = 32  # the tiny model's embedding output
