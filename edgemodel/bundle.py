@@ -351,6 +351,8 @@ class ModelBundle:
 
 
 def _read_bounded(path: Path) -> bytes:
+    if path.exists() and not path.is_file():  # a FIFO or device would block or never end
+        raise BundleError(f"{path} is not a regular file")
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_JSON_BYTES + 1)

@@ -166,6 +166,8 @@ def verify(
         raise _fail(str(exc)) from exc
     m = verified.manifest
     typer.echo(f"ok: {m.name} version {m.version}, signed by {verified.signer.fingerprint}")
+    # What the node's label records will carry as model.bundle_sha256 once it serves this.
+    typer.echo(f"bundle sha256: {m.signed_bundle_sha256}")
 
 
 @app.command()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -232,6 +233,14 @@ def test_crafted_bundles_are_refused_by_node_and_packaging(
     )
     assert_clean_refusal(result, message)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_labels_file_that_is_no_regular_file_is_refused_not_waited_on(parent, tmp_path):
+    root = Path(shutil.copytree(parent.root, tmp_path / "fifo"))
+    (root / "labels.json").unlink()
+    os.mkfifo(root / "labels.json")  # opening it for reading would block forever
+    with pytest.raises(BundleError, match="not a regular file"):
+        ModelBundle.load(root)
 
 
 def test_mutated_flatbuffers_fail_at_load_without_canaries(parent, tmp_path) -> None:
@@ -478,6 +487,8 @@ def test_a_slot_changed_after_install_is_refused_at_node_start(
     artifact = build_artifact(parent, key, "1", tmp_path / "art", canaries, runtime_of(classifier))
     signed = json.loads((artifact / MANIFEST_NAME).read_text())
     assert signed["bundle"]["sha256"] == parent.bundle_sha256
+    shown = provision("verify", artifact, "--trust-key", operator_key.with_suffix(".pub"))
+    assert f"bundle sha256: {parent.bundle_sha256}" in shown.output
     # A stray file on the stick is not part of the bundle: never copied, never served.
     (artifact / "bundle" / "extra.tflite").write_bytes(parent.model_path.read_bytes())
     node = Installer(tmp_path / "state", [operator_key.with_suffix(".pub")])
