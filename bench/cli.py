@@ -13,8 +13,10 @@ from typing import Annotated, Any
 
 import typer
 
+from bench.settings import BenchSettings
+from common.settings import SettingsError
 from edgemodel.bundle import BundleError, default_bundle_path
-from edgemodel.splits import SPLIT_SEED
+from edgemodel.defaults import evaluation_threads, serving_threads
 
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
 
@@ -32,21 +34,15 @@ def parse_threads(value: str | None) -> list[int]:
     return threads
 
 
-def _positive(name: str, value: float) -> None:
-    if value <= 0:
-        raise typer.BadParameter(f"must be positive, got {value}", param_hint=name)
-
-
 def run_from_cli(a: dict[str, Any]) -> None:
     from bench.suite import BenchError, BenchOptions, run_bench
     from bench.tweets import labelled_tweets, plain_tweets, synthetic_tweets
-    from node.serve import default_interpreter_threads
 
-    for name in ("latency_samples", "saturation_tweets", "repeats", "rounds", "rate", "seconds",
-                 "broker_tweets", "broker_repeats"):  # fmt: skip
-        _positive(f"--{name.replace('_', '-')}", a[name])
-    if a["sample"] is not None:
-        _positive("--sample", a["sample"])
+    try:  # ranges and types, from bench/settings.py: one line and exit 2 when wrong
+        BenchSettings(**{k: a[k] for k in BenchSettings.__dataclass_fields__ if k in a})
+    except SettingsError as exc:
+        typer.echo(f"node bench: error: {exc}", err=True)
+        raise typer.Exit(2) from None
     model = a["model"] or default_bundle_path()
     if model is None:
         raise typer.BadParameter("no default model here: give --model", param_hint="--model")
@@ -68,9 +64,9 @@ def run_from_cli(a: dict[str, Any]) -> None:
     threads = parse_threads(a["threads"])
     options = BenchOptions(
         threads=threads,
-        latency_threads=default_interpreter_threads(),
+        latency_threads=serving_threads(),
         # trainer evaluate's default, so that the accuracy columns are the same numbers.
-        eval_threads=min(4, os.cpu_count() or 1),
+        eval_threads=evaluation_threads(),
         latency_samples=a["latency_samples"],
         saturation_tweets=a["saturation_tweets"],
         saturation_repeats=a["repeats"],
@@ -141,8 +137,8 @@ def bench(
             help="all | train | dev | test: only that part of --data, split as `trainer "
             "train` splits it (RepLab by entity, others stratified with --seed)."
         ),
-    ] = "all",
-    seed: Annotated[int, typer.Option(help="Seed of --split.")] = SPLIT_SEED,
+    ] = BenchSettings.split,
+    seed: Annotated[int, typer.Option(help="Seed of --split.")] = BenchSettings.seed,
     threads: Annotated[
         str | None,
         typer.Option(help="Thread counts for throughput, e.g. 1,2,4. Default: 1 and all cores."),
@@ -151,12 +147,18 @@ def bench(
         str | None,
         typer.Option(help="Only these model files, e.g. int8,onnx-int8.", show_default=False),
     ] = None,
-    latency_samples: Annotated[int, typer.Option(help="Batch-1 calls timed per file.")] = 200,
-    saturation_tweets: Annotated[int, typer.Option(help="Tweets per throughput run.")] = 1000,
-    repeats: Annotated[int, typer.Option(help="Throughput runs per thread count.")] = 3,
+    latency_samples: Annotated[int, typer.Option(help="Batch-1 calls timed per file.")] = (
+        BenchSettings.latency_samples
+    ),
+    saturation_tweets: Annotated[int, typer.Option(help="Tweets per throughput run.")] = (
+        BenchSettings.saturation_tweets
+    ),
+    repeats: Annotated[int, typer.Option(help="Throughput runs per thread count.")] = (
+        BenchSettings.repeats
+    ),
     rounds: Annotated[
         int, typer.Option(help="Passes over all files (alternating them); medians reported.")
-    ] = 1,
+    ] = BenchSettings.rounds,
     accuracy_only: Annotated[
         bool, typer.Option(help="Skip timing: size and accuracy only (e.g. under emulation).")
     ] = False,
@@ -183,14 +185,18 @@ def bench(
             show_default=False,
         ),
     ] = None,
-    rate: Annotated[float, typer.Option(help="With --broker: offered tweets/s.")] = 50.0,
-    seconds: Annotated[float, typer.Option(help="With --broker: length of a rate run.")] = 20.0,
+    rate: Annotated[
+        float, typer.Option(help="With --broker: offered tweets/s.")
+    ] = BenchSettings.rate,
+    seconds: Annotated[float, typer.Option(help="With --broker: length of a rate run.")] = (
+        BenchSettings.seconds
+    ),
     broker_tweets: Annotated[
         int, typer.Option(help="With --broker: tweets per saturation run.")
-    ] = 2000,
+    ] = BenchSettings.broker_tweets,
     broker_repeats: Annotated[
         int, typer.Option(help="With --broker: repeats (bare, saturation, rate), medians.")
-    ] = 3,
+    ] = BenchSettings.broker_repeats,
 ) -> None:
     """Measure a model on this device: size, load time, RSS, latency, throughput, accuracy."""
     run_from_cli(locals())

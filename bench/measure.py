@@ -24,6 +24,7 @@ import numpy as np
 import psutil
 
 from bench.runners import Runner, open_runner, runtime_version
+from bench.settings import BenchSettings
 from bench.tweets import BenchTweets
 from common.stats import percentile
 from edgemodel.inference import EmptyTextError, Encoded
@@ -42,12 +43,12 @@ class MeasureSpec:
     latency_threads: int
     threads: list[int] = field(default_factory=lambda: [1])
     eval_threads: int = 1
-    latency_samples: int = 200
+    latency_samples: int = BenchSettings.latency_samples
     warmup_calls: int = 10
-    saturation_tweets: int = 1000
-    saturation_repeats: int = 3
-    max_batch: int = 32
-    max_batch_tokens: int = 256
+    saturation_tweets: int = BenchSettings.saturation_tweets
+    saturation_repeats: int = BenchSettings.repeats
+    max_batch: int = BenchSettings.max_batch
+    max_batch_tokens: int = BenchSettings.max_batch_tokens
     eval_batch: int = 32  # trainer evaluate's batch: the same logits, the same accuracy
     accuracy_only: bool = False
     seed: int = 0

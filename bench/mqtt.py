@@ -37,12 +37,14 @@ import psutil
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bench.measure import encode_all, saturation_throughput
+from bench.settings import BenchSettings
 from bench.tweets import BenchTweets
 from broker.local import Mosquitto, start_mosquitto
 from common import topics as wire
 from common.endpoint import BrokerEndpoint
 from common.mqttclient import new_client
 from common.stats import percentile
+from edgemodel.defaults import serving_threads
 from edgemodel.inference import Classifier
 
 # The node's targets on a 2-core x86 machine (docs/node.md).
@@ -59,12 +61,12 @@ class BrokerBenchConfig:
     password: str | None = None
     cafile: Path | None = None  # with mqtts://: the CA of the broker's certificate
     threads: int | None = None  # None: the node's default
-    max_batch: int = 32
-    max_batch_tokens: int = 256
-    tweets: int = 2000  # per saturation run
-    rate: float = 50.0
-    seconds: float = 20.0
-    repeats: int = 3
+    max_batch: int = BenchSettings.max_batch
+    max_batch_tokens: int = BenchSettings.max_batch_tokens
+    tweets: int = BenchSettings.broker_tweets  # per saturation run
+    rate: float = BenchSettings.rate
+    seconds: float = BenchSettings.seconds
+    repeats: int = BenchSettings.broker_repeats
 
 
 class _Link:
@@ -288,9 +290,7 @@ def run_broker_bench(
     cfg: BrokerBenchConfig, tweets: BenchTweets, progress: Progress = lambda _: None
 ) -> dict[str, Any]:
     """The end-to-end row (see the module doc); a JSON-ready dict."""
-    from node.serve import default_interpreter_threads
-
-    cfg.threads = cfg.threads or default_interpreter_threads()
+    cfg.threads = cfg.threads or serving_threads()
     rng = random.Random(0)
     classifier = Classifier.from_path(cfg.model, variant=cfg.variant, num_threads=cfg.threads)
     inputs = [e for e in encode_all(classifier, tweets.texts, tweets.entities) if e is not None]

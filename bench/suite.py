@@ -25,6 +25,7 @@ from typing import Any
 from bench.device import device_info
 from bench.measure import MeasureSpec, measure, spec_json
 from bench.runners import LITERT, ONNXRUNTIME
+from bench.settings import BenchSettings
 from bench.tweets import BenchTweets
 from edgemodel.bundle import VARIANT_FILES, BundleError, ModelBundle, write_json_atomic
 
@@ -51,12 +52,12 @@ class BenchOptions:
     threads: list[int]
     latency_threads: int
     eval_threads: int
-    latency_samples: int = 200
-    saturation_tweets: int = 1000
-    saturation_repeats: int = 3
-    rounds: int = 1
-    max_batch: int = 32
-    max_batch_tokens: int = 256
+    latency_samples: int = BenchSettings.latency_samples
+    saturation_tweets: int = BenchSettings.saturation_tweets
+    saturation_repeats: int = BenchSettings.repeats
+    rounds: int = BenchSettings.rounds
+    max_batch: int = BenchSettings.max_batch
+    max_batch_tokens: int = BenchSettings.max_batch_tokens
     accuracy_only: bool = False
     in_process: bool = False
     variants: list[str] | None = None

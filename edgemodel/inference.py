@@ -23,6 +23,7 @@ from edgemodel.bundle import (
     BundleError,
     ModelBundle,
 )
+from edgemodel.defaults import evaluation_threads
 from edgemodel.entity_heads import EntityHead, EntityHeadsError, entity_key, load_entity_heads
 from edgemodel.textclean import CleaningConfig, clean_tweet, mask_entity
 
@@ -169,7 +170,7 @@ class Classifier:
         self.max_length = self.encoder.max_length
 
         interpreter_cls, self.runtime = load_interpreter_class()
-        threads = num_threads or min(4, os.cpu_count() or 1)
+        threads = num_threads or evaluation_threads()
         self._interpreter = interpreter_cls(model_path=str(bundle.model_path), num_threads=threads)
         self._runner = self._interpreter.get_signature_runner()
         inputs = set(self._runner.get_input_details())

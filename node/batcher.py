@@ -21,7 +21,7 @@ LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512)
 
 
 class Batcher(Generic[T]):
-    def __init__(self, max_batch: int = 32, max_wait_s: float = 0.005, maxsize: int = 256):
+    def __init__(self, max_batch: int, max_wait_s: float, maxsize: int):
         if max_batch < 1 or maxsize < 1:
             raise ValueError("max_batch and the queue size must be at least 1")
         self.max_batch = max_batch

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from edgemodel.defaults import MAX_BATCH_TOKENS
 from edgemodel.inference import EmptyTextError, Encoded, Prediction
 from node.batcher import bucket_by_length
 from node.messages import (
@@ -93,7 +94,7 @@ class CoreConfig:
     max_bytes: int = DEFAULT_MAX_BYTES
     default_entity: str | None = None
     # Rows x padded length per interpreter call; see batcher.bucket_by_length.
-    max_batch_tokens: int = 256
+    max_batch_tokens: int = MAX_BATCH_TOKENS
 
 
 class ClassifierLike(Protocol):

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from common.settings import SettingsError, from_json, to_json
 from common.text import inert_log_handlers
+from edgemodel.defaults import serving_threads
 
 if TYPE_CHECKING:
     from edgemodel.inference import Classifier
@@ -46,10 +47,8 @@ def exec_serve(settings: NodeStart) -> NoReturn:
 
 
 def default_interpreter_threads() -> int:
-    """One core fewer than the machine has (1 to 4): the node's MQTT thread and, usually,
-    the broker run on the same board, and interpreter threads that outnumber the free
-    cores wait on each other, which shows up in the latency tail."""
-    return max(1, min(4, (os.cpu_count() or 1) - 1))
+    """edgemodel/defaults.py's serving rule (one core fewer than the machine, 1 to 4)."""
+    return serving_threads()
 
 
 class StartError(Exception):

@@ -14,6 +14,7 @@ from pathlib import Path
 from common import topics
 from common.endpoint import BrokerEndpoint
 from common.settings import LOG_LEVELS, MAX_UINT32, SettingsError, setting, validate
+from edgemodel.defaults import MAX_BATCH, MAX_BATCH_TOKENS
 from node.core import CoreConfig
 from node.dedup import DEFAULT_MAX_RECORDS, DEFAULT_RETRY_S
 from node.messages import DEFAULT_MAX_BYTES
@@ -40,9 +41,9 @@ class NodeConfig:
     errors_topic: str = setting(topics.ERRORS, max_len=1024)
     # A floor: every report is a publish and a JSON document; 0 would be a busy loop.
     telemetry_interval_s: float = setting(5.0, option="telemetry-interval", min=0.5, max=86_400.0)
-    max_batch: int = setting(32, min=1, max=4096)
+    max_batch: int = setting(MAX_BATCH, min=1, max=4096)
     # Rows x padded length per interpreter call; see batcher.bucket_by_length.
-    max_batch_tokens: int = setting(256, min=1, max=1_048_576)
+    max_batch_tokens: int = setting(MAX_BATCH_TOKENS, min=1, max=1_048_576)
     max_wait_ms: float = setting(5.0, min=0.0, max=60_000.0)
     # Also the MQTT Receive Maximum (capped at 65,535 there).
     queue_size: int = setting(256, min=1, max=1_000_000)
@@ -134,7 +135,7 @@ class NodeStart:
     # resolves it, once.
     model: Path | None = None
     variant: str | None = setting(None, max_len=64)
-    # None: node.serve's default_interpreter_threads().
+    # None: edgemodel/defaults.py serving_threads().
     threads: int | None = setting(None, min=1, max=256)
     watch_mount: Path | None = None
     trust_keys: list[Path] = setting(default_factory=list, option="trust-key")

@@ -113,6 +113,35 @@ def test_dashboard_refuses_bad_settings_in_one_line(args: list[str], needle: str
     one_line_error(runner.invoke(app, args), needle)
 
 
+def test_node_bench_defaults_are_the_settings_defaults() -> None:
+    from bench.cli import app
+    from bench.settings import BenchSettings
+    from bench.suite import BenchOptions
+    from edgemodel.defaults import MAX_BATCH, MAX_BATCH_TOKENS
+
+    cmd = typer.main.get_command(app)
+    assert assert_cli_defaults_are_the_settings(cmd, BenchSettings) >= 10
+    # The batch shape node bench measures is the node's.
+    assert BenchOptions.max_batch == NodeConfig.max_batch == MAX_BATCH
+    assert BenchOptions.max_batch_tokens == NodeConfig.max_batch_tokens == MAX_BATCH_TOKENS
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--latency-samples", "0"], "--latency-samples: must be at least 1"),
+        (["--rate", "0"], "--rate: must be more than 0"),
+        (["--split", "half"], "--split: must be one of all, train, dev, test"),
+    ],
+)
+def test_node_bench_refuses_bad_settings_in_one_line(
+    tmp_path: Path, args: list[str], needle: str
+) -> None:
+    from bench.cli import app
+
+    one_line_error(runner.invoke(app, ["--out", str(tmp_path), *args]), needle)
+
+
 # -- bad values: one line, exit status 2, no traceback ----------------------------------
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from edgemodel import metrics
 from edgemodel.batching import predict_sorted
 from edgemodel.bundle import BundleError, ModelBundle, write_json_atomic
+from edgemodel.defaults import evaluation_threads
 from edgemodel.inference import Classifier, EmptyTextError, Encoded
 
 REPORT_FORMAT = "repedge-eval/1"
@@ -59,7 +60,7 @@ def evaluate_bundle(
     default = [bundle.variant] if Path(bundle_path).is_file() else list(bundle.manifest.variants)
     chosen = _order_variants(variants or default)
     _check_inputs(bundle, chosen, labels)
-    threads = threads or min(4, os.cpu_count() or 1)
+    threads = threads or evaluation_threads()
     entities = entities if entities is not None else [None] * len(texts)
 
     results: dict[str, dict[str, Any]] = {}
