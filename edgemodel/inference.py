@@ -207,6 +207,19 @@ class Classifier:
         """Clean and tokenize one tweet; raise :class:`EmptyTextError` if nothing is left."""
         return self.encoder.encode(text, entity)
 
+    def adopt(self, bundle: ModelBundle) -> None:
+        """Serve ``bundle`` on this interpreter: the same FlatBuffer (same sha256) with other
+        per-entity heads, as an adapted bundle has. Saves loading a second interpreter."""
+        if bundle.model_sha256 != self.bundle.model_sha256 or list(bundle.labels) != self.labels:
+            raise BundleError(f"{bundle.root} does not share this classifier's FlatBuffer")
+        previous = self.bundle
+        self.bundle = bundle
+        try:
+            self.entity_heads = self._load_entity_heads()
+        except BundleError:
+            self.bundle = previous
+            raise
+
     def _load_entity_heads(self) -> dict[str, EntityHead]:
         path = self.bundle.entity_heads_path
         if path is None:

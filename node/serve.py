@@ -154,6 +154,29 @@ def run_canaries(classifier: Classifier, canaries: list[dict[str, Any]]) -> list
         return [f"running the canaries failed: {type(exc).__name__}: {exc}"]
 
 
+class LazySlots:
+    """provisioning/local.py's ``LocalSlots``, imported on the first adapt or rollback:
+    provisioning pulls in cryptography (~9 MiB of RSS) that a node serving a --model
+    never needs otherwise."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self._slots: Any = None
+
+    def _get(self) -> Any:
+        if self._slots is None:
+            from provisioning.local import LocalSlots
+
+            self._slots = LocalSlots(self.state_dir)
+        return self._slots
+
+    def install(self, *args: Any, **kwargs: Any) -> tuple[str, Path]:
+        return self._get().install(*args, **kwargs)
+
+    def rollback(self) -> tuple[str, str, Path, str | None]:
+        return self._get().rollback()
+
+
 def run(settings: NodeStart) -> int:
     """Serve until SIGTERM/SIGINT; the process exit status."""
     logging.basicConfig(
@@ -203,9 +226,7 @@ def run(settings: NodeStart) -> int:
 
     service = NodeService(config, classifier, updates=updates)
     # `node adapt` installs into the same slots as signed models (rollback included).
-    from provisioning.local import LocalSlots
-
-    service.model_slots = LocalSlots(provision_state(settings))
+    service.model_slots = LazySlots(provision_state(settings))
     service.interpreter_threads = settings.threads
     metrics_server = None
     if settings.metrics_port is not None:

@@ -21,6 +21,7 @@ A swap happens between batches, so no tweet is lost or labelled twice (node/serv
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import tempfile
@@ -39,6 +40,7 @@ from edgemodel.bundle import EMBEDDING_OUTPUT, OUTPUT_NAME, RELATED_OUTPUT, Mode
 from edgemodel.canaries import DEFAULT_CANARIES, Canary, check_canaries, compute_canaries
 from edgemodel.entity_heads import Correction, EntityHead, entity_key
 from edgemodel.inference import Classifier, EmptyTextError, Encoded
+from node.memory import release_file_pages
 from node.teachstore import POLARITIES, Answer, TeachStore
 
 log = logging.getLogger("repedge.node")
@@ -206,63 +208,67 @@ class NodeAdapter:
             related=_add(current.related if current else None, fitted.head.related),
             info={**fit_json, "labels": len(kept), "adapted_on_node": utc_now()},
         )
-        return self._install(bundle, head, entity, summary, fit_json)
+        return self._install(worker, head, entity, summary, fit_json)
 
     def _install(
         self,
-        parent: ModelBundle,
+        worker: Classifier,
         head: EntityHead,
         entity: str,
         summary: str,
         fit_json: dict[str, Any],
     ) -> AdaptOutcome:
+        """Write, check, install and swap in the adapted bundle. The worker's interpreter
+        serves it (same FlatBuffer, new heads): one interpreter loaded per adaptation."""
+        parent = worker.bundle
         self.work_dir.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(dir=self.work_dir, prefix="adapt-"))
         try:
-            bundle = write_adapted_bundle(
+            written = write_adapted_bundle(
                 parent, [head], folder / "bundle", adapted=[{"entity": entity, **fit_json}]
             )
-            bundle = ModelBundle.load(bundle.root, variant=parent.variant)
-            candidate = Classifier(bundle, num_threads=self.threads)
+            self._install_served_first(worker)
+            worker.adopt(ModelBundle.load(written.root, variant=parent.variant))
             key = entity_key(entity)
             others = [
                 Canary(c["text"], c["label"], c.get("entity"))
-                for c in bundle.manifest.canaries
+                for c in worker.bundle.manifest.canaries
                 if entity_key(c.get("entity") or "") != key
             ]
-            problems = check_canaries(candidate, others)
+            problems = check_canaries(worker, others)
             if problems:
                 return AdaptOutcome(
                     False, "kept the current model: the adapted one fails canary tweets of "
                     "other entities: " + "; ".join(problems), summary, fit=fit_json,
                 )  # fmt: skip
-            canaries, _ = compute_canaries(candidate, DEFAULT_CANARIES)
+            canaries, _ = compute_canaries(worker, DEFAULT_CANARIES)
             origin = {"source": "node adapt", "entity": entity, "parent": parent.identity()}
-            self._install_served_first(parent)
-            version, root = self.slots.install(bundle, candidate, canaries, origin)
+            version, root = self.slots.install(worker.bundle, worker, canaries, origin)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        # Serve the installed copy (the temporary folder is gone).
-        serving = Classifier(ModelBundle.load(root, variant=parent.variant), self.threads)
-        self.node.swap_classifier(serving)
+        worker.adopt(ModelBundle.load(root, variant=parent.variant))  # the installed copy
+        self.node.swap_classifier(worker)
+        # The worker maps the parent's FlatBuffer, whose weights XNNPACK has packed by now.
+        release_file_pages(parent.model_path)
+        gc.collect()  # the old interpreter, now unreferenced, gives its memory back
         return AdaptOutcome(
             True,
             f"serving the adapted model (slot {version}): cross-validation on the labels "
             "says it is better",
             summary,
-            model=serving.bundle.identity(),
+            model=worker.bundle.identity(),
             fit=fit_json,
         )
 
-    def _install_served_first(self, served: ModelBundle) -> None:
+    def _install_served_first(self, served: Classifier) -> None:
         """Before the first adaptation of a model the node did not get from a slot
         (--model, the shipped one), install it as a slot too: rollback's way back."""
         installed = getattr(self.slots, "state_dir", None)
-        if installed is not None and served.root.is_relative_to(Path(installed)):
+        if installed is not None and served.bundle.root.is_relative_to(Path(installed)):
             return
-        classifier = Classifier(served, num_threads=self.threads)
-        canaries, _ = compute_canaries(classifier, DEFAULT_CANARIES)
-        self.slots.install(served, classifier, canaries, {"source": "served before adapt"})
+        canaries, _ = compute_canaries(served, DEFAULT_CANARIES)
+        origin = {"source": "served before adapt"}
+        self.slots.install(served.bundle, served, canaries, origin)
 
     def rollback(self) -> AdaptOutcome:
         started = self._clock()
@@ -274,6 +280,7 @@ class NodeAdapter:
                 outcome = AdaptOutcome(False, f"not rolled back: {exc}")
             else:
                 self.node.swap_classifier(classifier)
+                gc.collect()
                 outcome = AdaptOutcome(
                     True,
                     f"rolled back from slot {was} to slot {now}",
