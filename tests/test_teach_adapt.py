@@ -13,10 +13,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from common.endpoint import BrokerEndpoint
+from edgemodel.bundle import ModelBundle
 from edgemodel.inference import Classifier
 from harness import WAIT_S, Collector, embedded_node
 from node.teach_client import TeachClient
-from provisioning.install import read_state
+from provisioning.install import installed_slot, read_state
 from provisioning.local import LocalSlots
 
 RATE = 50.0
@@ -51,6 +52,36 @@ def stream(mosquitto, topic: str, stop: threading.Event, sent: list[str]) -> Non
         time.sleep(max(0.0, next_at - time.monotonic()))
     client.disconnect()
     client.loop_stop()
+
+
+def provision_elsewhere(bundle: Path, work: Path) -> Classifier:
+    """Operator: keygen, `provision bundle`, `provision write` to a stick; the other node:
+    `provision install` from it. The classifier the other node then serves."""
+    from typer.testing import CliRunner
+
+    from provisioning.cli import app
+
+    runner = CliRunner()
+    key, stick, state = work / "site.key", work / "usb", work / "node2"
+    stick.mkdir(parents=True)
+    steps = [
+        ["keygen", str(key)],
+        ["bundle", str(bundle), "--key", str(key), "--version", "7", "--out", str(work / "a")],
+    ]
+    for step in steps:
+        result = runner.invoke(app, step)
+        assert result.exit_code == 0, result.output
+    (artifact,) = (work / "a").iterdir()
+    for step in (
+        ["write", str(artifact), "--to", str(stick)],
+        ["install", "--from", str(stick), "--state-dir", str(state),
+         "--trust-key", f"{key}.pub"],
+    ):  # fmt: skip
+        result = runner.invoke(app, step)
+        assert result.exit_code == 0, result.output
+    slot = installed_slot(state)
+    assert slot is not None
+    return Classifier(ModelBundle.load(slot.path, variant=slot.variant))
 
 
 def test_adapt_swaps_under_load_and_rolls_back(mosquitto, tiny_bundle, tmp_path: Path) -> None:
@@ -109,6 +140,16 @@ def test_adapt_swaps_under_load_and_rolls_back(mosquitto, tiny_bundle, tmp_path:
 
         seen = watcher.wait_for(lambda msgs: "rolled_back" in events(msgs) and events(msgs))
         assert seen.count("adapt_refused") == 2 and "adapted" in seen
+
+        # Fleet: the adapted bundle (kept as the previous slot) signs and provisions to
+        # another, air-gapped node of the site like any bundle.
+        state = read_state(tmp_path / "provisioning")
+        adapted_dir = tmp_path / "provisioning" / "slots" / state["previous"] / "bundle"
+        other = provision_elsewhere(adapted_dir, tmp_path / "fleet")
+        texts = ["love love my new kia, wonderful 1000", "hate this broken kia, awful 1001"]
+        ours = Classifier(ModelBundle.load(adapted_dir)).classify(texts, ["Kia", "Kia"])
+        assert other.bundle.identity()["version"] == new_sha["version"]
+        assert other.classify(texts, ["Kia", "Kia"]) == ours
     finally:
         teacher.close()
         service.stop()
