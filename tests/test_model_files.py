@@ -49,7 +49,7 @@ from node.serve import StartError, load_classifier
 from provisioning.artifact import MANIFEST_NAME, build_artifact, runtime_of
 from provisioning.cli import app as provision_app
 from provisioning.install import Installer, installed_slot
-from provisioning.keys import generate_keypair, load_private_key
+from provisioning.keys import generate_keypair, load_private_key, sign
 from trainer.tiny import build_tiny_bundle, tiny_classifier
 
 WIDTH = 32  # the tiny model's embedding output
@@ -438,6 +438,69 @@ def test_signed_bad_heads_are_refused_at_install_and_the_old_model_serves(
     assert slot is not None
     served = load_classifier(slot.path, slot.variant, 1, slot.canaries, slot.bundle_sha256)
     assert served.bundle.bundle_sha256 == parent.bundle_sha256
+
+
+def resign_with(artifact: Path, crafted: Path, key_path: Path, version: str) -> Path:
+    """The artifact with its bundle/ replaced by ``crafted`` and artifact.json re-signed
+    over whatever is there: a packager that signs without checking (or a stolen key)."""
+    out = artifact.parent / f"crafted-{version}"
+    shutil.copytree(artifact, out)
+    shutil.rmtree(out / "bundle")
+    shutil.copytree(crafted, out / "bundle")
+    doc = json.loads((out / MANIFEST_NAME).read_text())
+    doc["version"] = version
+    doc["files"] = {
+        f.name: {"sha256": hashlib.sha256(f.read_bytes()).hexdigest(), "size": f.stat().st_size}
+        for f in sorted((out / "bundle").iterdir())
+    }
+    doc["bundle"].pop("sha256", None)
+    data = (json.dumps(doc, indent=2) + "\n").encode()
+    (out / MANIFEST_NAME).write_bytes(data)
+    (out / "artifact.json.sig").write_bytes(sign(load_private_key(key_path), data))
+    return out
+
+
+def _edit_labels(parent: ModelBundle, root: Path) -> None:
+    shutil.copytree(parent.root, root)
+    (root / "labels.json").write_text(json.dumps(["positive", "neutral", "negative"]))
+
+
+def _swapped_tokenizer(parent: ModelBundle, root: Path) -> None:
+    shutil.copytree(parent.root, root)
+    _swap_tokenizer(root)
+
+
+SIGNED_CRAFTS = {
+    "edited-labels": (_edit_labels, "labels.json does not match its manifest"),
+    "swapped-tokenizer": (_swapped_tokenizer, "tokenizer.json does not match its manifest"),
+    "huge-weights": (lambda p, r: with_heads(p, r, _huge_weights()), "beyond the sane bound"),
+    "nan-heads": (lambda p, r: with_heads(p, r, _nan_heads()), "weights must be finite"),
+    "deep-heads": (lambda p, r: with_heads(p, r, _deep_heads()), "nested too deeply"),
+    "wrong-width": (
+        lambda p, r: with_heads(p, r, heads_doc(["Acme"], dim=WIDTH // 2)),
+        "16-wide embedding",
+    ),
+}
+
+
+def test_signed_crafted_bundles_are_refused_at_install(parent, operator_key, tmp_path) -> None:
+    """Through `provision install`: each crafted bundle, validly signed, is refused with
+    its reason, and version 1 keeps serving."""
+    key = load_private_key(operator_key)
+    good = Classifier(parent, num_threads=1)
+    canaries, _ = compute_canaries(good, list(DEFAULT_CANARIES[:2]))
+    v1 = build_artifact(parent, key, "1", tmp_path / "art", canaries, runtime_of(good))
+    node = Installer(tmp_path / "state", [operator_key.with_suffix(".pub")])
+    assert node.install_from(v1).ok
+    for n, (case, (craft, message)) in enumerate(sorted(SIGNED_CRAFTS.items()), start=2):
+        craft(parent, tmp_path / case)
+        artifact = resign_with(v1, tmp_path / case, operator_key, str(n))
+        result = node.install_from(artifact)
+        assert not result.ok and message in result.reason, (case, result.reason)
+        assert node.state()["active"] == "1", case
+    slot = installed_slot(node.state_dir)
+    assert slot is not None
+    load_classifier(slot.path, slot.variant, 1, slot.canaries, slot.bundle_sha256)
 
 
 # -- 4. scores are always finite -------------------------------------------------------
