@@ -24,7 +24,7 @@ from typing import Annotated
 import paho.mqtt.client as mqtt
 import typer
 
-from broker.endpoint import BrokerEndpoint, EndpointError
+from common.endpoint import BrokerEndpoint, EndpointError
 from edgemodel.data import DataError, Example, read_labeled
 from edgemodel.splits import tweet_time_ms
 from node.event_time import format_utc

@@ -119,7 +119,7 @@ def import_labels(
 
 
 def _teach_client(broker: str, username, password, cafile, certfile, keyfile):
-    from broker.endpoint import BrokerEndpoint, EndpointError
+    from common.endpoint import BrokerEndpoint, EndpointError
     from node.teach_client import TeachClient
 
     try:
