@@ -225,7 +225,7 @@ class BatchStep:
                 if not prediction.finite:
                     # An overflowed output is no answer; this tweet alone gets an error.
                     detail = f"the model's output for this tweet is not finite: {prediction.scores}"
-                    error = self._error(item, tweet.id, "non_finite_output", detail[:200])
+                    error = self._error(item, tweet.id, "non_finite_output", detail[:200], tweet)
                     drafts.append(_Draft(error, (tweet.id, tweet.digest)))
                     continue
                 latency = (done - item.received) * 1000
