@@ -348,3 +348,23 @@ def test_a_node_with_the_wrong_ca_says_why_it_cannot_connect(
         service.stop()
     assert "does not verify" in lines[0] and "--cafile" in lines[0], lines[0]
     assert "retrying in" in lines[0]
+
+
+def test_node_bench_measures_end_to_end_over_mqtts(
+    tls_broker: Mosquitto, certs: Path, tiny_bundle, tmp_path: Path
+) -> None:
+    # Issue 19: node bench had its own URL parser that took only mqtt://.
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "node", "bench", "--model", str(tiny_bundle.root),
+            "--out", str(tmp_path), "--threads", "1", "--latency-samples", "10",
+            "--saturation-tweets", "32", "--repeats", "1",
+            "--broker", f"mqtts://127.0.0.1:{tls_broker.port}", "--cafile", str(certs / "ca.crt"),
+            "--broker-tweets", "20", "--rate", "20", "--seconds", "1", "--broker-repeats", "1",
+        ],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    row = json.loads((tmp_path / "report.json").read_text())["broker"]
+    assert row["broker"] == f"mqtts://127.0.0.1:{tls_broker.port}"
+    assert row["e2e_saturation_tweets_per_s"]["median"] > 0
