@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import tempfile
@@ -60,6 +61,9 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main() -> None:
+    # SIGTERM (kill, a timeout) unwinds like Ctrl-C, so the scenario's cleanup stops the
+    # node, the dashboard and Mosquitto instead of leaving them running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="bundle (default: shipped)")
     parser.add_argument("--repeats", type=int, default=3)

@@ -211,7 +211,7 @@ class HttpServer:
             path: r if isinstance(r, Route) else Route(r) for path, r in routes.items()
         }
         self.headers = dict(headers or {})
-        self.listener = _listen(address)
+        self.listener = _listen(address, max(1024, 4 * self.limits.max_connections))
         self.evicted = 0  # connections closed to make room at max_connections
         self.refused = 0  # connections closed at once (limit reached, nothing to evict)
         self._connections: dict[int, _Connection] = {}  # insertion order = age
@@ -464,10 +464,14 @@ class HttpServer:
         return self._head_bytes(status, "text/plain; charset=utf-8", len(body), {}) + body
 
 
-def _listen(address: tuple[str, int]) -> socket.socket:
+def _listen(address: tuple[str, int], backlog: int) -> socket.socket:
+    """``backlog``: handshakes the kernel completes while the loop is busy. A burst that
+    fills it makes the kernel drop SYNs, and every client (``/healthz`` too) then waits a
+    second for its retry; queued handshakes cost only kernel memory, so it is generous.
+    The kernel caps it at net.core.somaxconn."""
     host, port = address
     family = socket.AF_INET6 if ":" in (host or "") else socket.AF_INET
-    listener = socket.create_server((host, port), family=family, backlog=128, reuse_port=False)
+    listener = socket.create_server((host, port), family=family, backlog=backlog, reuse_port=False)
     listener.setblocking(False)
     return listener
 

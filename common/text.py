@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, TextIO
 
 # Unicode categories Cc (C0, DEL, C1), Cf (format: bidi embeddings, overrides, isolates,
 # marks, invisible operators, tags), Zl/Zp (line and paragraph separators) and Cs (lone
@@ -78,3 +78,17 @@ def inert_log_handlers(*handlers: logging.Handler) -> None:
     for handler in handlers or tuple(logging.getLogger().handlers):
         if not any(isinstance(f, InertLogFilter) for f in handler.filters):
             handler.addFilter(InertLogFilter())
+
+
+class InertWriter:
+    """Wraps a text stream (a terminal): every write is made :func:`inert` except its
+    line breaks, for line-based views that print what a node or a feeder sent."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write("\n".join(inert(part) for part in text.split("\n")))
+
+    def flush(self) -> None:
+        self._stream.flush()

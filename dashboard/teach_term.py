@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from common.text import inert
+from common.text import InertWriter, inert
 from node.teach_client import TeachClient, TeachClientError
 
 KEYS = {"1": "negative", "2": "neutral", "3": "positive", "0": "unrelated", "s": "skip"}
@@ -37,6 +37,7 @@ def _stats(out: TextIO, stats: dict[str, Any]) -> None:
 
 def run(client: TeachClient, node: str, entity: str, read: Callable[[], str], out: TextIO) -> int:
     """The loop; returns the number of labels given (skips not counted)."""
+    out = InertWriter(out)  # type: ignore[assignment]  # replies come from MQTT: no escapes
     given = 0
     reply = client.request(node, "next", entity=entity)
     out.write(HELP + "\n")

@@ -2,9 +2,11 @@
 
 A real Mosquitto, a real node (``node start --metrics-port``) and a real ``dashboard
 serve``, each under a 1,024 open-file limit (the default a unit without ``LimitNOFILE``
-inherits). Against each server, in waves: ``idle`` sockets that connect and never send a
-byte, plus ``slow`` readers that send a request (``/events`` for the dashboard,
-``/metrics`` for the node) and never read the answer. Meanwhile ``rate`` tweets/s are
+inherits). The dashboard first gets a busy hour (``prefill_records`` labels over 100
+entities), so that a snapshot is as large as a real one. Against each server, in waves:
+``idle`` sockets that connect and never send a byte, plus ``slow`` readers that send a
+request (``/events`` for the dashboard, ``/metrics`` for the node) and never read the
+answer. Meanwhile ``rate`` tweets/s are
 published for ``seconds``; every tweet's label is timed from publish to arrival, and
 ``/healthz`` of both servers is probed once a second.
 
@@ -33,7 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from broker.local import Mosquitto
 from common.ports import free_port
-from harness.mqtt import Collector
+from harness.mqtt import Collector, publish
 from harness.node import REPO, NodeProcess, Topics
 from harness.waiting import WAIT_S, wait_until
 
@@ -205,16 +207,56 @@ class Labels:
             client.loop_stop()
 
 
+def prefill_topic(topics: Topics) -> str:
+    return f"{topics.prefix}/prefill/labels"
+
+
+def prefill(broker: Mosquitto, topics: Topics, port: int, records: int) -> int:
+    """Give the dashboard a busy hour (``records`` labels over 100 entities) so that its
+    snapshot is the size a real one reaches; returns the snapshot's size in bytes."""
+    payloads = [
+        json.dumps({
+            "id": f"p{i}", "label": ("negative", "neutral", "positive")[i % 3],
+            "entity": f"brand-{i % 100}", "node_id": "prefill", "latency_ms": 3.0,
+            "scores": {"negative": 0.2, "neutral": 0.3, "positive": 0.5},
+            "text": f"prefilled tweet number {i} about brand {i % 100}, " * 2,
+        })
+        for i in range(records)
+    ]  # fmt: skip
+    publish(broker, prefill_topic(topics), payloads)
+
+    def state() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /api/state HTTP/1.1\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        return answer.split(b"\r\n\r\n", 1)[1]
+
+    wait_until(
+        lambda: json.loads(state())["labels_total"] >= records,
+        interval=0.1,
+        what="the prefill to arrive",
+    )
+    return len(state())
+
+
 def start_dashboard(broker: Mosquitto, topics: Topics, state: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     args = [sys.executable, "-m", "dashboard", "serve", "--broker", broker.url,
             "--port", str(port), "--topic", topics.labels, "--topic", topics.errors,
-            "--topic", "repedge/nodes/+/+", "--db", str(state / "history.sqlite")]  # fmt: skip
+            "--topic", "repedge/nodes/+/+", "--topic", prefill_topic(topics),
+            "--db", str(state / "history.sqlite")]  # fmt: skip
     state.mkdir(parents=True, exist_ok=True)
     log = open(state / "dashboard.log", "ab")  # noqa: SIM115 - the child keeps it open
     process = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    cap_fds(process.pid)
-    wait_until(lambda: healthz(port, 1.0) is not None, interval=0.1, what="dashboard /healthz")
+    try:
+        cap_fds(process.pid)
+        wait_until(lambda: healthz(port, 1.0) is not None, interval=0.1, what="dashboard /healthz")
+    except BaseException:
+        process.kill()
+        process.wait(WAIT_S)
+        raise
     return process, port
 
 
@@ -228,6 +270,7 @@ def run(
     idle: int = 2000,
     slow: int = 600,
     waves: int = 2,
+    prefill_records: int = 2000,
 ) -> dict[str, Any]:
     """The whole scenario; returns the figures (see module docstring)."""
     raise_fd_limit(2 * (idle + slow) + 1024)
@@ -253,6 +296,7 @@ def run(
             lambda: healthz(metrics_port, 1.0) is not None, interval=0.1, what="node /healthz"
         )
         dashboard, dashboard_port = start_dashboard(broker, topics, work / "dashboard")
+        snapshot_bytes = prefill(broker, topics, dashboard_port, prefill_records)
         labels = Labels(broker, topics)
         procs = {"node": Peak(node.process.pid), "dashboard": Peak(dashboard.pid)}
         before = {name: Peak(p.pid) for name, p in procs.items()}
@@ -329,6 +373,7 @@ def run(
                 for name in probes
             },
             "processes": {name: procs[name].figures(before[name]) for name in procs},
+            "dashboard_snapshot_bytes": snapshot_bytes,
             "fd_limit_of_servers": SERVER_FD_LIMIT,
             "node_alive": node.alive(),
             "dashboard_alive": dashboard.poll() is None,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import sys
 import unicodedata
 
-from common.text import inert, inert_json
+from common.text import InertWriter, inert, inert_json
 
 UNSAFE_CATEGORIES = {"Cc", "Cf", "Zl", "Zp", "Cs"}
 KEPT = {"\u200c", "\u200d"}  # ZWNJ/ZWJ: emoji sequences and Persian script need them
@@ -49,3 +50,11 @@ def test_inert_json_reaches_keys_and_nested_strings():
         "n": 5,
         "none": None,
     }
+
+
+def test_inert_writer_keeps_line_breaks_and_escapes_the_rest():
+    out = io.StringIO()
+    writer = InertWriter(out)
+    writer.write("reason \x1b]52;c;aGk=\x07\nsummary \u202eok\n")
+    writer.flush()
+    assert out.getvalue() == "reason \\x1b]52;c;aGk=\\x07\nsummary \\u202eok\n"
