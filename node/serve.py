@@ -92,6 +92,28 @@ def model_updates(settings: NodeStart) -> ModelUpdates:
     return MountUpdates(settings.watch_mount, installer)
 
 
+def adapted_slot_for(model: Path, state_dir: Path) -> Path | None:
+    """The active slot's bundle if it is this node's adaptation (provisioning/local.py's
+    ``local.json``) of ``model``: the same FlatBuffer. Read without importing provisioning
+    (and its cryptography), so a plain --model start stays as small as before."""
+    import json as _json
+
+    from edgemodel.bundle import BundleError, ModelBundle
+
+    try:
+        active = _json.loads((state_dir / "active.json").read_text()).get("active")
+        slot = state_dir / "slots" / str(active)
+        if not active or not (slot / "local.json").is_file():
+            return None
+        if _json.loads((slot / "local.json").read_text()).get("source") != "node adapt":
+            return None  # the model served before the first adaptation, not an adaptation
+        mine = ModelBundle.load(slot / "bundle")
+        given = ModelBundle.load(model)
+    except (OSError, ValueError, AttributeError, BundleError):
+        return None
+    return mine.root if mine.model_sha256 == given.model_sha256 else None
+
+
 def provision_state(settings: NodeStart) -> Path:
     return settings.provision_state or settings.config.resolved_state_dir / "provisioning"
 
@@ -215,6 +237,12 @@ def run(settings: NodeStart) -> int:
                     "model: set REPEDGE_MODEL or restore models/default), or --watch-mount "
                     "to wait for one"
                 )
+        elif settings.watch_mount is None:
+            # --model M, adapted on this node since (`node adapt`): serve the adaptation.
+            adapted = adapted_slot_for(model, provision_state(settings))
+            if adapted is not None:
+                log.info("serving %s: this node's adaptation of --model %s", adapted, model)
+                model = adapted
         classifier = (
             load_classifier(model, variant, settings.threads, canaries, signed_digest)
             if model

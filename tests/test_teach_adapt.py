@@ -16,6 +16,7 @@ from common.endpoint import BrokerEndpoint
 from edgemodel.bundle import ModelBundle
 from edgemodel.inference import Classifier
 from harness import WAIT_S, Collector, embedded_node
+from node.serve import adapted_slot_for
 from node.teach_client import TeachClient
 from provisioning.install import installed_slot, read_state
 from provisioning.local import LocalSlots
@@ -131,6 +132,10 @@ def test_adapt_swaps_under_load_and_rolls_back(mosquitto, tiny_bundle, tmp_path:
         )
         assert read_state(tmp_path / "provisioning")["previous"] is not None
 
+        # A restart with the same --model serves the adaptation; after rollback, not.
+        prov = tmp_path / "provisioning"
+        assert adapted_slot_for(tiny_bundle.root, prov) is not None
+
         back = teacher.request(node, "rollback", timeout=WAIT_S)
         assert back["swapped"] and back["model"]["version"] == tiny_bundle.manifest.version
         assert service.model_identity()["version"] == tiny_bundle.manifest.version
@@ -138,6 +143,7 @@ def test_adapt_swaps_under_load_and_rolls_back(mosquitto, tiny_bundle, tmp_path:
         def events(msgs) -> list[str]:
             return [m.json()["event"] for m in msgs if m.topic.endswith("/events")]
 
+        assert adapted_slot_for(tiny_bundle.root, prov) is None
         seen = watcher.wait_for(lambda msgs: "rolled_back" in events(msgs) and events(msgs))
         assert seen.count("adapt_refused") == 2 and "adapted" in seen
 
