@@ -212,7 +212,7 @@ def test_metrics_server_is_bounded_and_scrapes_under_idle_sockets():
     server = metrics.serve(0)
     idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(100)]
     try:
-        wait_until(lambda: server.evicted >= 100 - METRICS_LIMITS.max_connections, "evictions")
+        wait_until(lambda: server.evicted >= 100 - METRICS_LIMITS.max_connections, what="evictions")
         assert server.connections() <= METRICS_LIMITS.max_connections
         answer = exchange(server.port, b"GET /metrics HTTP/1.1\r\n\r\n")
         status, headers = status_and_headers(answer)
