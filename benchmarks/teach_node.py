@@ -286,7 +286,7 @@ def main() -> int:
         for repeat in range(args.repeats):
             records = Records(port)
             stop = threading.Event()
-            texts = by_entity[args.entity]
+            texts = [row["text"] for row in by_entity[args.entity]]
             payloads = [json.dumps({"id": f"s{repeat}-{i}", "text": texts[i % len(texts)],
                                     "entity": args.entity}) for i in range(100_000)]  # fmt: skip
             sent_box: list[int] = []
