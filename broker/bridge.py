@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from common import topics
+from common.settings import SettingsError, check_topic_name
 
 # What a site sends to the centre: results and node telemetry/status (retained statuses
 # keep their retain flag, so the centre knows the last state of every node).
@@ -52,6 +53,8 @@ class BridgeConfig:
     cafile: Path | None = None
     tweets_in: str = "off"
     protocol: str = "mqttv50"
+    # The nodes' tweets topic, taken from the centre with --bridge-tweets-in.
+    tweets_topic: str = TWEETS_TOPIC
 
     @property
     def wire_protocol(self) -> str:
@@ -62,6 +65,10 @@ class BridgeConfig:
         return "mqttv311" if self.tweets_in == "shared" else self.protocol
 
     def __post_init__(self) -> None:
+        try:
+            check_topic_name("--tweets-topic", self.tweets_topic)
+        except SettingsError as exc:
+            raise BridgeError(str(exc)) from None
         if not _SITE_RE.match(self.site):
             raise BridgeError(
                 f"site name {self.site!r}: use letters, digits, '.', '_' or '-' (at most 64), "
@@ -161,10 +168,10 @@ def render_bridge(bridge: BridgeConfig) -> str:
     # LOCAL_PREFIX+PATTERN, the remote one REMOTE_PREFIX+PATTERN.
     lines += [f'topic {topic} out 1 "" {bridge.prefix}' for topic in OUT_TOPICS]
     if bridge.tweets_in == "site":
-        lines.append(f'topic {TWEETS_TOPIC} in 1 "" {bridge.prefix}')
+        lines.append(f'topic {bridge.tweets_topic} in 1 "" {bridge.prefix}')
     elif bridge.tweets_in == "shared":
         # The bridge subscribes to $share/GROUP/repedge/tweets at the centre. Deliveries
         # come back named repedge/tweets, which does not match the $share pattern, so
         # Mosquitto passes them to the local repedge/tweets unchanged.
-        lines.append(f'topic {TWEETS_TOPIC} in 1 "" {topics.shared(SHARED_GROUP, "")}')
+        lines.append(f'topic {bridge.tweets_topic} in 1 "" {topics.shared(SHARED_GROUP, "")}')
     return "\n".join(lines) + "\n"

@@ -174,6 +174,13 @@ def start(
             show_default=False,
         ),
     ] = None,
+    tweets_topic: Annotated[
+        str,
+        typer.Option(
+            help="The nodes' tweets topic (their --tweets-topic): what the ACLs let nodes "
+            "read and feeders write, and what a bridge takes in."
+        ),
+    ] = BrokerConfig.tweets_topic,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Write and print the config, do not start.")
     ] = False,
@@ -198,6 +205,7 @@ def start(
                 bridge_cafile,
                 bridge_tweets_in,
                 bridge_protocol,
+                tweets_topic,
             )
         except BridgeError as exc:
             raise _fail(str(exc), 2) from None
@@ -214,6 +222,7 @@ def start(
             tls_dir=tls,
             require_client_cert=require_client_cert,
             bridge=bridge,
+            tweets_topic=tweets_topic,
         )
     except ValueError as exc:  # SettingsError, EndpointError: one line, nothing written
         raise _fail(str(exc), 2) from None

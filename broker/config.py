@@ -19,8 +19,9 @@ from string import Template
 from broker.bridge import BridgeConfig, render_bridge
 from broker.certs import CA_CERT, SERVER_CERT, SERVER_KEY
 from broker.roles import write_acl
+from common import topics
 from common.endpoint import check_host
-from common.settings import SettingsError, setting, validate
+from common.settings import SettingsError, check_topic_name, setting, validate
 
 TEMPLATE = "repedge.conf"
 CONFIG_FILE = "mosquitto.conf"
@@ -93,10 +94,14 @@ class BrokerConfig:
     require_client_cert: bool = False
     # Forward this site's labels, errors and node reports to a central broker.
     bridge: BridgeConfig | None = None
+    # The nodes' tweets topic (`node start --tweets-topic`): the ACLs grant it, not a
+    # hard-coded repedge/tweets.
+    tweets_topic: str = setting(topics.TWEETS, max_len=1024)
 
     def __post_init__(self) -> None:
         validate(self)  # types, ranges, and no control characters in any text
         check_host(self.host)  # no spaces either
+        check_topic_name("--tweets-topic", self.tweets_topic)
         if not _EXPIRATION.fullmatch(self.session_expiration):
             raise SettingsError(
                 f"session expiration {self.session_expiration!r}: a number and h, d, w, m or y"
@@ -221,7 +226,7 @@ def write_config(config: BrokerConfig) -> Path:
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if config.auth:
         # Regenerated from the roles on every start: no stale catch-all rule survives.
-        write_acl(config.data_dir, config.acl_file)
+        write_acl(config.data_dir, config.acl_file, config.tweets_topic)
         if not config.password_file.exists():
             # Mosquitto refuses to start on a missing password file; an empty one admits nobody.
             config.password_file.touch(mode=0o600)

@@ -137,6 +137,15 @@ def validate(settings: Any) -> None:
                 raise SettingsError(f"--{option_name(field)}: must be {wanted}, got {shown}")
 
 
+def check_topic_name(option: str, topic: str) -> None:
+    """A topic one publishes to or grants in an ACL line: no wildcards, spaces or control
+    characters (an ACL file is line based), not a $ topic."""
+    if not topic or topic.startswith("$") or re.search(r"[+#\s\x00-\x1f\x7f]", topic):
+        raise SettingsError(
+            f"{option}: {topic!r} must be a topic name (no wildcards + #, spaces, $...)"
+        )
+
+
 def to_json(settings: Any) -> Any:
     """A settings object as JSON-ready data (paths as strings, nested dataclasses as dicts)."""
     if dataclasses.is_dataclass(settings) and not isinstance(settings, type):

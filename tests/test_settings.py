@@ -218,6 +218,31 @@ def test_broker_config_checks_itself_when_built_in_code(tmp_path: Path) -> None:
         BrokerConfig(tmp_path, session_expiration="1d\n#")
 
 
+def test_the_acls_grant_the_configured_tweets_topic(tmp_path: Path) -> None:
+    # Issue 19: the ACLs hard-coded repedge/tweets although --tweets-topic is configurable.
+    from broker.cli import app
+    from broker.roles import set_role
+
+    data = tmp_path / "broker"
+    set_role(data, data / "acl", "pi-1", "node")
+    set_role(data, data / "acl", "feed", "feeder")
+    args = ["start", "--dry-run", "--auth", "--data-dir", str(data)]
+    result = runner.invoke(app, [*args, "--tweets-topic", "plant7/tweets"])
+    assert result.exit_code == 0, result.output
+    set_role(data, data / "acl", "site1", "site")  # a later `broker users add` keeps it
+    acl = (data / "acl").read_text()
+    for line in (
+        "topic read plant7/tweets",
+        "topic read $share/+/plant7/tweets",
+        "topic write plant7/tweets",
+        "topic read sites/site1/plant7/tweets",
+    ):
+        assert line in acl.splitlines(), line
+    assert "repedge/tweets" not in acl
+    bad = runner.invoke(app, [*args, "--tweets-topic", "plant7/tweets\ntopic readwrite #"])
+    one_line_error(bad, "--tweets-topic")
+
+
 # -- node start -> node.serve: the settings cross the exec whole -----------------------
 
 
