@@ -20,7 +20,7 @@ import argparse
 import json
 import random
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,12 @@ from edgemodel.metrics import (  # noqa: E402
 )
 from edgemodel.report_notes import write_markdown_keeping_notes  # noqa: E402
 from edgemodel.splits import SPLIT_SEED, DataSources  # noqa: E402
-from trainer.compress import CompressOptions, compress_bundle, load_run_model  # noqa: E402
+from trainer.compress import (  # noqa: E402
+    CompressOptions,
+    compress_bundle,
+    load_run_model,
+    requantize_bundle,
+)
 from trainer.evaluate import evaluate_bundle, machine_info  # noqa: E402
 from trainer.int4 import Int4Recipe  # noqa: E402
 
@@ -63,6 +68,22 @@ class Config:
     # Keep the tokens of every RepLab entity name: entities are model inputs that nodes are
     # configured with, but the entity-wise split leaves test brands rare in training tweets.
     keep_entities: bool = True
+    # int4 rounding (trainer.int4.Int4Recipe): "octav" or "gptq", and dense layers kept int8.
+    int4_algorithm: str = "octav"
+    int8_scopes: tuple[str, ...] = ()
+
+    @property
+    def recipe(self) -> Int4Recipe:
+        return Int4Recipe(
+            granularity=self.int4_granularity,
+            algorithm=self.int4_algorithm,
+            int8_scopes=self.int8_scopes,
+        )
+
+    @property
+    def requantized(self) -> bool:
+        """Made from a pruned fp32 FlatBuffer (no TensorFlow export per point)."""
+        return self.int4_algorithm != "octav" or bool(self.int8_scopes)
 
 
 CONFIGS = (
@@ -124,16 +145,20 @@ def make_bundle(
     if config.min_count is None:
         return run / "bundle"
     folder = work / config.name
-    if (folder / "manifest.json").is_file():
-        manifest = ModelBundle.load(folder, verify=False).manifest
-        made = manifest.training.get("compression", {})
-        granularity = made.get("int4", {}).get("granularity", made.get("int4_granularity"))
-        same = (made.get("min_count"), granularity) == (
-            config.min_count,
-            config.int4_granularity,
-        ) and bool(made.get("keep_texts")) == (config.keep_entities and bool(entities))
-        if same and all(v in manifest.variants for v in config.variants):
-            return folder
+    if _already_made(folder, config, entities):
+        return folder
+    if config.requantized:
+        # One pruned fp32 FlatBuffer per vocabulary, then each recipe from it.
+        base_config = replace(
+            config, name=f"vocab-{config.min_count}-fp32", variants=("fp32",),
+            int4_algorithm="octav", int8_scopes=(),
+        )  # fmt: skip
+        base = make_bundle(base_config, run, work, corpus, entities, model_cache)
+        requantize_bundle(
+            ModelBundle.load(base, variant="fp32", verify=False),
+            corpus, folder, config.recipe, config.name,
+        )  # fmt: skip
+        return folder
     if "model" not in model_cache:
         model_cache["model"], model_cache["parent"] = load_run_model(run)
     options = CompressOptions(
@@ -141,11 +166,25 @@ def make_bundle(
         num_layers=config.num_layers,
         variants=config.variants,
         version_suffix=config.name,
-        int4=Int4Recipe(granularity=config.int4_granularity),
+        int4=config.recipe,
         keep_texts=entities if config.keep_entities else (),
     )
     compress_bundle(model_cache["model"], model_cache["parent"], corpus, folder, options)
     return folder
+
+
+def _already_made(folder: Path, config: Config, entities: tuple[str, ...]) -> bool:
+    if not (folder / "manifest.json").is_file():
+        return False
+    manifest = ModelBundle.load(folder, verify=False).manifest
+    made = manifest.training.get("compression", {})
+    recipe = made.get("int4", {"granularity": made.get("int4_granularity")})
+    same = (
+        made.get("min_count") == config.min_count
+        and bool(made.get("keep_texts")) == (config.keep_entities and bool(entities))
+        and ("int4" not in config.variants or recipe == config.recipe.describe())
+    )
+    return same and all(v in manifest.variants for v in config.variants)
 
 
 def score(folder: Path, variants: tuple[str, ...], tests: list[TestSet]) -> dict[str, dict]:

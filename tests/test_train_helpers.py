@@ -79,3 +79,43 @@ def test_init_weights_must_come_from_the_same_architecture(tmp_path):
         check_same_architecture(TrainConfig(init_weights=str(weights), task_heads=True))
     # Weights without a run summary beside them are not checked.
     check_same_architecture(TrainConfig(init_weights=str(tmp_path / "elsewhere.weights.h5")))
+
+
+def _toy_set(n: int, seed: int) -> EncodedSet:
+    rng = np.random.default_rng(seed)
+    inputs = [
+        Encoded([101, *rng.integers(1000, 3000, rng.integers(3, 12)).tolist(), 102], [])
+        for _ in range(n)
+    ]
+    inputs = [Encoded(e.input_ids, [0] * len(e.input_ids)) for e in inputs]
+    labels = rng.integers(0, 3, n)
+    return EncodedSet(inputs, labels, np.full(n, -1), ["semeval"] * n)
+
+
+@pytest.mark.slow
+def test_a_resumed_run_trains_on_exactly_the_batches_of_an_uninterrupted_one(tmp_path):
+    """Stopped after its first evaluation block (time budget) and started again, a run
+    restores weights, optimizer, step and dropout generators from its backup and skips the
+    batches it already saw: every later block's loss and dev score equal the uninterrupted
+    run's."""
+    from trainer.encoders import load_encoder
+    from trainer.train import Trainer, make_encoder
+
+    train, dev = _toy_set(96, 1), _toy_set(24, 2)
+
+    def run(folder, **changes):
+        config = TrainConfig(
+            base="tiny-bert", batch_size=8, epochs=1, eval_every=4, patience=10, **changes
+        )
+        encoder = load_encoder(config.base)
+        trainer = Trainer(config, encoder.backbone, make_encoder(encoder.tokenizer_file, config))
+        return trainer.fit(train, dev, folder)
+
+    straight = run(tmp_path / "straight")
+    first = run(tmp_path / "resumed", time_budget_min=1e-9)
+    assert first["stopped_by"] == "time budget" and len(first["history"]) == 1
+    resumed = run(tmp_path / "resumed")
+    assert [h["block"] for h in resumed["history"]] == [h["block"] for h in straight["history"]]
+    for a, b in zip(straight["history"], resumed["history"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["score"] == pytest.approx(b["score"], abs=1e-4)

@@ -314,6 +314,41 @@ def gptq_calibration(
     return picked
 
 
+def requantize_bundle(
+    base: ModelBundle,
+    corpus: Sequence[Example],
+    out_dir: Path,
+    recipe: Int4Recipe,
+    version_suffix: str,
+    gptq_tweets: int = 512,
+) -> ModelBundle:
+    """An int4 bundle from ``base``'s fp32 FlatBuffer, without TensorFlow: the way to try
+    several int4 recipes (algorithm, granularity, int8 layers) on one pruned model."""
+    from trainer.int4 import quantize_int4
+
+    fp32 = base.root / base.manifest.variants["fp32"].file
+    encoder = TweetEncoder.from_bundle(base)
+    calibration = (
+        gptq_calibration(encoder, corpus, gptq_tweets) if recipe.algorithm == "gptq" else []
+    )
+    staging = out_dir.parent / f".{out_dir.name}.staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        int4 = staging / "int4.tflite"
+        int4.write_bytes(quantize_int4(fp32.read_bytes(), recipe, calibration))
+        m = base.manifest
+        compression = {**m.training.get("compression", {}), "int4": recipe.describe()}
+        return write_derived_bundle(
+            base,
+            out_dir,
+            variant_files={"int4": int4},
+            version=f"{m.version.split('+')[0]}+{version_suffix}",
+            training={**m.training, "compression": compression},
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def compress_run(
     run_dir: Path, corpus: Sequence[Example], out_dir: Path, options: CompressOptions
 ) -> ModelBundle:

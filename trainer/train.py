@@ -145,7 +145,11 @@ class Trainer:
         unweighted = np.isin(np.asarray(data.source), self.config.unweighted_sources)
         return np.where(data.polarity >= 0, np.where(unweighted, 1.0, per_class), 0.0)
 
-    def _training_stream(self, data: EncodedSet, weights: np.ndarray) -> Iterator[tuple]:
+    def _training_stream(
+        self, data: EncodedSet, weights: np.ndarray, skip: int = 0
+    ) -> Iterator[tuple]:
+        """Batches forever, in a seeded order; the first ``skip`` are drawn and dropped, so
+        a resumed run sees exactly the batches an uninterrupted one would have."""
         rng = random.Random(self.config.seed)
         example_weights = self._example_weights(data, weights)
         index = [
@@ -156,6 +160,9 @@ class Trainer:
         while True:
             lengths = [len(data.inputs[i]) for i in index]
             for batch in bucketed_batches(lengths, self.config.batch_size, rng):
+                if skip:
+                    skip -= 1
+                    continue
                 rows = [index[b] for b in batch]
                 x = pad_batch([data.inputs[r] for r in rows], self.encoder.pad_id)
                 pol = data.polarity[rows]
@@ -167,7 +174,7 @@ class Trainer:
                     sw[RELATED_OUTPUT] = (rel >= 0).astype("float64")
                 yield (x["input_ids"], x["segment_ids"], x["attention_mask"]), y, sw
 
-    def _dataset(self, data: EncodedSet, weights: np.ndarray) -> tf.data.Dataset:
+    def _dataset(self, data: EncodedSet, weights: np.ndarray, skip: int = 0) -> tf.data.Dataset:
         seq = tf.TensorSpec((None, None), tf.int32)
         outputs = ["logits"] + ([RELATED_OUTPUT] if self.config.filter_head else [])
         signature = (
@@ -176,7 +183,7 @@ class Trainer:
             {k: tf.TensorSpec((None,), tf.float64) for k in outputs},
         )
         return tf.data.Dataset.from_generator(
-            lambda: self._training_stream(data, weights), output_signature=signature
+            lambda: self._training_stream(data, weights, skip), output_signature=signature
         ).prefetch(4)
 
     def predict_outputs(
@@ -213,12 +220,19 @@ class Trainer:
         self.model.compile(optimizer=optimizer, loss=losses)
 
         dev_eval = DevEvaluation(self, dev, run_dir, cfg.patience, cfg.time_budget_min)
+        backup = run_dir / "backup"
         callbacks = [
-            keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False),
+            keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False),
+            RandomStateBackup(backup),
             dev_eval,
         ]
+        # Keras restores weights, optimizer and epoch from the backup; the data stream
+        # skips the batches those epochs consumed (each epoch is eval_every steps).
+        done = resumed_blocks(backup)
+        if done:
+            print(f"resuming after block {done} ({done * eval_every} steps)", flush=True)
         self.model.fit(
-            self._dataset(train, weights),
+            self._dataset(train, weights, skip=done * eval_every),
             epochs=math.ceil(total / eval_every),
             steps_per_epoch=eval_every,
             callbacks=callbacks,
@@ -236,6 +250,50 @@ class Trainer:
         }
         (run_dir / "training.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+
+class RandomStateBackup(keras.callbacks.Callback):
+    """Saves and restores the dropout random generators' states next to Keras' backup.
+
+    Keras' BackupAndRestore keeps weights, optimizer and epoch, but not the seed
+    generators' states (they are not weights), so a resumed run would draw other dropout
+    masks than an uninterrupted one. Saved after the backup of the same epoch, and used
+    only when both name the same epoch.
+    """
+
+    def __init__(self, backup_dir: Path) -> None:
+        super().__init__()
+        self.path = backup_dir / "random_state.npz"
+
+    def _states(self) -> list:
+        # In model order: their names carry a process-wide counter, their order does not.
+        return [v for v in self.model.variables if "seed_generator_state" in v.path]
+
+    def on_train_begin(self, logs=None):
+        done = resumed_blocks(self.path.parent)
+        if not done or not self.path.is_file():
+            return
+        saved = np.load(self.path)
+        states = self._states()
+        if int(saved["epoch"]) != done or len(saved["states"]) != len(states):
+            print("random state backup does not match the run; dropout masks will differ")
+            return
+        for variable, value in zip(states, saved["states"], strict=True):
+            variable.assign(value)
+
+    def on_epoch_end(self, epoch, logs=None):
+        states = np.stack([keras.ops.convert_to_numpy(v) for v in self._states()])
+        tmp = self.path.with_suffix(".tmp.npz")
+        np.savez(tmp, epoch=epoch + 1, states=states)
+        tmp.replace(self.path)
+
+
+def resumed_blocks(backup_dir: Path) -> int:
+    """Evaluation blocks (Keras epochs) a run's backup has finished; 0 for a fresh run."""
+    metadata = backup_dir / "training_metadata.json"
+    if not metadata.is_file():
+        return 0
+    return int(json.loads(metadata.read_text()).get("epoch", 0))
 
 
 def dev_score(metrics_by_source: dict[str, dict], related_accuracy: float | None = None) -> float:
