@@ -40,7 +40,7 @@ from typing import Any
 from common import topics
 from common.hass import object_id
 from common.timestamps import to_wire
-from dashboard.alerts import MINUTE, Alert, AlertEvent, SpikeDetector, SpikeRule
+from dashboard.alerts import MINUTE, Alert, AlertEvent, Rule, make_detector
 from dashboard.history import event_time
 
 log = logging.getLogger("repedge.dashboard")
@@ -95,7 +95,7 @@ def alert_fields(alert: Alert | None) -> dict[str, Any]:
 class AlertMonitor:
     def __init__(
         self,
-        rule: SpikeRule | None = None,
+        rule: Rule | None = None,
         entities: Iterable[str] | None = None,
         max_entities: int = DEFAULT_MAX_ENTITIES,
         negative_bar: float | None = DEFAULT_NEGATIVE_BAR,
@@ -104,7 +104,7 @@ class AlertMonitor:
         clock: Callable[[], float] = time.time,
         tick_interval: float = 5.0,
     ) -> None:
-        self.detector = SpikeDetector(rule)
+        self.detector = make_detector(rule)
         self.configured = list(dict.fromkeys(entities)) if entities else None
         self.max_entities = len(self.configured) if self.configured else max_entities
         self.negative_bar = negative_bar

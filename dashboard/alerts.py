@@ -63,7 +63,8 @@ class Evidence:
     baseline_negative: int
     baseline_related: int
     baseline_share: float  # posterior mean, prior included
-    p_value: float
+    p_value: float | None  # the window test's; None for the CUSUM
+    statistic: float | None = None  # the CUSUM's S; None for the window test
 
     @property
     def share(self) -> float:
@@ -92,7 +93,10 @@ class Alert:
         ev = asdict(self.evidence)
         ev["share"] = round(self.evidence.share, 4)
         ev["baseline_share"] = round(self.evidence.baseline_share, 4)
-        ev["p_value"] = float(f"{self.evidence.p_value:.3g}")
+        if self.evidence.p_value is not None:
+            ev["p_value"] = float(f"{self.evidence.p_value:.3g}")
+        if self.evidence.statistic is not None:
+            ev["statistic"] = round(self.evidence.statistic, 3)
         return {
             "entity": self.entity,
             "state": self.state,
@@ -278,13 +282,139 @@ class SpikeDetector:
         evidence = self.evaluate(entity, at)
         alert = stream.alert
         if alert is not None and alert.state == "open":
+            assert evidence.p_value is not None and alert.evidence.p_value is not None
             if evidence.p_value < alert.evidence.p_value:
                 alert.evidence = evidence
             if evidence.p_value > self.rule.close_alpha:
                 alert.state, alert.end = "closed", at
                 return AlertEvent("close", alert)
             return None
-        if evidence.p_value < self.rule.alpha:
+        if evidence.p_value is not None and evidence.p_value < self.rule.alpha:
             stream.alert = Alert(entity, at, evidence)
             return AlertEvent("open", stream.alert)
         return None
+
+
+@dataclass(frozen=True)
+class CusumRule:
+    """A Bernoulli CUSUM's parameters (see :class:`CusumDetector`)."""
+
+    odds_ratio: float = 5.0
+    threshold: float = 4.0
+    window_s: int = 2 * 3600  # the low-volume guard's span, and the gap before the baseline
+    baseline_s: int = 7 * 86400
+    min_negative: int = 4
+    prior_share: float = 0.15
+    prior_weight: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.odds_ratio <= 1 or self.threshold <= 0:
+            raise ValueError("need odds_ratio > 1 and threshold > 0")
+        if self.window_s < MINUTE or self.baseline_s < MINUTE:
+            raise ValueError("window_s and baseline_s must be at least a minute")
+        if not 0 < self.prior_share < 1 or self.prior_weight <= 0:
+            raise ValueError("need 0 < prior_share < 1 and prior_weight > 0")
+        if self.min_negative < 1:
+            raise ValueError("min_negative must be at least 1")
+
+
+class CusumDetector:
+    """Per-entity Bernoulli CUSUM over per-minute counts; the interface of SpikeDetector.
+
+    Each minute's related tweets (k negative of n) update, in time order,
+    S = max(0, S + k ln(p1/p0) + (n - k) ln((1 - p1)/(1 - p0))): p0 is the entity's
+    baseline share (the Beta posterior of the ``baseline_s`` before the last ``window_s``,
+    prior as in the window test), p1 the share at ``odds_ratio`` times its odds. S grows
+    with every negative tweet and shrinks with every other one, so it weighs volume by
+    itself: one negative among fifty others does little. An alert opens when S reaches
+    ``threshold`` while the last ``window_s`` hold at least ``min_negative`` negative
+    tweets (a quiet entity's few negatives spread over days cannot alarm), and closes when
+    S is back at 0. A minute that arrives after later ones were folded in counts in the
+    sums at once and in S at the next :meth:`advance`.
+    """
+
+    def __init__(self, rule: CusumRule | None = None) -> None:
+        self.rule = rule or CusumRule()
+        self._streams: dict[str, _Stream] = {}
+        self._s: dict[str, float] = {}
+        self._done: dict[str, int] = {}  # the last minute folded into S
+        self._late: dict[str, list[int]] = {}  # counts of minutes that came after that
+
+    def add(self, entity: str, minute: int, negative: int, related: int) -> None:
+        if negative < 0 or related < negative:
+            raise ValueError(f"need 0 <= negative <= related, got {negative}, {related}")
+        if not related:
+            return
+        minute -= minute % MINUTE
+        self._streams.setdefault(entity, _Stream()).add(minute, negative, related)
+        if minute <= self._done.get(entity, minute - 1):
+            late = self._late.setdefault(entity, [0, 0])
+            late[0] += negative
+            late[1] += related
+
+    def alerts(self) -> dict[str, Alert]:
+        return {e: s.alert for e, s in self._streams.items() if s.alert is not None}
+
+    def entities(self) -> list[str]:
+        return list(self._streams)
+
+    def counts(self, entity: str, after: int, upto: int) -> tuple[int, int]:
+        stream = self._streams.get(entity)
+        return stream.sums(after, upto) if stream is not None else (0, 0)
+
+    def advance(self, now: int) -> list[AlertEvent]:
+        events: list[AlertEvent] = []
+        for entity, stream in self._streams.items():
+            events.extend(self._advance(entity, stream, now))
+        return events
+
+    def _advance(self, entity: str, stream: _Stream, now: int) -> list[AlertEvent]:
+        rule, events = self.rule, []
+        done = self._done.get(entity)
+        s = self._s.get(entity, 0.0)
+        steps: list[tuple[int, int, int]] = []
+        late = self._late.pop(entity, None)
+        if late is not None and done is not None:
+            steps.append((done, *late))
+        start = 0 if done is None else bisect.bisect_right(stream.minutes, done)
+        stop = bisect.bisect_right(stream.minutes, now)
+        steps += [
+            (stream.minutes[i], stream.negative[i], stream.related[i]) for i in range(start, stop)
+        ]
+        for minute, k, n in steps:
+            base_k, base_n = stream.sums(
+                minute - rule.window_s - rule.baseline_s, minute - rule.window_s
+            )
+            a = rule.prior_share * rule.prior_weight + base_k
+            b = (1 - rule.prior_share) * rule.prior_weight + base_n - base_k
+            p0 = a / (a + b)
+            odds = p0 / (1 - p0) * rule.odds_ratio
+            p1 = odds / (1 + odds)
+            s = max(0.0, s + k * math.log(p1 / p0) + (n - k) * math.log((1 - p1) / (1 - p0)))
+            at = minute + MINUTE - 1  # the minute's counts are complete at its end
+            win_k, win_n = stream.sums(at - rule.window_s, at)
+            evidence = Evidence(at, win_k, win_n, base_k, base_n, p0, None, s)
+            alert = stream.alert
+            if alert is not None and alert.state == "open":
+                if s > (alert.evidence.statistic or 0.0):
+                    alert.evidence = evidence
+                if s == 0.0:
+                    alert.state, alert.end = "closed", at
+                    events.append(AlertEvent("close", alert))
+            elif s >= rule.threshold and win_k >= rule.min_negative:
+                stream.alert = Alert(entity, at, evidence)
+                events.append(AlertEvent("open", stream.alert))
+            done = minute if done is None else max(done, minute)
+        if done is not None:
+            self._done[entity] = done
+        self._s[entity] = s
+        stream.forget_before(now - rule.window_s - rule.baseline_s)
+        return events
+
+
+Rule = SpikeRule | CusumRule
+
+
+def make_detector(rule: Rule | None = None) -> SpikeDetector | CusumDetector:
+    """The detector for a rule: the window test or the CUSUM."""
+    return CusumDetector(rule) if isinstance(rule, CusumRule) else SpikeDetector(rule)

@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from dashboard.alerts import SpikeDetector, SpikeRule, beta_binomial_sf
+from dashboard.alerts import (
+    CusumDetector,
+    CusumRule,
+    SpikeDetector,
+    SpikeRule,
+    beta_binomial_sf,
+    make_detector,
+)
 
 T0 = 1_355_000_000 - 1_355_000_000 % 60  # a minute boundary in December 2012
 HOUR, DAY = 3600, 86400
@@ -172,3 +179,48 @@ def test_bad_rules_are_refused(bad: dict) -> None:
 def test_bad_counts_are_refused() -> None:
     with pytest.raises(ValueError, match="negative <= related"):
         SpikeDetector().add("E", T0, 3, 2)
+
+
+# -- the CUSUM ------------------------------------------------------------------------------
+
+CUSUM = CusumRule(odds_ratio=5.0, threshold=4.0, min_negative=4)
+
+
+def test_cusum_needs_negatives_close_together() -> None:
+    det = CusumDetector(CUSUM)
+    # A quiet entity: six negative tweets a day apart, nothing else. S climbs, but the
+    # window never holds four of them: no alert.
+    events = []
+    for day in range(6):
+        det.add("Quiet", T0 + day * DAY, 1, 1)
+        events += det.advance(T0 + day * DAY + 59)
+    assert events == [] and det.alerts() == {}
+
+
+def test_cusum_alarms_on_a_burst_and_closes_when_the_share_recovers() -> None:
+    det = make_detector(CUSUM)
+    assert isinstance(det, CusumDetector)
+    assert feed_steady(det, "BMW", T0, T0 + 7 * DAY, 15 * 60, neg_every=10) == []
+    burst = T0 + 7 * DAY
+    opened = []
+    for i in range(10):
+        det.add("BMW", burst + i * 300, 1, 1)
+        opened += det.advance(burst + i * 300 + 59)
+    assert [e.kind for e in opened] == ["open"]
+    alert = opened[0].alert
+    assert alert.evidence.statistic >= CUSUM.threshold and alert.evidence.p_value is None
+    assert alert.evidence.negative >= 4 and alert.to_json()["evidence"]["statistic"] > 0
+    after = feed_steady(det, "BMW", burst + HOUR, burst + 3 * DAY, 15 * 60, neg_every=10)
+    assert [e.kind for e in after] == ["close"]
+    assert det.alerts()["BMW"].end > alert.start
+
+
+def test_cusum_counts_a_late_minute_at_the_next_step() -> None:
+    det = CusumDetector(CUSUM)
+    feed_steady(det, "E", T0, T0 + 2 * DAY, 30 * 60, neg_every=10)
+    now = T0 + 2 * DAY + 3600
+    det.add("E", now, 0, 1)
+    det.advance(now + 59)
+    det.add("E", now - 600, 8, 8)  # late: a minute before the last one folded in
+    (event,) = det.advance(now + 120)
+    assert event.kind == "open" and det.counts("E", now - 3600, now + 60) == (8, 9)
