@@ -246,6 +246,11 @@ class AlertMonitor:
         for topic, config in discovery_configs(entity):
             self._send(topic, json.dumps(config), True)
 
+    def rediscover(self) -> None:
+        """Home Assistant (re)started (``online`` on homeassistant/status): send the
+        discovery configs again at the next tick, in case they were removed."""
+        self._announced = set()
+
     # -- views --------------------------------------------------------------------------------
 
     def view(self) -> dict[str, Any]:

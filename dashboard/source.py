@@ -20,7 +20,13 @@ log = logging.getLogger("repedge.dashboard")
 # repedge/tweets, which would double the traffic the dashboard reads at full load for
 # nothing it shows. `--topic 'repedge/#'`
 # widens it (the state ignores, and counts, topics it does not show).
-DEFAULT_TOPICS = (wire.LABELS, wire.ERRORS, wire.NODE_REPORTS, f"{wire.ALERTS}/+")
+DEFAULT_TOPICS = (
+    wire.LABELS,
+    wire.ERRORS,
+    wire.NODE_REPORTS,
+    f"{wire.ALERTS}/+",
+    wire.HA_STATUS,  # Home Assistant's birth message: re-send the alerts' discovery
+)
 
 
 class Subscriber:

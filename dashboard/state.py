@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from common import topics as wire
 from dashboard.settings import DashboardSettings
 
 if TYPE_CHECKING:
@@ -211,7 +212,11 @@ class DashboardState:
             self.received += 1
             self._prune(now)
             try:
-                if len(levels) >= 3 and levels[-3] == "nodes":
+                if topic == wire.HA_STATUS:
+                    # Home Assistant's birth message: the alerts' discovery configs again.
+                    if payload.strip() == b"online" and self.alert_monitor is not None:
+                        self.alert_monitor.rediscover()
+                elif len(levels) >= 3 and levels[-3] == "nodes":
                     self._node_message(levels[-2], levels[-1], payload, retain, now)
                 elif levels[-1] == "labels":
                     self._label(_json_object(payload), now)

@@ -236,3 +236,21 @@ def test_collect_publishes_retained_alerts_and_events(mosquitto, tmp_path) -> No
         late.close()
     assert kept.retain and kept.json()["state"] == "closed"
     assert kept.json()["evidence"]["negative"] >= 5 and kept.json()["end"] > kept.json()["start"]
+
+
+def test_home_assistant_birth_sends_the_discovery_again() -> None:
+    sent = Sent()
+    state = DashboardState()
+    state.alert_monitor = monitor = AlertMonitor(RULE, publish=sent, clock=lambda: 1.8e9)
+    monitor.add("Kia", record("Kia", T0, False))
+    monitor.tick()
+    configs = lambda: [t for t, _, _ in sent if t.startswith("homeassistant/")]  # noqa: E731
+    assert len(configs()) == 3
+    monitor.tick()
+    assert len(configs()) == 3  # once per entity
+    state.ingest("homeassistant/status", b"offline")
+    monitor.tick()
+    assert len(configs()) == 3
+    state.ingest("homeassistant/status", b"online")
+    monitor.tick()
+    assert len(configs()) == 6 and state.snapshot()["ignored"] == 0
