@@ -35,7 +35,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -45,6 +44,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common.timestamps import utc_now  # noqa: E402
 from dashboard.headless import missing_reason, open_browser  # noqa: E402
 from harness import WAIT_S, free_port, start_mosquitto, wait_listening  # noqa: E402
 from harness.postgres import PostgresServer  # noqa: E402
@@ -52,10 +52,6 @@ from harness.postgres import PostgresServer  # noqa: E402
 ENTITIES = ["Volvo", "BMW", "Toyota", "Ryanair", "Santander", None]  # None: "sentiment"
 LABELS = ["negative", "neutral", "positive"]
 NODES = ["edge-1", "edge-2", "edge-3", "edge-4"]
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def label_record(i: int, rng: random.Random) -> bytes:
@@ -69,7 +65,7 @@ def label_record(i: int, rng: random.Random) -> bytes:
         "model": {"name": "repedge-polarity", "version": "1.1.0", "variant": "int8"},
         "node_id": NODES[i % len(NODES)],
         "latency_ms": round(rng.uniform(3, 40), 3),
-        "timestamp": now_iso(),
+        "timestamp": utc_now(),
     }
     if entity:
         record["entity"] = entity
@@ -324,7 +320,7 @@ def run(args: argparse.Namespace, history: str) -> dict:
     half = len(steady) // 2
     result = {
         "machine": f"{platform.machine()}, {psutil.cpu_count()} CPUs, {platform.node()}",
-        "when": now_iso(),
+        "when": utc_now(),
         "rate": args.rate,
         "seconds": args.seconds,
         "history": history,

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from common.timestamps import to_wire
+
 # Twitter started in March 2006; anything earlier as epoch ms is almost always epoch
 # seconds sent by mistake (1.3e9 s read as ms is January 1970).
 EARLIEST = datetime(2006, 1, 1, tzinfo=UTC)
@@ -26,7 +28,7 @@ class EventTimeError(ValueError):
 
 
 def format_utc(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return to_wire(moment)  # the wire's one form (common/timestamps.py)
 
 
 def parse_created_at(value: object, now: datetime | None = None) -> str:

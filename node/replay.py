@@ -25,6 +25,7 @@ import paho.mqtt.client as mqtt
 import typer
 
 from common.endpoint import BrokerEndpoint, EndpointError
+from common.mqttclient import new_client
 from edgemodel.data import DataError, Example, read_labeled
 from edgemodel.splits import tweet_time_ms
 from node.event_time import format_utc
@@ -104,7 +105,7 @@ def publish(
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     """Publish on schedule with QoS 1; return how many the broker acknowledged."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="", clean_session=True)
+    client = new_client(endpoint, logger=log)  # credentials, TLS, failed connects logged
     client.max_inflight_messages_set(MAX_INFLIGHT)
     connected = threading.Event()
     refused: list[str] = []
@@ -115,7 +116,7 @@ def publish(
         connected.set()
 
     client.on_connect = on_connect
-    host, port = endpoint.configure(client)
+    host, port = endpoint.address
     try:
         client.connect(host, port, keepalive=30)
     except OSError as exc:

@@ -13,10 +13,10 @@ import uuid
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from common.endpoint import BrokerEndpoint
+from common.mqttclient import new_client
 from node.teach import request_topic
 
 CONNECT_TIMEOUT_S = 10.0
@@ -35,16 +35,13 @@ class TeachClient:
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
         self._refused: str | None = None
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"repedge-teach-{self.reply_to}",
-            protocol=mqtt.MQTTv5,
+        self.client = new_client(
+            endpoint, client_id or f"repedge-teach-{self.reply_to}", max_reconnect_s=10
         )
-        host, port = endpoint.configure(self.client)
+        host, port = endpoint.address
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(1, 10)
         self.client.connect_async(host, port)
         self.client.loop_start()
 
