@@ -244,7 +244,15 @@ def main() -> int:
             print(
                 f"{key:<34}" + "".join(f"{r['median'][key]['load']:>12}" for r in results.values())
             )
-        for key in ("backlog_median", "lag_ms_median", "drain_s", "history_total"):
+        for key in (
+            "counted_labels_per_s",
+            "dashboard_cpu_per_1000_labels_s",
+            "backlog_median",
+            "lag_ms_median",
+            "drain_s",
+            "labels_counted",
+            "history_total",
+        ):
             print(f"{key:<34}" + "".join(f"{r.get(key)!s:>12}" for r in results.values()))
     print(f"JSON: {args.out}")
     return 0
@@ -348,11 +356,21 @@ def run(args: argparse.Namespace, history: str) -> dict:
         "acked_labels_per_s": round(
             (steady[-1]["acked_labels"] - steady[0]["acked_labels"]) / max(1, len(steady) - 1), 1
         ),
+        "counted_labels_per_s": round(
+            (steady[-1]["dashboard_labels"] - steady[0]["dashboard_labels"])
+            / max(1, len(steady) - 1),
+            1,
+        ),
         "screenshot": str(shot),
         "idle": idle,
         "load": load,
     }
     m = result["median"]
+    # A busy machine may not let the publisher reach the rate: CPU per 1,000 labels/s
+    # actually counted compares runs that got different rates.
+    result["dashboard_cpu_per_1000_labels_s"] = round(
+        1000 * m["dashboard_cpu"]["load"] / max(1.0, result["counted_labels_per_s"]), 1
+    )
     print(f"\n{result['machine']}; {args.rate:.0f} msg/s offered for {args.seconds:.0f} s")
     print(f"{'median per second':<34}{'idle':>10}{'load':>10}")
     for key, title in [
@@ -363,6 +381,10 @@ def run(args: argparse.Namespace, history: str) -> dict:
     ]:
         print(f"{title:<34}{m[key]['idle']:>10}{m[key]['load']:>10}")
     print(f"labels acked by the broker per s   {result['acked_labels_per_s']}")
+    print(
+        f"labels counted per s               {result['counted_labels_per_s']}"
+        f" (dashboard CPU per 1,000/s: {result['dashboard_cpu_per_1000_labels_s']} %)"
+    )
     print(
         f"backlog (acked - counted), median  {result['backlog_median']}"
         f" (1st half {result['backlog_first_half_median']},"

@@ -32,6 +32,7 @@ PRESETS = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 DEFAULT_ENTITIES = 10  # busiest shown when the page names none
 MAX_ENTITIES = 50
 MAX_SPAN_S = 20 * 366 * 86400
+MAX_POINTS = 50_000  # per entity, with a forced step (30 days per minute is 43,200)
 
 # Set by whatever keeps tweet texts (the node's text store): (entity, start, end) -> list
 # of {"id", "text", "label", ...}. None: this dashboard has no texts to show.
@@ -99,6 +100,8 @@ def history_view(
     step = _number(params, "step")
     if step is not None and int(step) not in (60, 3600, 86400):
         raise BadQuery("step must be 60, 3600 or 86400")
+    if step is not None and (end - start) / step > MAX_POINTS:
+        raise BadQuery(f"more than {MAX_POINTS} buckets: choose a coarser bucket")
     chosen = _entities(params)
     totals = store.totals(chosen, start, end)
     if chosen is None:  # the busiest of the range, so the first screen shows something

@@ -60,14 +60,25 @@ def _table(*columns: tuple[str, int, str]) -> Table:
     return table
 
 
-def day_totals(store: HistoryStore | None, now: float) -> dict[str, dict[str, int]] | None:
-    """Each entity's last 24 h from the history (None without one, or if it fails)."""
+Day = tuple[dict[str, dict[str, int]] | None, float | None]
+
+
+def day_totals(store: HistoryStore | None, now: float) -> Day:
+    """(each entity's last 24 h from the history, where that day ends if not now).
+
+    (None, None) without a history or if it fails. As on the web page, when nothing was
+    recorded in the last 24 h (a replayed old feed) the day ends at the newest minute
+    recorded, and the header names that time.
+    """
     if store is None:
-        return None
+        return None, None
+    newest = store.newest()
+    end = newest + 60 if newest is not None and newest < now - 86400 else now
     try:
-        return store.totals(None, now - 86400, now)["entities"]
+        totals = store.totals(None, end - 86400, end)["entities"]
     except HistoryDatabaseError:
-        return None
+        return None, None
+    return totals, (end if end != now else None)
 
 
 def render(
@@ -75,11 +86,13 @@ def render(
     width: int = 80,
     height: int = 24,
     day: dict[str, dict[str, int]] | None = None,
+    day_end: float | None = None,
 ) -> RenderableType:
     """One frame from a :meth:`DashboardState.snapshot`; fits ``width`` x ``height``.
 
-    ``day``: per-entity totals of the last 24 h (:func:`day_totals`); without it the
-    table shows the live hour. Shares are of the tweets not marked unrelated.
+    ``day``: per-entity totals of the last 24 h (:func:`day_totals`), ``day_end`` where
+    that day ends when it is not now; without ``day`` the table shows the live hour.
+    Shares are of the tweets not marked unrelated.
     """
     # Entity names, node ids, reasons, versions come from MQTT: escapes are shown, not run.
     snapshot = inert_json(snapshot)
@@ -111,6 +124,10 @@ def render(
         overflow="ellipsis",
         no_wrap=True,
     )
+    if day_end is not None:  # the newest history is older than a day: say which day is shown
+        shown = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(day_end))
+        error_line = Text.assemble((f"24h: to {shown} (newest recorded)  ", "cyan"), error_line)
+        error_line.no_wrap, error_line.overflow = True, "ellipsis"
 
     alert_line = alert_banner(snapshot.get("alerts") or [])
     # Fixed lines: header, 2 tables x (title row + rule + "+N more" caption), errors, and
@@ -262,10 +279,10 @@ def run(
     """Redraw every REFRESH_S until q (or Ctrl-C); ``once``: print one frame and return."""
     console = console or Console()
     if once:
-        day = day_totals(store, time.time())
-        console.print(render(state.snapshot(), console.width, console.height, day))
+        day, day_end = day_totals(store, time.time())
+        console.print(render(state.snapshot(), console.width, console.height, day, day_end))
         return
-    day, day_at = None, -DAY_REFRESH_S
+    day, day_end, day_at = None, None, -DAY_REFRESH_S
     stdin = sys.stdin
     with (
         _cbreak(stdin) as keys,
@@ -276,8 +293,8 @@ def run(
             if time.monotonic() - day_at >= DAY_REFRESH_S:
                 if state.recorder is not None:
                     state.recorder.flush()
-                day, day_at = day_totals(store, time.time()), time.monotonic()
-            frame = render(state.snapshot(), size.width, size.height, day)
+                (day, day_end), day_at = day_totals(store, time.time()), time.monotonic()
+            frame = render(state.snapshot(), size.width, size.height, day, day_end)
             live.update(frame, refresh=True)
             deadline = time.monotonic() + REFRESH_S
             while (left := deadline - time.monotonic()) > 0:

@@ -88,14 +88,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--brands", default="BMW,Volvo,Ford,Fiat,Nissan")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "img")
+    parser.add_argument(
+        "--db", type=Path, help="a history database an earlier run filled: screenshots only"
+    )
     args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
     if not DATA.exists():
         print(f"needs {DATA}", file=sys.stderr)
         return 2
     brands = args.brands.split(",")
     work = Path(tempfile.mkdtemp(prefix="repedge-history-shots-"))
     mqtt_port, http_port = free_port(), free_port()
-    db = work / "history.sqlite3"
+    db = args.db or work / "history.sqlite3"
     log = open(work / "processes.log", "ab")  # noqa: SIM115
     conf = write_config(BrokerConfig(data_dir=work / "broker", port=mqtt_port))
     procs = [subprocess.Popen([find_program("mosquitto"), "-c", str(conf)], stdout=log, stderr=log)]
@@ -106,58 +110,86 @@ def main() -> int:
         serve += ["--port", str(http_port), "--db", str(db)]
         procs.append(subprocess.Popen(serve, cwd=REPO, stdout=log, stderr=log))
         wait_listening("127.0.0.1", http_port, WAIT_S)
-        node = [sys.executable, "-m", "node", "start", "--broker", broker]
-        node += ["--node-id", "replay-demo", "--state-dir", str(work / "node"), "--no-ha-discovery"]
-        procs.append(subprocess.Popen(node, cwd=REPO, stdout=log, stderr=log))
-        deadline = time.monotonic() + 120
-        while not any(n["state"] == "online" for n in state(http_port)["nodes"]):
-            if time.monotonic() > deadline:
-                raise TimeoutError("the node did not come online")
-            time.sleep(0.2)
-        items = tweets(brands)
-        print(f"publishing {len(items)} tweets of {', '.join(brands)} ...", flush=True)
-        publish(mqtt_port, "repedge/tweets", items)
-        deadline = time.monotonic() + 600
-        while state(http_port)["labels_total"] < len(items):
-            if time.monotonic() > deadline:
-                raise TimeoutError("not every tweet was labelled")
-            time.sleep(0.5)
-        print("labelled; screenshots ...", flush=True)
-
-        driver = open_browser(work / "chromium", width=1280, height=1100)
-        try:
-            driver.get(f"http://127.0.0.1:{http_port}/")
-            section = driver.find_element("id", "hist-section")
-            for name, range_ in (("history-30d.png", "30d"), ("history-7d.png", "7d")):
-                driver.execute_script(
-                    f"document.querySelector('#hist-ranges [data-range=\"{range_}\"]').click()"
-                )
-                wait_js(
-                    driver,
-                    "return window.repedgeHistory.last",
-                    lambda v, r=range_: bool(v) and v["step"] == 3600 and len(v["chosen"]) > 0,
-                )
-                driver.execute_script("arguments[0].scrollIntoView()", section)
-                time.sleep(0.5)  # let Chart.js finish its layout for the PNG
-                section.screenshot(str(args.out / name))
-                print(f"  {args.out / name}")
-        finally:
-            driver.quit()
-        frame = subprocess.run(
-            [sys.executable, "-m", "dashboard", "top", "--broker", broker, "--db", str(db),
-             "--once", "--wait", "1"],
-            cwd=REPO, capture_output=True, text=True, timeout=60,
-            env={**os.environ, "COLUMNS": "80", "LINES": "24"},
-        )  # fmt: skip
-        (work / "top.txt").write_text(frame.stdout)
-        print(frame.stdout)
-        print(f"work folder: {work}")
+        if args.db is None:
+            fill(broker, mqtt_port, http_port, brands, work, procs, log)
+        shots(work, http_port, args.out)
+        top(broker, db, work)
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(30)
         log.close()
+    return 0
+
+
+def fill(broker, mqtt_port, http_port, brands, work, procs, log) -> None:
+    """A node labels the brands' tweets; the dashboard records them."""
+    node = [sys.executable, "-m", "node", "start", "--broker", broker]
+    node += ["--node-id", "replay-demo", "--state-dir", str(work / "node"), "--no-ha-discovery"]
+    procs.append(subprocess.Popen(node, cwd=REPO, stdout=log, stderr=log))
+    deadline = time.monotonic() + 120
+    while not any(n["state"] == "online" for n in state(http_port)["nodes"]):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the node did not come online")
+        time.sleep(0.2)
+    items = tweets(brands)
+    print(f"publishing {len(items)} tweets of {', '.join(brands)} ...", flush=True)
+    publish(mqtt_port, "repedge/tweets", items)
+    deadline = time.monotonic() + 600
+    while state(http_port)["labels_total"] < len(items):
+        if time.monotonic() > deadline:
+            raise TimeoutError("not every tweet was labelled")
+        time.sleep(0.5)
+    print("labelled", flush=True)
+
+
+def shots(work: Path, http_port: int, out: Path) -> None:
+    driver = open_browser(work / "chromium", width=1280, height=1100)
+    try:
+        driver.get(f"http://127.0.0.1:{http_port}/")
+        section = driver.find_element("id", "hist-section")
+        # 30 days per day (low-volume brands: an hour holds a handful of tweets), 7 per hour.
+        for name, range_, step in (
+            ("history-30d.png", "30d", 86400),
+            ("history-7d.png", "7d", 3600),
+        ):
+            driver.execute_script(
+                "const s = document.getElementById('hist-step'); s.value = arguments[0];"
+                "s.dispatchEvent(new Event('change'));"
+                f"document.querySelector('#hist-ranges [data-range=\"{range_}\"]').click()",
+                str(step),
+            )
+            wait_js(
+                driver,
+                "return window.repedgeHistory.last",
+                lambda v, step=step, range_=range_: (
+                    bool(v) and (v["range"], v["step"]) == (range_, step) and len(v["chosen"]) > 0
+                ),
+            )
+            driver.execute_script("arguments[0].scrollIntoView()", section)
+            time.sleep(0.5)  # let Chart.js finish its layout for the PNG
+            if not section.screenshot(str(out / name)):
+                raise RuntimeError(f"could not write {out / name}")
+            print(f"  {out / name}")
+    finally:
+        driver.quit()
+
+
+def top(broker: str, db: Path, work: Path) -> None:
+    command = [sys.executable, "-m", "dashboard", "top", "--broker", broker, "--db", str(db)]
+    frame = subprocess.run(
+        [*command, "--once", "--wait", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "80", "LINES": "24"},
+    )
+    (work / "top.txt").write_text(frame.stdout)
+    print(frame.stdout)
+    print(f"work folder: {work}")
+
     return 0
 
 

@@ -10,7 +10,7 @@
   const REFRESH_MS = 10000; // the history moves by the minute; no need to poll faster
   const LINE_COLORS = ["#d64541", "#2a7fd4", "#e0a030", "#2f9e5b", "#b05cc0", "#2a9fb0",
     "#8a5a2b", "#6b6bd6", "#c2417a", "#5c8a2f"];
-  const hist = { range: "24h", from: null, to: null, chosen: null, data: null, timer: null };
+  const hist = { range: "24h", from: null, to: null, step: "", chosen: null, data: null, timer: null };
   window.repedgeHistory = { loads: 0, errors: 0, last: null }; // read by tests
 
   const $ = (id) => document.getElementById(id);
@@ -24,6 +24,7 @@
     } else {
       params.set("range", hist.range === "custom" ? "24h" : hist.range);
     }
+    if (hist.step) params.set("step", hist.step);
     if (hist.chosen !== null) params.set("entities", hist.chosen.join(","));
     return params.toString();
   }
@@ -164,7 +165,7 @@
       renderCharts(data);
       text($("hist-error"), "");
       stats.loads += 1;
-      stats.last = { chosen: data.chosen, step: data.series.step, anchor: data.anchor };
+      stats.last = { range: data.range, chosen: data.chosen, step: data.series.step, anchor: data.anchor };
     } catch (err) {
       stats.errors += 1;
       text($("hist-error"), "history unavailable: " + err.message);
@@ -221,6 +222,10 @@
       }
       hist.from = Math.floor(from);
       hist.to = Math.ceil(to);
+      load();
+    });
+    $("hist-step").addEventListener("change", () => {
+      hist.step = $("hist-step").value; // "" = auto: the finest bucket the range fits
       load();
     });
     $("hist-all").addEventListener("click", () => {
