@@ -215,6 +215,7 @@ def test_unreadable_tweets_are_a_clear_error(bench_bundle, tmp_path) -> None:
     assert "none of the tweets is readable" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_broker_row_through_mosquitto(bench_bundle, mosquitto, tmp_path) -> None:
     done = run_cli(
         "bench", "--model", bench_bundle, "--variants", "int8", "--out", tmp_path,
@@ -252,6 +253,7 @@ def test_compare_labels_across_devices(bench_bundle, labelled_file, tmp_path) ->
     assert all(text not in json.dumps(result) for _, text in LABELLED)
 
 
+@pytest.mark.slow
 def test_export_onnx_from_run_folder(tmp_path: Path) -> None:
     """`trainer export-onnx --run`: a run's best checkpoint, rebuilt as the run built it,
     becomes ONNX beside a copy of the run's bundle; the ONNX model is that checkpoint."""

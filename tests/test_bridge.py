@@ -196,6 +196,7 @@ def test_broker_cli_refuses_a_site_without_a_bridge(tmp_path):
 # -- real brokers ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_labels_made_while_the_centre_is_down_all_arrive_once_it_is_back(tmp_path, tiny_bundle):
     central = start_mosquitto(tmp_path / "central")
     site = Mosquitto("127.0.0.1", free_port(), tmp_path / "site")
@@ -403,6 +404,7 @@ def test_a_site_bridges_to_rabbitmq_over_mqtt_3_1_1(tmp_path, tiny_bundle):
 # -- the fleet demo: one command, a centre and two bridged sites with two nodes each -----------
 
 
+@pytest.mark.slow
 def test_fleet_demo_brings_every_label_to_the_centre(tmp_path):
     base = free_port()
     env = {

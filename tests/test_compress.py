@@ -95,6 +95,7 @@ def test_pruned_tokenizer_keeps_special_tokens(bundles: tuple[ModelBundle, Model
     assert encoder.pad_id == 0
 
 
+@pytest.mark.slow
 def test_min_count_zero_keeps_whole_vocabulary(tmp_path: Path) -> None:
     # min_count 0 keeps the whole vocabulary: only positions (and layers) shrink.
     model = tiny_classifier(seed=1)

@@ -5,13 +5,13 @@ import os
 import subprocess
 import threading
 import urllib.request
-from pathlib import Path
 
-from harness import free_port
+import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from harness import REPO, free_port
 
 
+@pytest.mark.slow
 def test_demo_script_labels_every_sample_tweet(tmp_path):
     dashboard_port = free_port()
     env = {

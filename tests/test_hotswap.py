@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgemodel.canaries import DEFAULT_CANARIES, compute_canaries
@@ -46,6 +47,7 @@ def signed_artifact(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     return artifact, tmp_path / "operator.pub", bundle.identity()
 
 
+@pytest.mark.slow
 def test_hot_swap_mid_stream(node_factory, mosquitto, tiny_bundle, topics, tmp_path) -> None:
     artifact, public_key, new_identity = signed_artifact(tmp_path)
     old_identity = tiny_bundle.identity()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from harness import http_attack
 
 # On time: publish to label on a shared 2-core machine with the attack running on the
@@ -15,6 +17,7 @@ from harness import http_attack
 ON_TIME_S = 10.0
 
 
+@pytest.mark.slow
 def test_idle_and_slow_clients_cannot_stop_labelling_or_the_servers(
     mosquitto, tiny_bundle, tmp_path
 ):

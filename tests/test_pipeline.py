@@ -21,9 +21,11 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SEMEVAL = SHARED / "semeval2017" / "train_2013-2016.tsv"
 REPLAB = SHARED / "replab2013" / "automotive_en.tsv"
 
-pytestmark = pytest.mark.skipif(
-    not (SEMEVAL.exists() and REPLAB.exists()), reason="needs ../shared/data"
-)
+# Every test here needs the module's training run (about 80 s on 2 cores).
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (SEMEVAL.exists() and REPLAB.exists()), reason="needs ../shared/data"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,8 @@ import json
 import signal
 from collections import Counter
 
+import pytest
+
 from harness import Collector, holds_for, publish, settled
 
 
@@ -25,6 +27,7 @@ def group_nodes(node_factory, count: int, group: str = "g") -> list:
     return [node_factory(extra=["--share-group", group]) for _ in range(count)]
 
 
+@pytest.mark.slow
 def test_three_members_share_ten_thousand_tweets_each_labelled_once(node_factory, mosquitto):
     nodes = group_nodes(node_factory, 3)
     topics = nodes[0].topics

@@ -67,6 +67,7 @@ def test_task_heads_are_recognised(model) -> None:
     assert not has_task_heads(tiny_classifier(seed=3))
 
 
+@pytest.mark.slow
 def test_pruned_vocabulary_keeps_both_heads(model, tmp_path: Path) -> None:
     parent = build_tiny_bundle(tmp_path / "parent", variants=("fp32",), model=model)
     corpus = [Example(text=t, label="neutral", entity=e) for t, e in TWEETS]
