@@ -212,16 +212,14 @@ class BatchStep:
         model = classifier.bundle.identity()
         groups = bucket_by_length(to_classify, lambda entry: len(entry[2]), cfg.max_batch_tokens)
         for group in groups:
-            try:
-                predictions = classifier.predict([encoded for _, _, encoded in group])
-            except Exception as exc:  # a broken model must not stop the node
-                log.exception("inference failed")
-                for item, tweet, _ in group:
-                    error = self._error(item, tweet.id, "inference_failed", str(exc)[:200], tweet)
-                    drafts.append(_Draft(error, (tweet.id, tweet.digest)))
-                continue
+            predictions = self._predict([encoded for _, _, encoded in group], classifier)
             done = self._clock()
             for (item, tweet, _), prediction in zip(group, predictions, strict=True):
+                if isinstance(prediction, Exception):  # a broken model must not stop the node
+                    detail = str(prediction)[:200]
+                    error = self._error(item, tweet.id, "inference_failed", detail, tweet)
+                    drafts.append(_Draft(error, (tweet.id, tweet.digest)))
+                    continue
                 if not prediction.finite:
                     # An overflowed output is no answer; this tweet alone gets an error.
                     detail = f"the model's output for this tweet is not finite: {prediction.scores}"
@@ -261,6 +259,27 @@ class BatchStep:
             else:
                 result.duplicates += 1
         return result
+
+    @staticmethod
+    def _predict(
+        encoded: Sequence[Encoded], classifier: ClassifierLike
+    ) -> list[Prediction | Exception]:
+        """One prediction per tweet, or the exception that stopped it. Should the group
+        raise, each tweet is run alone: a tweet that makes the model fail cannot take the
+        other tweets of its batch with it (a model that fails everything fails each)."""
+        try:
+            return list(classifier.predict(encoded))
+        except Exception as exc:
+            log.exception("inference failed for a group of %d", len(encoded))
+            if len(encoded) == 1:
+                return [exc]
+        results: list[Prediction | Exception] = []
+        for one in encoded:
+            try:
+                results.extend(classifier.predict([one]))
+            except Exception as exc:
+                results.append(exc)
+        return results
 
     def _error(
         self,

@@ -123,6 +123,31 @@ def test_separator_characters_cannot_make_two_tweets_one(tmp_path) -> None:
     assert content_id("x", None) != content_id("x", "")
 
 
+def test_a_tweet_that_fails_inference_does_not_fail_its_batch() -> None:
+    """Issue 20: one tweet the interpreter (or a head) fails on made every tweet of the
+    batch an inference_failed error, other brands' tweets and tweets without entity too."""
+
+    class FailsOnBoom(FakeClassifier):
+        def encode(self, text: str, entity: str | None = None) -> Encoded:
+            encoded = super().encode(text, entity)
+            return Encoded(encoded.input_ids, encoded.segment_ids, entity)
+
+        def predict(self, batch):
+            if any(e.entity == "boom" for e in batch):
+                raise ValueError("matmul: mismatch in its core dimension")
+            return super().predict(batch)
+
+    batch = tweets(
+        '{"id": "a", "text": "same length"}',
+        '{"id": "b", "text": "same length", "entity": "boom"}',
+        '{"id": "c", "text": "same length", "entity": "fine"}',
+    )
+    result = BatchStep(CONFIG).run(batch, FailsOnBoom())
+    assert [r.kind for r in result.records] == ["label", "error", "label"]
+    assert result.records[1].reason == "inference_failed"
+    assert "core dimension" in json.loads(result.records[1].payload)["detail"]
+
+
 def test_same_tweet_twice_in_one_batch_gets_one_record(tmp_path) -> None:
     step = BatchStep(CONFIG, RecordStore(tmp_path / "r.sqlite"))
     body = '{"id": "d", "text": "twice"}'
