@@ -14,7 +14,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker.local import Mosquitto
-from common.mqttclient import new_client
+from common.endpoint import BrokerEndpoint
+from common.mqttclient import connect, new_client
 from harness.waiting import WAIT_S
 
 
@@ -28,14 +29,22 @@ class Received:
         return json.loads(self.payload)
 
 
+def endpoint_of(broker: Mosquitto | BrokerEndpoint, **auth: str) -> BrokerEndpoint:
+    """A test broker's endpoint (with ``username``/``password`` if given), or the endpoint
+    itself: TLS and client certificates come with a BrokerEndpoint."""
+    if isinstance(broker, BrokerEndpoint):
+        return broker
+    return broker.endpoint(auth.get("username"), auth.get("password"))
+
+
 class Collector:
     """Subscribes (QoS 1) before returning and records every message it receives."""
 
-    def __init__(self, broker: Mosquitto, topics: list[str], **auth: str) -> None:
+    def __init__(self, broker: Mosquitto | BrokerEndpoint, topics: list[str], **auth: str) -> None:
         self.messages: list[Received] = []
         self._cond = threading.Condition()
         subscribed = threading.Event()
-        endpoint = broker.endpoint(auth.get("username"), auth.get("password"))
+        endpoint = endpoint_of(broker, **auth)
         self.client = new_client(endpoint, f"collector-{uuid.uuid4().hex[:8]}")
 
         def on_connect(client, userdata, flags, reason_code, properties):
@@ -49,7 +58,7 @@ class Collector:
         self.client.on_connect = on_connect
         self.client.on_subscribe = lambda *a: subscribed.set()
         self.client.on_message = on_message
-        self.client.connect(broker.host, broker.port)
+        connect(self.client, endpoint)
         self.client.loop_start()
         if not subscribed.wait(WAIT_S):
             raise TimeoutError(f"could not subscribe to {topics}")
@@ -92,11 +101,14 @@ class Collector:
         self.client.loop_stop()
 
 
-def publish(broker: Mosquitto, topic: str, payloads: list[bytes | str], qos: int = 1) -> None:
+def publish(
+    broker: Mosquitto | BrokerEndpoint, topic: str, payloads: list[bytes | str], qos: int = 1
+) -> None:
     """Publish and wait until the broker has acknowledged every message."""
-    publisher = new_client(broker.endpoint())
+    endpoint = endpoint_of(broker)
+    publisher = new_client(endpoint)
     publisher.max_inflight_messages_set(100)
-    publisher.connect(broker.host, broker.port)
+    connect(publisher, endpoint)
     publisher.loop_start()
     try:
         infos = [publisher.publish(topic, p, qos=qos) for p in payloads]

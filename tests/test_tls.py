@@ -13,21 +13,28 @@ import stat
 import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker.certs import CertError, make_certs
 from broker.config import BrokerConfig
 from broker.roles import set_role
 from broker.users import add_user
 from common.endpoint import BrokerEndpoint, EndpointError
-from harness import WAIT_S, Mosquitto, NodeProcess, Topics, embedded_node, start_mosquitto
+from harness import (
+    WAIT_S,
+    Collector,
+    Mosquitto,
+    NodeProcess,
+    Topics,
+    embedded_node,
+    publish,
+    start_mosquitto,
+)
 
 
 @pytest.fixture(scope="module")
@@ -190,41 +197,6 @@ def test_tls_client_verifies_the_broker(tls_broker: Mosquitto, certs: Path) -> N
 # -- a node over mqtts://, with users, roles and client certificates ---------------------
 
 
-class TlsWatcher:
-    """A dashboard-role subscriber over TLS that records every message."""
-
-    def __init__(self, endpoint: BrokerEndpoint, topics: list[str]) -> None:
-        self.messages: list[mqtt.MQTTMessage] = []
-        self.cond = threading.Condition()
-        subscribed = threading.Event()
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"w-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv5
-        )
-        host, port = endpoint.configure(self.client)
-
-        def on_message(client, userdata, msg):
-            with self.cond:
-                self.messages.append(msg)
-                self.cond.notify_all()
-
-        self.client.on_connect = lambda c, *a: c.subscribe(
-            [(t, SubscribeOptions(qos=1)) for t in topics]
-        )
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.on_message = on_message
-        self.client.connect(host, port)
-        self.client.loop_start()
-        assert subscribed.wait(WAIT_S), "watcher could not subscribe"
-
-    def wait_for(self, predicate, what: str) -> None:
-        with self.cond:
-            assert self.cond.wait_for(lambda: predicate(self.messages), WAIT_S), what
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 def test_node_over_mqtts_with_client_certificates_and_roles(
     tmp_path: Path, certs: Path, tiny_bundle
 ) -> None:
@@ -269,7 +241,7 @@ def test_node_over_mqtts_with_client_certificates_and_roles(
         with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
             connect(broker, no_cert)
 
-        watcher = TlsWatcher(endpoint("dash"), ["repedge/labels", "repedge/nodes/tnode/status"])
+        watcher = Collector(endpoint("dash"), ["repedge/labels", "repedge/nodes/tnode/status"])
         node.start()
         watcher.wait_for(
             lambda msgs: any(
@@ -277,23 +249,16 @@ def test_node_over_mqtts_with_client_certificates_and_roles(
                 and json.loads(m.payload)["state"] == "online"
                 for m in msgs
             ),
-            f"node online over TLS; log:\n{node.log()}",
+            what=f"node online over TLS; log:\n{node.log()}",
         )
-        feeder = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        host, port = endpoint("feed").configure(feeder)
-        feeder.connect(host, port)
-        feeder.loop_start()
-        for i in range(3):
-            tweet = json.dumps({"id": f"tls-{i}", "text": f"great service number {i}"})
-            feeder.publish("repedge/tweets", tweet, qos=1).wait_for_publish(WAIT_S)
-        feeder.disconnect()
-        feeder.loop_stop()
+        tweets = [json.dumps({"id": f"tls-{i}", "text": f"great service {i}"}) for i in range(3)]
+        publish(endpoint("feed"), "repedge/tweets", tweets)
         watcher.wait_for(
             lambda msgs: (
                 {json.loads(m.payload).get("id") for m in msgs if m.topic == "repedge/labels"}
                 >= {"tls-0", "tls-1", "tls-2"}
             ),
-            f"three labels over TLS; log:\n{node.log()}",
+            what=f"three labels over TLS; log:\n{node.log()}",
         )
     finally:
         if watcher is not None:
