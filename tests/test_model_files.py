@@ -503,6 +503,22 @@ def test_signed_crafted_bundles_are_refused_at_install(parent, operator_key, tmp
     load_classifier(slot.path, slot.variant, 1, slot.canaries, slot.bundle_sha256)
 
 
+def test_a_signed_bundle_digest_that_contradicts_the_file_list_is_refused(
+    parent, operator_key, tmp_path
+) -> None:
+    key = load_private_key(operator_key)
+    good = Classifier(parent, num_threads=1)
+    canaries, _ = compute_canaries(good, list(DEFAULT_CANARIES[:2]))
+    v1 = build_artifact(parent, key, "1", tmp_path / "art", canaries, runtime_of(good))
+    doc = json.loads((v1 / MANIFEST_NAME).read_text())
+    doc["bundle"]["sha256"] = "0" * 64
+    data = json.dumps(doc).encode()
+    (v1 / MANIFEST_NAME).write_bytes(data)
+    (v1 / "artifact.json.sig").write_bytes(sign(key, data))
+    result = Installer(tmp_path / "state", [operator_key.with_suffix(".pub")]).install_from(v1)
+    assert not result.ok and "bundle sha256 does not match its file list" in result.reason
+
+
 # -- 4. scores are always finite -------------------------------------------------------
 
 
