@@ -25,15 +25,11 @@ import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -58,41 +54,28 @@ TEXTS = [
 
 
 class LabelClock:
-    """Records when each label arrives (monotonic seconds)."""
+    """When each label arrives (monotonic seconds) and which member made it."""
 
     def __init__(self, broker: Mosquitto, topic: str) -> None:
-        self.times: list[float] = []
-        self.nodes: dict[str, int] = {}
-        self._done = threading.Condition()
-        ready = threading.Event()
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"clock-{uuid.uuid4().hex[:6]}",
-            protocol=mqtt.MQTTv5,
-        )  # fmt: skip
+        self.topic = topic
+        self.collector = Collector(broker, [topic])
 
-        def on_message(client, userdata, msg):
-            node = json.loads(msg.payload).get("node_id", "?")
-            with self._done:
-                self.times.append(time.monotonic())
-                self.nodes[node] = self.nodes.get(node, 0) + 1
-                self._done.notify_all()
+    @property
+    def times(self) -> list[float]:
+        return [m.at for m in self.collector.on(self.topic)]
 
-        self.client.on_connect = lambda c, *a: c.subscribe(topic, options=SubscribeOptions(qos=1))
-        self.client.on_subscribe = lambda *a: ready.set()
-        self.client.on_message = on_message
-        self.client.connect(broker.host, broker.port)
-        self.client.loop_start()
-        if not ready.wait(30):
-            raise TimeoutError("label clock could not subscribe")
+    @property
+    def nodes(self) -> dict[str, int]:
+        return dict(Counter(m.json().get("node_id", "?") for m in self.collector.on(self.topic)))
 
     def wait(self, count: int, timeout: float) -> None:
-        with self._done:
-            if not self._done.wait_for(lambda: len(self.times) >= count, timeout):
-                raise TimeoutError(f"{len(self.times)} of {count} labels after {timeout} s")
+        try:
+            self.collector.wait_count(self.topic, count, timeout)
+        except AssertionError:
+            raise TimeoutError(f"{len(self.times)} of {count} labels after {timeout} s") from None
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.collector.close()
 
 
 def tweets(run: str, n: int) -> list[str]:

@@ -24,6 +24,7 @@ class Received:
     topic: str
     payload: bytes
     retain: bool
+    at: float = 0.0  # time.monotonic() on arrival, for benchmarks that time labels
 
     def json(self) -> Any:
         return json.loads(self.payload)
@@ -52,7 +53,8 @@ class Collector:
 
         def on_message(client, userdata, msg):
             with self._cond:
-                self.messages.append(Received(msg.topic, msg.payload, msg.retain))
+                received = Received(msg.topic, msg.payload, msg.retain, time.monotonic())
+                self.messages.append(received)
                 self._cond.notify_all()
 
         self.client.on_connect = on_connect
