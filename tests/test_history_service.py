@@ -23,10 +23,10 @@ from dashboard import history_web
 from dashboard.history import HistoryRecorder, HistoryStore
 from dashboard.state import DashboardState
 from dashboard.web import DashboardServer, Hub
-from harness import REPO, WAIT_S, publish, wait_until
+from harness import REPO, WAIT_S, postgres, publish, wait_until
 
 
-def recorded(db: Path, entity: str) -> int:
+def recorded(db: Path | str, entity: str) -> int:
     """What the database holds for ``entity``, read as any other reader would."""
     store = HistoryStore(db)
     try:
@@ -43,7 +43,7 @@ def labels(prefix: str, count: int, entity: str = "Volvo") -> list[str]:
 
 
 class Collect:
-    def __init__(self, broker_url: str, topic: str, db: Path, log: Path) -> None:
+    def __init__(self, broker_url: str, topic: str, db: Path | str, log: Path) -> None:
         args = [sys.executable, "-m", "dashboard", "collect", "--broker", broker_url]
         args += ["--topic", topic, "--db", str(db), "--flush-interval", "0.5"]
         self.log = log
@@ -96,6 +96,35 @@ def test_collect_keeps_history_through_kill_9_and_a_restart(mosquitto, topics, t
     finally:
         if second.process.poll() is None:
             second.process.kill()
+
+
+def test_collect_records_into_postgresql_and_serve_reads_it(mosquitto, topics, tmp_path):
+    reason = postgres.missing_reason()
+    if reason:
+        pytest.skip(reason)
+    server = postgres.PostgresServer().start()
+    try:
+        db = server.url
+        collector = Collect(mosquitto.url, topics.labels, db, tmp_path / "collect.log")
+        try:
+            publish(mosquitto, topics.labels, labels("p", 12, entity="Ford"))
+            wait_until(lambda: recorded(db, "Ford") == 12, what="12 labels in PostgreSQL")
+        finally:
+            collector.process.send_signal(signal.SIGTERM)
+            assert collector.process.wait(WAIT_S) == 0
+        # A dashboard elsewhere reads the same database: the central site's page.
+        store = HistoryStore(db)
+        state = DashboardState()
+        web = DashboardServer(("127.0.0.1", 0), state, Hub(state), store)
+        web.start()
+        try:
+            view = json.loads(get(web, "/api/history?range=1h")[2])
+            assert view["db"] == "postgresql" and view["totals"]["Ford"]["negative"] == 12
+        finally:
+            web.close()
+            store.close()
+    finally:
+        server.stop()
 
 
 def label_record(entity: str, label: str, at: float, **extra) -> bytes:
