@@ -52,11 +52,13 @@ MAX_METRIC_ENTITIES = 20
 OTHER_ENTITY = "_other"
 # provisioning/install.py and provisioning/watch.py; primed at 0 so increase() sees the first.
 PROVISIONING_EVENTS = ("install_started", "installed", "rejected", "swap_failed")
-# /metrics is scraped by one Prometheus every few seconds: 32 sockets is plenty, and keeps
-# the node's file descriptors for MQTT, the record store and the model (LimitNOFILE in
-# deploy/systemd leaves room above it). No event streams, no request bodies.
+# /metrics is scraped by one Prometheus every few seconds. 64 sockets: at the limit the
+# oldest one without a request is closed for each newcomer, so the pool is also the time a
+# real scraper has to send its request during a connect flood. It still leaves the node's
+# file descriptors to MQTT, the record store and the model (LimitNOFILE in deploy/systemd
+# leaves room above it). No event streams, no request bodies.
 METRICS_LIMITS = Limits(
-    max_connections=32,
+    max_connections=64,
     max_streams=1,
     request_timeout_s=10.0,
     write_timeout_s=10.0,
