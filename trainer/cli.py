@@ -11,7 +11,13 @@ import typer
 from common.cli import VersionOption
 from common.settings import SettingsError
 from edgemodel.splits import SPLIT_SEED
-from trainer.settings import CLASS_WEIGHTINGS, TrainConfig
+from trainer.settings import (
+    ALL_VARIANTS,
+    CLASS_WEIGHTINGS,
+    FIRST_VERSION,
+    MODEL_NAME,
+    TrainConfig,
+)
 
 app = typer.Typer(
     help="Offline: fine-tune a small transformer on labeled tweets, export quantized TFLite "
@@ -91,14 +97,14 @@ def train(
         Path | None, Opt(help="Start from these weights (a run's checkpoints/best.weights.h5).")
     ] = None,
     variants: Annotated[str, Opt(help="Comma-separated variants to export.")] = (
-        "fp32,fp16,int8,int8-full"
+        ",".join(ALL_VARIANTS)
     ),
     name: Annotated[
         str, Opt(help="Model name in the bundle's manifest and in every label record.")
-    ] = "repedge-polarity",
+    ] = MODEL_NAME,
     version: Annotated[
         str, Opt(help="Version of the bundle (manifest, label records); e.g. 3.0.0.")
-    ] = "1.0.0",
+    ] = FIRST_VERSION,
     seed: int = TrainConfig.seed,
 ) -> None:
     """Fine-tune, export every FlatBuffer variant into OUT/bundle, evaluate them on held-out data.
@@ -507,7 +513,7 @@ def compress(
 @app.command()
 def tiny(
     out: Annotated[Path, typer.Argument(help="Folder for the bundle.")],
-    variants: str = "fp32,fp16,int8,int8-full",
+    variants: str = ",".join(ALL_VARIANTS),
 ) -> None:
     """Build a tiny randomly initialised bundle (meaningless labels) to test the plumbing."""
     from trainer.tiny import build_tiny_bundle

@@ -25,8 +25,7 @@ from edgemodel.bundle import (
 )
 from edgemodel.inference import Encoded
 from trainer.int4 import DEFAULT_INT4, Int4Recipe, quantize_int4
-
-ALL_VARIANTS = ("fp32", "fp16", "int8", "int8-full")
+from trainer.settings import ALL_VARIANTS
 
 
 def serving_model(model: keras.Model) -> keras.Model:

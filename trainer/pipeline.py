@@ -18,7 +18,8 @@ from edgemodel.data import POLARITY_LABELS, Example
 from edgemodel.splits import DataSources, Split
 from trainer.encoders import load_encoder
 from trainer.evaluate import evaluate_bundle, manifest_metrics, render_markdown, write_report
-from trainer.export import ALL_VARIANTS, calibration_samples, export_variants
+from trainer.export import calibration_samples, export_variants
+from trainer.settings import ALL_VARIANTS, FIRST_VERSION, MODEL_NAME
 from trainer.train import EncodedSet, TrainConfig, Trainer, encode_examples, make_encoder
 
 
@@ -30,8 +31,8 @@ def run_training(
     config: TrainConfig,
     sources: DataSources,
     out_dir: Path,
-    name: str = "repedge-polarity",
-    version: str = "1.0.0",
+    name: str = MODEL_NAME,
+    version: str = FIRST_VERSION,
     variants: tuple[str, ...] = ALL_VARIANTS,
 ) -> ModelBundle:
     started = time.time()

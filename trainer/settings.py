@@ -11,6 +11,10 @@ from common.settings import setting, validate
 from edgemodel.splits import SPLIT_SEED
 
 CLASS_WEIGHTINGS = ("none", "sqrt", "balanced")
+# What `trainer train` exports and how it names the bundle, unless told otherwise.
+ALL_VARIANTS = ("fp32", "fp16", "int8", "int8-full")
+MODEL_NAME = "repedge-polarity"
+FIRST_VERSION = "1.0.0"
 
 
 @dataclass
