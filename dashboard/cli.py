@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import signal
 import threading
@@ -203,6 +204,8 @@ def _start(
     history: int,
     recent: int,
     recorder: HistoryRecorder | None = None,
+    session: str | None = None,
+    session_expiry_s: int = 0,
 ) -> tuple[DashboardState, Subscriber]:
     cafile, certfile, keyfile = tls_files
     try:
@@ -212,7 +215,7 @@ def _start(
     state = DashboardState(history_minutes=history, recent=recent, recorder=recorder)
     if recorder is not None:
         recorder.start()
-    source = Subscriber(state, address, topic or DEFAULT_TOPICS)
+    source = Subscriber(state, address, topic or DEFAULT_TOPICS, session, session_expiry_s)
     source.start()
     return state, source
 
@@ -384,10 +387,30 @@ def collect(
     alert_entity: AlertEntities = None,
     alert_max_entities: AlertMax = DashboardSettings.alert_max_entities,
     no_alerts: NoAlerts = False,
+    session: Annotated[
+        str | None,
+        typer.Option(
+            help="MQTT client id of the collector's persistent session. Default: "
+            "repedge-collect-<hash of --db>, so each database has its own.",
+            show_default=False,
+        ),
+    ] = None,
+    session_expiry: Annotated[
+        int,
+        typer.Option(
+            help="Seconds the broker keeps the session, queueing labels, while collect is "
+            "down (a restart loses nothing published meanwhile); 0: a clean session."
+        ),
+    ] = DashboardSettings.session_expiry,
 ) -> None:
     """Record reputation history and evaluate spike alerts headless (a central site): no
     web page, no terminal view."""
-    _checked(broker=broker, flush_interval=flush_interval, alert_max_entities=alert_max_entities)
+    _checked(
+        broker=broker,
+        flush_interval=flush_interval,
+        alert_max_entities=alert_max_entities,
+        session_expiry=session_expiry,
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     inert_log_handlers()  # topics and broker errors quote outside text
     store, recorder = _open_history(HistoryOptions(db, False, retention, flush_interval))
@@ -396,7 +419,13 @@ def collect(
         _stop_history(store, None)
         raise typer.Exit(1)
     tls_files = (cafile, certfile, keyfile)
-    state, source = _start(broker, username, password, tls_files, topic, 1, 1, recorder)
+    session_id = (
+        session or "repedge-collect-" + hashlib.sha256(store.where.encode()).hexdigest()[:10]
+    )
+    state, source = _start(
+        broker, username, password, tls_files, topic, 1, 1, recorder,
+        session=session_id if session_expiry else None, session_expiry_s=session_expiry,
+    )  # fmt: skip
     monitor = _start_alerts(
         AlertOptions(no_alerts, alert_entity, alert_max_entities), state, source
     )

@@ -24,6 +24,8 @@ class DashboardSettings:
     # Seconds between history writes; a kill -9 loses at most this much.
     flush_interval: float = setting(2.0, min=0.1, max=3600.0)
     alert_max_entities: int = setting(100, min=1, max=100_000)
+    # `collect`: seconds the broker keeps its session (and queues labels) while it is down.
+    session_expiry: int = setting(7 * 86400, min=0, max=365 * 86400)
     # `top --once`: seconds to collect before printing.
     wait: float = setting(2.0, min=0.0, max=3600.0)
 

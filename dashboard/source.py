@@ -7,6 +7,8 @@ import threading
 import uuid
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from common import topics as wire
@@ -40,21 +42,34 @@ class Subscriber:
         state: DashboardState,
         broker: BrokerEndpoint,
         topics: tuple[str, ...] | list[str] = DEFAULT_TOPICS,
+        session: str | None = None,
+        session_expiry_s: int = 0,
     ) -> None:
+        """``session``: a fixed client id whose MQTT session outlives the process by
+        ``session_expiry_s``, so the broker queues what is published while it is down
+        (`dashboard collect`); None: a fresh, clean session each time (the live views)."""
         self.state = state
         self.broker = broker
         self.topics = list(topics)
+        self.session_expiry_s = session_expiry_s if session else 0
         self.connected = threading.Event()
         self.last_error: str | None = None
         # Credentials, TLS, reconnect and failed-connect logging, as the node's client.
-        self.client_id = f"repedge-dashboard-{uuid.uuid4().hex[:8]}"
+        self.client_id = session or f"repedge-dashboard-{uuid.uuid4().hex[:8]}"
         self.client = new_client(broker, self.client_id, logger=log, max_reconnect_s=15)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
 
     def start(self) -> None:
-        self.client.connect_async(*self.broker.address, keepalive=30)
+        if self.session_expiry_s:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self.session_expiry_s
+            self.client.connect_async(
+                *self.broker.address, keepalive=30, clean_start=False, properties=properties
+            )
+        else:
+            self.client.connect_async(*self.broker.address, keepalive=30)
         self.state.set_broker(str(self.broker), False, "connecting")
         self.client.loop_start()
 
