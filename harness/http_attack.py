@@ -29,11 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import psutil
-from paho.mqtt.enums import CallbackAPIVersion
 
 from broker.local import Mosquitto
+from common.mqttclient import connect, new_client
 from common.ports import free_port
 from harness.mqtt import Collector, publish
 from harness.node import REPO, NodeProcess, Topics
@@ -161,30 +160,24 @@ class Labels:
 
     def __init__(self, broker: Mosquitto, topics: Topics) -> None:
         self.sent: dict[str, float] = {}
-        self.received: dict[str, float] = {}
-        self.errors = 0
         self._topics = topics
-        self._sub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        subscribed = threading.Event()
-        self._sub.on_connect = lambda c, *_: c.subscribe([(topics.labels, 1), (topics.errors, 1)])
-        self._sub.on_subscribe = lambda *_: subscribed.set()
-        self._sub.on_message = self._on_message
-        self._sub.connect(broker.host, broker.port)
-        self._sub.loop_start()
-        if not subscribed.wait(WAIT_S):
-            raise TimeoutError("label subscriber")
-        self._pub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self._sub = Collector(broker, [topics.labels, topics.errors])
+        self._pub = new_client(broker.endpoint())
         self._pub.max_inflight_messages_set(1000)
-        self._pub.connect(broker.host, broker.port)
+        connect(self._pub, broker.endpoint())
         self._pub.loop_start()
 
-    def _on_message(self, client, userdata, message) -> None:
-        now = time.monotonic()
-        if message.topic == self._topics.errors:
-            self.errors += 1
-            return
-        tweet_id = json.loads(message.payload).get("id")
-        self.received.setdefault(tweet_id, now)
+    @property
+    def errors(self) -> int:
+        return len(self._sub.on(self._topics.errors))
+
+    @property
+    def received(self) -> dict[str, float]:
+        """Tweet id -> when its first label record arrived."""
+        first: dict[str, float] = {}
+        for m in self._sub.on(self._topics.labels):
+            first.setdefault(m.json().get("id"), m.at)
+        return first
 
     def publish(self, rate: float, seconds: float, stop: threading.Event) -> None:
         interval = 1.0 / rate
@@ -199,12 +192,13 @@ class Labels:
             self._pub.publish(self._topics.tweets, json.dumps(tweet), qos=1)
 
     def latencies(self) -> list[float]:
-        return [self.received[t] - s for t, s in self.sent.items() if t in self.received]
+        received = self.received
+        return [received[t] - s for t, s in self.sent.items() if t in received]
 
     def close(self) -> None:
-        for client in (self._sub, self._pub):
-            client.disconnect()
-            client.loop_stop()
+        self._sub.close()
+        self._pub.disconnect()
+        self._pub.loop_stop()
 
 
 def prefill_topic(topics: Topics) -> str:
