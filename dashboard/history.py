@@ -164,7 +164,9 @@ META = "CREATE TABLE IF NOT EXISTS history_meta (key TEXT PRIMARY KEY, value TEX
 
 def _tables(suffix: str) -> str:
     """The three tables; ``suffix`` is the dialect's (SQLite: WITHOUT ROWID, which keeps
-    one entity's buckets together on disk, so a range is a few pages, not one per row)."""
+    one entity's buckets together on disk, so a range is a few pages, not one per row).
+    The second index serves retention (bucket <) and all-entity ranges; with the entity in
+    it, PostgreSQL filters a brand list without visiting the other brands' rows."""
     counts = "".join(f"    {column} BIGINT NOT NULL DEFAULT 0,\n" for column in COLUMNS)
     return "".join(
         f"""
@@ -173,7 +175,7 @@ CREATE TABLE {table} (
     bucket BIGINT NOT NULL,
 {counts}    PRIMARY KEY (entity, bucket)
 ){suffix};
-CREATE INDEX {table}_bucket ON {table} (bucket);"""
+CREATE INDEX {table}_bucket ON {table} (bucket, entity);"""
         for table in TABLES.values()
     )
 
@@ -375,12 +377,13 @@ class HistoryStore:
 
         for name in entities or ():
             add(name)
+        # Sums of BIGINT columns: ints from both databases, so no conversion per value.
         for entity, bucket, neg, neu, pos, other, unrelated in rows:
-            i = (int(bucket) - first) // step
+            i = (bucket - first) // step
             if 0 <= i < size:
                 columns = lists.get(entity) or add(entity)
-                columns[0][i], columns[1][i], columns[2][i] = int(neg), int(neu), int(pos)
-                columns[3][i], columns[4][i] = int(other), int(unrelated)
+                columns[0][i], columns[1][i], columns[2][i] = neg, neu, pos
+                columns[3][i], columns[4][i] = other, unrelated
         result["entities"] = out
         return result
 
