@@ -170,3 +170,23 @@ def test_temporal_split_holds_out_the_latest_tweets_by_snowflake_time():
     assert splits["semeval"].test == stratified_split(examples, seed=13).test
     held = {e.tweet_id for e in temporal.test}
     assert not held & {e.tweet_id for e in splits["semeval"].train + splits["semeval"].dev}
+
+
+def test_every_split_seed_default_is_the_one_constant() -> None:
+    """`node bench --split`, `trainer evaluate/compare --split` and `trainer train` cut the
+    same parts because all of them default to edgemodel.splits.SPLIT_SEED."""
+    import inspect
+
+    from bench.cli import bench
+    from bench.tweets import labelled_tweets
+    from edgemodel.splits import SPLIT_SEED, split_like_training, stratified_split
+    from trainer.cli import compare, evaluate, train
+    from trainer.settings import TrainConfig
+
+    readers = (bench, labelled_tweets, split_like_training, stratified_split)
+    defaults = {
+        fn.__qualname__: inspect.signature(fn).parameters["seed"].default
+        for fn in (*readers, train, evaluate, compare)
+    }
+    defaults["TrainConfig"] = TrainConfig().seed
+    assert set(defaults.values()) == {SPLIT_SEED}, defaults
