@@ -41,7 +41,7 @@ def test_telemetry_that_fails_comes_back_and_labelling_goes_on(
     mosquitto, tiny_bundle, tmp_path, caplog
 ):
     service, topics = embedded_node(
-        mosquitto, tmp_path, Classifier(tiny_bundle, num_threads=1), telemetry_interval_s=0.2
+        mosquitto, tmp_path, Classifier(tiny_bundle, num_threads=1), telemetry_interval_s=0.5
     )
     real = service.telemetry
     failures = []
