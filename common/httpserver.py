@@ -275,15 +275,27 @@ class HttpServer:
         if self._stop.is_set():
             return
         accepting = asyncio.create_task(self._accept_forever())
+        stopping = asyncio.create_task(self._stopped.wait())
         try:
-            await self._stopped.wait()
+            await asyncio.wait({accepting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if accepting.done() and not self._stopped.is_set():
+                # A bug, not a client: end the loop so that the supervisor restarts it
+                # (and logs why) rather than listening without ever accepting again.
+                accepting.result()
+                raise RuntimeError("the accept loop ended")
         finally:
             accepting.cancel()
+            stopping.cancel()
             for conn in list(self._connections.values()):
                 conn.task.cancel()
             await asyncio.gather(
-                accepting, *(c.task for c in self._connections.values()), return_exceptions=True
+                accepting,
+                stopping,
+                *(c.task for c in self._connections.values()),
+                return_exceptions=True,
             )
+            self._connections.clear()
+            self._streams = 0
             self._loop = None
 
     # -- connections ----------------------------------------------------------------------

@@ -224,3 +224,36 @@ def test_metrics_server_is_bounded_and_scrapes_under_idle_sockets():
         for sock in idle:
             sock.close()
         server.close()
+
+
+def test_a_crashed_accept_loop_is_restarted_and_logged(caplog):
+    limits = Limits(max_connections=1)
+    server = HttpServer(("127.0.0.1", 0), {"/healthz": lambda _r: Response(200, b"ok\n")},
+                        limits=limits)  # fmt: skip
+    real_evict = server._evict
+    crashes = []
+
+    def evict_crashing_once() -> bool:  # a bug in the accept path, injected once
+        if not crashes:
+            crashes.append(1)
+            raise RuntimeError("injected accept-loop bug")
+        return real_evict()
+
+    server._evict = evict_crashing_once  # type: ignore[method-assign]
+    server.start()
+    held = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        wait_until(lambda: server.connections() == 1, WAIT_S, what="the first connection")
+        second = socket.create_connection(("127.0.0.1", server.port))  # at the limit: crash
+        second.close()
+        wait_until(lambda: crashes, WAIT_S, what="the injected crash")
+        answer = b""
+        deadline = time.monotonic() + WAIT_S
+        while not answer.startswith(b"HTTP/1.1 200") and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                answer = exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n", timeout=2)
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert any("http-server thread died" in r.getMessage() for r in caplog.records)
+    finally:
+        held.close()
+        server.close()
