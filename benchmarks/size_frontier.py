@@ -101,6 +101,16 @@ CONFIGS = (
     Config("vocab-10-noent", ("int4",), min_count=10, keep_entities=False),
     Config("vocab-20", ("int4",), min_count=20),
     Config("vocab-10-5layers", ("int4",), min_count=10, num_layers=5),
+    # Issue 18: error-compensating int4 (GPTQ over corpus tweets), finer scale groups.
+    Config("vocab-8-gptq", ("int4",), min_count=8, int4_algorithm="gptq"),
+    Config("vocab-5-gptq", ("int4",), min_count=5, int4_algorithm="gptq"),
+    Config(
+        "vocab-12-gptq-b64",
+        ("int4",),
+        min_count=12,
+        int4_algorithm="gptq",
+        int4_granularity="BLOCKWISE_64",
+    ),
 )
 
 

@@ -50,9 +50,11 @@ def test_bundle_has_all_variants_with_matching_hashes(trained):
     assert bundle.labels == ["negative", "neutral", "positive"]
 
 
-def test_every_variant_is_evaluated_on_both_held_out_sets(trained):
+def test_every_variant_is_evaluated_on_every_held_out_set(trained):
+    """RepLab's and SemEval's held-out tests, and SemEval's temporal hold-out (its latest
+    tweets by time, kept out of training)."""
     metrics = ModelBundle.load(trained / "bundle").manifest.metrics
-    assert set(metrics) == {"semeval", "replab"}
+    assert set(metrics) == {"semeval", "semeval_temporal", "replab"}
     for source in metrics.values():
         assert set(source["variants"]) == {"fp32", "fp16", "int8", "int8-full"}
         for scores in source["variants"].values():
@@ -61,6 +63,7 @@ def test_every_variant_is_evaluated_on_both_held_out_sets(trained):
     reports = trained / "reports"
     assert json.loads((reports / "test_replab.json").read_text())["dataset"]["size"] > 0
     assert "| int8 |" in (reports / "test_semeval.md").read_text()
+    assert "| int8 |" in (reports / "test_semeval_temporal.md").read_text()
 
 
 def test_training_history_and_dev_selection_are_recorded(trained):

@@ -109,16 +109,30 @@ def quantize_dense_int4(
         return bytes(q.quantize().quantized_model)
     if not calibration:
         raise ValueError("GPTQ needs calibration tweets")
-    samples = [
-        {
-            "input_ids": np.asarray([e.input_ids], np.int32),
-            "segment_ids": np.asarray([e.segment_ids], np.int32),
-            "attention_mask": np.ones((1, len(e)), np.int32),
-        }
-        for e in calibration
-    ]
-    result = q.calibrate({"serving_default": samples}, num_threads=2)
+    result = q.calibrate({"serving_default": calibration_batches(calibration)}, num_threads=2)
     return bytes(q.quantize(result).quantized_model)
+
+
+def calibration_batches(tweets: Sequence[Encoded], max_batch: int = 64) -> list[dict]:
+    """Tweets of equal length batched together: no padding reaches the Hessian, and AEQ's
+    calibration, which steps through the graph op by op per sample in Python, runs once
+    per length instead of once per tweet (512 tweets: minutes rather than half an hour)."""
+    by_length: dict[int, list[Encoded]] = {}
+    for e in tweets:
+        by_length.setdefault(len(e), []).append(e)
+    batches = []
+    for length in sorted(by_length):
+        group = by_length[length]
+        for start in range(0, len(group), max_batch):
+            part = group[start : start + max_batch]
+            batches.append(
+                {
+                    "input_ids": np.asarray([e.input_ids for e in part], np.int32),
+                    "segment_ids": np.asarray([e.segment_ids for e in part], np.int32),
+                    "attention_mask": np.ones((len(part), length), np.int32),
+                }
+            )
+    return batches
 
 
 def quantize_rows(table: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
