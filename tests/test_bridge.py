@@ -27,6 +27,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker.bridge import BridgeConfig, BridgeError, parse_bridge_url, render_bridge
 from broker.config import BrokerConfig, render_config
+from common.mqttclient import new_client
 from harness import (
     REPO,
     WAIT_S,
@@ -58,12 +59,9 @@ class CentralArchive:
         self.deliveries = 0
         self._cond = threading.Condition()
         subscribed = threading.Event()
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"archive-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5,
+        self.client = new_client(
+            broker.endpoint(), f"archive-{uuid.uuid4().hex[:8]}", max_reconnect_s=2
         )
-        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
 
         def on_connect(client, userdata, flags, reason_code, properties):
             if not flags.session_present:

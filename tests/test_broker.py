@@ -7,9 +7,9 @@ import sys
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from broker.config import BrokerConfig, render_config
+from common.mqttclient import new_client
 from harness import WAIT_S, Collector, free_port, publish, start_mosquitto, wait_listening
 
 
@@ -72,9 +72,7 @@ def test_websockets_and_auth_options(tmp_path) -> None:
 
 
 def connect_result(broker, username: str | None, password: str | None) -> mqtt.ReasonCode:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    if username:
-        client.username_pw_set(username, password)
+    client = new_client(broker.endpoint(username, password))
     result = []
     client.on_connect = lambda c, u, f, reason_code, p: result.append(reason_code)
     client.connect(broker.host, broker.port)
@@ -111,8 +109,7 @@ def test_auth_refuses_unknown_users_and_admits_known_ones(tmp_path) -> None:
 
         # One connection per user: the broker names each session after its user.
         watcher = Collector(broker, ["repedge/#"], username="bob", password="bob-pw")
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        client.username_pw_set("alice", "alice-pw")
+        client = new_client(broker.endpoint("alice", "alice-pw"))
         client.connect(broker.host, broker.port)
         client.loop_start()
         client.publish("repedge/tweets", "hello", qos=1).wait_for_publish(WAIT_S)

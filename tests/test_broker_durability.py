@@ -17,12 +17,12 @@ import uuid
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker.config import BrokerConfig, render_config
+from common.mqttclient import new_client
 from harness import WAIT_S, Mosquitto, start_mosquitto, wait_until
 
 BURST = 2000
@@ -31,7 +31,7 @@ TOPIC = "repedge/tweets"
 
 def session(broker: Mosquitto, client_id: str, on_message=None) -> mqtt.Client:
     """A persistent QoS 1 subscriber (MQTT 5, clean_start=False, kept 5 minutes)."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client = new_client(broker.endpoint(), client_id)
     subscribed = threading.Event()
     client.on_connect = lambda c, *a: c.subscribe(TOPIC, options=SubscribeOptions(qos=1))
     client.on_subscribe = lambda *a: subscribed.set()
@@ -62,7 +62,7 @@ def test_kill9_mid_burst_loses_at_most_the_autosave_window(tmp_path: Path) -> No
         sink.disconnect()  # offline: the broker queues the burst for this session
         sink.loop_stop()
 
-        publisher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        publisher = new_client(broker.endpoint())
         publisher.max_inflight_messages_set(100)
         acked_mids: set[int] = set()
         publisher.on_publish = lambda c, u, mid, rc, p: (

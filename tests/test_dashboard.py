@@ -15,12 +15,11 @@ import sys
 import urllib.request
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 
 from common.endpoint import BrokerEndpoint
+from common.mqttclient import new_client
 from dashboard.source import Subscriber
 from dashboard.state import MAX_ENTITIES, MAX_REASONS, SENTIMENT, DashboardState
 from dashboard.top import render
@@ -256,10 +255,10 @@ def test_subscriber_reads_a_tls_broker_verified_against_cafile(tmp_path):
     address = BrokerEndpoint.parse(f"mqtts://localhost:{broker.port}", cafile=str(certs / CA_CERT))
     source = Subscriber(state, address, ["repedge/labels"])
     source.start()
-    sender = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sender = new_client(address)
     try:
         assert source.connected.wait(WAIT_S), source.last_error
-        sender.connect(*address.configure(sender))
+        sender.connect(*address.address)
         sender.loop_start()
         sender.publish("repedge/labels", label(1), qos=1).wait_for_publish(WAIT_S)
         wait_until(lambda: state.snapshot()["labels_total"] >= 1, what="the label counted")
@@ -285,7 +284,7 @@ def test_cli_refuses_a_bad_broker_url_with_a_clear_message():
 def test_top_once_prints_one_frame_from_the_broker(mosquitto, topics):
     status = {"node_id": "once-node", "state": "online", "model": {"version": "9.9.9"}}
     retained_topic = f"repedge/nodes/once-{topics.prefix.rsplit('/', 1)[-1]}/status"
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client = new_client(mosquitto.endpoint())
     client.connect(mosquitto.host, mosquitto.port)
     client.loop_start()
     try:

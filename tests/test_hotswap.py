@@ -12,10 +12,9 @@ import json
 import threading
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
+from common.mqttclient import new_client
 from edgemodel.canaries import DEFAULT_CANARIES, compute_canaries
 from edgemodel.inference import Classifier
 from harness import WAIT_S, Collector
@@ -78,7 +77,7 @@ def test_hot_swap_mid_stream(node_factory, mosquitto, tiny_bundle, topics, tmp_p
     failure: list[BaseException] = []
 
     def stream() -> None:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        client = new_client(mosquitto.endpoint())
         client.max_inflight_messages_set(100)
         client.connect(mosquitto.host, mosquitto.port)
         client.loop_start()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from common.mqttclient import new_client
 from edgemodel.bundle import VariantInfo, update_manifest
 from edgemodel.canaries import DEFAULT_CANARIES
 from edgemodel.inference import Classifier
@@ -466,20 +467,13 @@ def test_broker_honours_receive_maximum_while_acks_flow(mosquitto):
     """A subscriber with Receive Maximum 16 that acks 4 messages, oldest first, may hold
     at most 16 unacknowledged. The node relies on this to keep its memory bounded under
     a backlog (docs/node.md, "Memory under a backlog")."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
     topic = f"test/rm/{uuid.uuid4().hex[:8]}"
     got: list[int] = []
     subscribed = threading.Event()
-    sub = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"rm-{uuid.uuid4().hex[:8]}",
-        protocol=mqtt.MQTTv5,
-        manual_ack=True,
-    )
+    sub = new_client(mosquitto.endpoint(), f"rm-{uuid.uuid4().hex[:8]}", manual_ack=True)
     sub.on_message = lambda c, u, m: got.append(m.mid)
     sub.on_subscribe = lambda *a: subscribed.set()
     props = Properties(PacketTypes.CONNECT)

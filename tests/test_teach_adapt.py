@@ -9,10 +9,8 @@ import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from common.endpoint import BrokerEndpoint
+from common.mqttclient import new_client
 from edgemodel.bundle import ModelBundle
 from edgemodel.inference import Classifier
 from harness import WAIT_S, Collector, embedded_node
@@ -39,7 +37,7 @@ def label_file(n: int) -> str:
 
 
 def stream(mosquitto, topic: str, stop: threading.Event, sent: list[str]) -> None:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client = new_client(mosquitto.endpoint())
     client.connect(mosquitto.host, mosquitto.port)
     client.loop_start()
     next_at = time.monotonic()

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker.certs import make_certs
@@ -19,6 +18,7 @@ from broker.config import BrokerConfig
 from broker.roles import set_role
 from broker.users import add_user
 from common.endpoint import BrokerEndpoint
+from common.mqttclient import new_client
 from edgemodel.inference import Classifier
 from harness import WAIT_S, Mosquitto, start_mosquitto, wait_until
 from node.service import NodeConfig, NodeService
@@ -58,10 +58,8 @@ class Raw:
 
     def __init__(self, ep: BrokerEndpoint) -> None:
         self.messages: list[mqtt.MQTTMessage] = []
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"r{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
-        )
-        host, port = ep.configure(self.client)
+        self.client = new_client(ep, f"r{uuid.uuid4().hex[:8]}")
+        host, port = ep.address
         self.client.on_message = lambda c, u, m: self.messages.append(m)
         self.client.connect(host, port)
         self.client.loop_start()

@@ -18,13 +18,13 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from cryptography import x509
-from paho.mqtt.enums import CallbackAPIVersion
 
 from broker.certs import CertError, make_certs
 from broker.config import BrokerConfig
 from broker.roles import set_role
 from broker.users import add_user
 from common.endpoint import BrokerEndpoint, EndpointError
+from common.mqttclient import new_client
 from harness import (
     WAIT_S,
     Collector,
@@ -154,8 +154,8 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory, certs: Path):
 
 def connect(broker: Mosquitto, endpoint: BrokerEndpoint) -> mqtt.ReasonCode:
     """Connect over ``endpoint``; the CONNACK's reason code (raises on a TLS failure)."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    host, port = endpoint.configure(client)
+    client = new_client(endpoint)
+    host, port = endpoint.address
     result: list[mqtt.ReasonCode] = []
     client.on_connect = lambda c, u, f, reason_code, p: result.append(reason_code)
     client.connect(host, port)
