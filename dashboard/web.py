@@ -10,11 +10,14 @@ module and its paths in :func:`routes`.
 from __future__ import annotations
 
 import json
+import math
+import threading
+import time
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
 
-from common.httpserver import HttpServer, Limits, Response, Route
+from common.httpserver import HttpServer, Limits, Request, Response, Route
 from common.text import inert_json
 from dashboard.history import HistoryStore
 from dashboard.history_web import history_routes
@@ -89,13 +92,36 @@ def _file(response: Response) -> Route:
     )
 
 
+class SharedSnapshot:
+    """``/api/state``: the snapshot encoded at most once per ``max_age_s``; requests in
+    between get the same bytes object. 500 clients that ask and never read then hold one
+    400 KB body between them, not 500 copies."""
+
+    def __init__(self, state: DashboardState, max_age_s: float = 0.5) -> None:
+        self.state = state
+        self.max_age_s = max_age_s
+        self.encoded = 0  # snapshots encoded so far
+        self._lock = threading.Lock()
+        self._body = b""
+        self._at = -math.inf
+
+    def __call__(self, _request: Request) -> Response:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._at > self.max_age_s:
+                self._body = json_response(self.state.snapshot()).body
+                self._at = now
+                self.encoded += 1
+            return Response(HTTPStatus.OK, self._body, "application/json")
+
+
 def routes(
     state: DashboardState, hub: Hub, history: HistoryStore | None = None
 ) -> dict[str, Route]:
     """Path -> route for everything `dashboard serve` answers."""
     table: dict[str, Route] = {path: _file(r) for path, r in _static_files().items()}
     table["/healthz"] = Route(lambda _r: Response(HTTPStatus.OK, b"ok\n"), inline=True)
-    table["/api/state"] = Route(lambda _r: json_response(state.snapshot()))
+    table["/api/state"] = Route(SharedSnapshot(state))
     table["/events"] = Route(hub.open, inline=True)
     flush = state.recorder.flush if state.recorder is not None else lambda: None
     table.update(history_routes(history, flush))  # /api/history*: dashboard/history_web.py

@@ -130,13 +130,17 @@ def test_a_slowloris_request_is_answered_408_and_closed():
         server.close()
 
 
-def open_stream(port: int, rcvbuf: int | None = None) -> socket.socket:
+def open_stream_at(port: int, path: str, rcvbuf: int | None = 4096) -> socket.socket:
     sock = socket.socket()
     if rcvbuf is not None:  # a reader that never reads fills this and then stalls the server
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.connect(("127.0.0.1", port))
-    sock.sendall(b"GET /events HTTP/1.1\r\n\r\n")
+    sock.sendall(f"GET {path} HTTP/1.1\r\n\r\n".encode())
     return sock
+
+
+def open_stream(port: int, rcvbuf: int | None = None) -> socket.socket:
+    return open_stream_at(port, "/events", rcvbuf)
 
 
 def test_new_streams_share_one_snapshot_and_a_stream_that_never_reads_is_dropped(dashboard):
@@ -257,3 +261,25 @@ def test_a_crashed_accept_loop_is_restarted_and_logged(caplog):
     finally:
         held.close()
         server.close()
+
+
+def test_api_state_is_encoded_once_for_many_readers_that_never_read(dashboard):
+    server, _, state = dashboard
+    for i in range(300):
+        state.ingest("repedge/labels", label(i))
+    shared = server.routes["/api/state"].handler
+    first, second = shared(None), shared(None)
+    assert first.body is second.body  # one bytes object, not one copy per request
+    readers = [open_stream_at(server.port, "/api/state") for _ in range(50)]
+    try:
+        reader = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S)
+        reader.sendall(b"GET /api/state HTTP/1.1\r\n\r\n")
+        body = b""
+        while chunk := reader.recv(65536):
+            body += chunk
+        reader.close()
+        assert json.loads(body.split(b"\r\n\r\n", 1)[1])["labels_total"] == 300
+        assert shared.encoded <= 5  # 51 requests within a few push intervals
+    finally:
+        for sock in readers:
+            sock.close()
