@@ -15,9 +15,6 @@ from common.timestamps import utc_now
 from edgemodel.inference import Prediction
 from node.event_time import EventTimeError, parse_created_at
 
-# Moved to common/timestamps.py; this name stays only while other branches move over.
-now_iso = utc_now
-
 DEFAULT_MAX_BYTES = 4096
 # Longest tweet id accepted (characters). Twitter's ids have 19 digits; anything far
 # longer is a mistake or an attempt to bloat records and the record store.
