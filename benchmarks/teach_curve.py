@@ -230,6 +230,7 @@ def plot(results: list[dict], sizes, strategies, path: Path) -> None:
                        label="head on all pool labels")  # fmt: skip
             ax.axhline(targets[task], color="red", linestyle="-.", alpha=0.5, label="target")
             ax.set_xscale("log")
+            ax.minorticks_off()
             ax.set_xticks(sizes, [str(n) for n in sizes])
             ax.set_title(f"{task} accuracy, {title}")
             ax.grid(alpha=0.3)
@@ -340,7 +341,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "teach_curve")
     parser.add_argument("--machine", default="2-core x86_64 dev machine, shared with other jobs")
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument(
+        "--replot", action="store_true", help="redraw OUT.md / OUT.png from OUT.json only"
+    )
     args = parser.parse_args()
+    if args.replot:
+        saved = json.loads(args.out.with_suffix(".json").read_text())
+        results, meta = saved["brands"], saved["meta"]
+        sizes = [int(n) for n in next(iter(results[0]["curves"].values()))]
+        strategies = list(results[0]["curves"])
+        plot(results, sizes, strategies, args.out.with_suffix(".png"))
+        write_markdown_keeping_notes(
+            args.out.with_suffix(".md"), render(results, sizes, strategies, meta)
+        )
+        return
 
     started = time.monotonic()
     c = corpus_outputs(args.model, args.data, args.cache)
