@@ -285,7 +285,7 @@ def start(
             metrics_port=metrics_port,
             metrics_host=metrics_host,
             ha_discovery=ha_discovery,
-            log_level=log_level,
+            log_level=log_level.strip().lower(),
         )
     except (EndpointError, SettingsError) as exc:
         # One line and the usage-error status, no traceback (issue 20).

@@ -185,7 +185,8 @@ def test_node_start_refuses_an_unknown_log_level() -> None:
     from node.cli import app
 
     result = runner.invoke(app, ["start", "--log-level", "verbose"])
-    one_line_error(result, "not a log level")
+    one_line_error(result, "--log-level: must be one of debug, info, warning, error")
+    assert len(result.output.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
