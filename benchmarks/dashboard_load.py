@@ -37,13 +37,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import psutil
-from paho.mqtt.enums import CallbackAPIVersion
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common.endpoint import BrokerEndpoint  # noqa: E402
+from common.mqttclient import new_client  # noqa: E402
 from common.timestamps import utc_now  # noqa: E402
 from dashboard.headless import missing_reason, open_browser  # noqa: E402
 from harness import WAIT_S, free_port, start_mosquitto, wait_listening  # noqa: E402
@@ -85,7 +85,7 @@ class Publisher(threading.Thread):
         self.sent_labels = 0
         self.sent_errors = 0
         self._lock = threading.Lock()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client = new_client(BrokerEndpoint("127.0.0.1", port))
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
         self.client.on_publish = self._on_publish

@@ -33,13 +33,14 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import psutil
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from broker.config import find_program  # noqa: E402
+from common.endpoint import BrokerEndpoint  # noqa: E402
+from common.mqttclient import new_client  # noqa: E402
 from harness import Collector, Mosquitto, start_mosquitto  # noqa: E402
 
 TWEETS_TOPIC = "load/tweets"
@@ -91,7 +92,7 @@ def tweet_texts(n: int, seed: int = 0) -> list[tuple[str, str]]:
 
 
 def client(port: int) -> mqtt.Client:
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c = new_client(BrokerEndpoint("127.0.0.1", port))
     c.connect("127.0.0.1", port)
     c.loop_start()
     return c
@@ -107,7 +108,7 @@ class Labels:
         self.telemetry: dict = {}
         self.lock = threading.Lock()
         ready = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client = new_client(BrokerEndpoint("127.0.0.1", port))
         topics = [LABELS_TOPIC, ERRORS_TOPIC, f"repedge/nodes/{NODE_ID}/telemetry"]
         self.client.on_connect = lambda c, *a: c.subscribe(
             [(t, SubscribeOptions(qos=1)) for t in topics]
@@ -196,7 +197,7 @@ def main() -> int:
         run = uuid.uuid4().hex[:6]
         acked = [0]
         acked_lock = threading.Lock()
-        publisher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        publisher = new_client(BrokerEndpoint("127.0.0.1", port))
         publisher.max_inflight_messages_set(1000)
 
         def on_publish(*_a) -> None:

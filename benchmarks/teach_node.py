@@ -40,8 +40,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from broker.config import BrokerConfig, find_program, write_config  # noqa: E402
 from common.endpoint import BrokerEndpoint  # noqa: E402
+from common.mqttclient import new_client  # noqa: E402
 from node.teach_client import TeachClient  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "replab2013" / "automotive_en.tsv"
@@ -88,7 +87,7 @@ class Records:
         self.first_model_at: dict[str, float] = {}
         self.lock = threading.Lock()
         ready = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client = new_client(BrokerEndpoint("127.0.0.1", port))
         self.client.on_connect = lambda c, *a: c.subscribe(
             [(LABELS, SubscribeOptions(qos=1)), (ERRORS, SubscribeOptions(qos=1))]
         )
@@ -128,7 +127,7 @@ def start_node(port: int, model: Path, state: Path, node_id: str, texts: int) ->
 
 def wait_online(port: int, node_id: str, timeout: float = 120) -> None:
     online = threading.Event()
-    watch = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    watch = new_client(BrokerEndpoint("127.0.0.1", port))
     watch.on_connect = lambda c, *a: c.subscribe(f"repedge/nodes/{node_id}/status", qos=1)
     watch.on_message = lambda c, u, m: (
         json.loads(m.payload).get("state") == "online" and not m.retain and online.set()
@@ -145,7 +144,7 @@ def wait_online(port: int, node_id: str, timeout: float = 120) -> None:
 
 def publish_all(port: int, payloads: list[str], rate: float | None = None,
                 stop: threading.Event | None = None) -> int:  # fmt: skip
-    pub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    pub = new_client(BrokerEndpoint("127.0.0.1", port))
     pub.max_inflight_messages_set(200)
     pub.connect("127.0.0.1", port)
     pub.loop_start()

@@ -25,13 +25,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from broker.config import BrokerConfig, find_program, write_config  # noqa: E402
+from common.endpoint import BrokerEndpoint  # noqa: E402
+from common.mqttclient import new_client  # noqa: E402
 from dashboard.headless import open_browser  # noqa: E402
 from harness import WAIT_S, free_port, wait_listening  # noqa: E402
 
@@ -55,7 +54,7 @@ def tweets(brands: list[str]) -> list[dict]:
 
 
 def publish(port: int, topic: str, items: list[dict]) -> None:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client = new_client(BrokerEndpoint("127.0.0.1", port))
     client.max_inflight_messages_set(200)
     client.connect("127.0.0.1", port)
     client.loop_start()
