@@ -19,7 +19,16 @@ from broker.config import (
     find_program,
     write_config,
 )
-from broker.roles import RoleError, check_name, check_role, read_roles, set_role
+from broker.roles import (
+    RoleError,
+    check_name,
+    check_node_name,
+    check_role,
+    check_share_group,
+    read_roles,
+    read_share_groups,
+    set_role,
+)
 from broker.users import UserError, add_user, list_users, remove_user
 from common.cli import VersionOption
 from common.cliconfig import ConfigFile, PrintConfig, configurable
@@ -320,12 +329,23 @@ def users_add(
             help="Password (prompted for, without echo, when omitted).", show_default=False
         ),
     ] = None,
+    share_group: Annotated[
+        str | None,
+        typer.Option(
+            help="For a node started with `node start --share-group G`: G. A node user may "
+            "subscribe to exactly one tweets filter, $share/G/<tweets topic> with this option, "
+            "the tweets topic itself without it.",
+            show_default=False,
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Add a user, or change an existing user's password."""
+    """Add a user, or change an existing user's password, role or share group."""
     try:  # before prompting for a password
         check_name(name)
         check_role(role)
+        check_node_name(name, role)
+        check_share_group(role, share_group)
     except RoleError as exc:
         raise _fail(str(exc)) from None
     if password is None:
@@ -333,11 +353,15 @@ def users_add(
     config = BrokerConfig(data_dir=data_dir or default_data_dir())
     try:
         add_user(config.password_file, name, password)
-        set_role(config.data_dir, config.acl_file, name, role)
+        set_role(config.data_dir, config.acl_file, name, role, share_group)
     except (UserError, MosquittoMissing, RoleError) as exc:
         raise _fail(str(exc)) from None
-    typer.echo(f"user {name} ({role}) saved in {config.password_file}; acl {config.acl_file}")
-    typer.echo("a running broker picks the change up on restart (or SIGHUP)")
+    group = f", share group {share_group}" if share_group else ""
+    typer.echo(
+        f"user {name} ({role}{group}) saved in {config.password_file}; acl {config.acl_file}"
+    )
+    # The dynamic security plugin reads its file at start only; SIGHUP rereads passwd and acl.
+    typer.echo("a running broker applies it on restart (SIGHUP: passwords and acl only)")
 
 
 @users_app.command("remove")
@@ -360,5 +384,7 @@ def users_list(data_dir: DataDir = None) -> None:
     """List the users in the password file, with their roles."""
     config = BrokerConfig(data_dir=data_dir or default_data_dir())
     roles = read_roles(config.data_dir)
+    groups = read_share_groups(config.data_dir)
     for name in list_users(config.password_file):
-        typer.echo(f"{name} {roles.get(name, '(no role: no access)')}")
+        group = f" {groups[name]}" if name in groups else ""
+        typer.echo(f"{name} {roles.get(name, '(no role: no access)')}{group}")

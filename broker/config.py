@@ -18,7 +18,7 @@ from string import Template
 
 from broker.bridge import BridgeConfig, render_bridge
 from broker.certs import CA_CERT, SERVER_CERT, SERVER_KEY
-from broker.roles import write_acl
+from broker.roles import SUBSCRIBE_RULES_FILE, write_acl
 from common import topics
 from common.endpoint import check_host
 from common.settings import SettingsError, check_topic_name, setting, validate
@@ -36,6 +36,16 @@ _EXTRA_BIN_DIRS = (
     "/usr/local/opt/mosquitto/sbin",
 )
 INSTALL_HINT = "install it with: sudo apt-get install mosquitto mosquitto-clients"
+# Mosquitto's dynamic security plugin (in Debian's mosquitto package since 2.0): with
+# --auth it checks every SUBSCRIBE, share groups included (broker/roles.py).
+DYNSEC_PLUGIN = "mosquitto_dynamic_security.so"
+_PLUGIN_DIRS = (
+    "/usr/lib/*-linux-gnu",
+    "/usr/lib",
+    "/usr/local/lib",
+    "/opt/homebrew/lib",
+    "/usr/local/opt/mosquitto/lib",
+)
 
 
 _CONTROL_OR_SPACE = re.compile(r"[\s\x00-\x1f\x7f]")
@@ -170,6 +180,22 @@ def _tls_block(config: BrokerConfig) -> str:
     )
 
 
+def find_dynsec_plugin() -> Path:
+    """The dynamic security plugin's path, or :class:`MosquittoMissing`."""
+    explicit = os.environ.get("REPEDGE_MOSQUITTO_DYNSEC")
+    candidates = [Path(explicit)] if explicit else []
+    for pattern in _PLUGIN_DIRS:
+        candidates += sorted(Path("/").glob(f"{pattern.lstrip('/')}/{DYNSEC_PLUGIN}"))
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise MosquittoMissing(
+        f"--auth needs Mosquitto's {DYNSEC_PLUGIN} (Mosquitto 2.0 or later) to check "
+        "subscriptions and share groups; not found in /usr/lib (set REPEDGE_MOSQUITTO_DYNSEC "
+        f"to its path); {INSTALL_HINT}"
+    )
+
+
 def render_config(config: BrokerConfig) -> str:
     """The mosquitto.conf text for ``config`` (paths must not contain spaces)."""
     check_exposure(config)
@@ -184,6 +210,10 @@ def render_config(config: BrokerConfig) -> str:
             "# A client's session is named after its user, whatever client id it sends:\n"
             "# nobody can connect as a node's session and wipe its queued tweets.\n"
             "use_username_as_clientid true\n"
+            "# Who may SUBSCRIBE to what, share groups included (the acl file cannot say):\n"
+            "# generated from the roles like the acl; users have no password here.\n"
+            f"plugin {find_dynsec_plugin()}\n"
+            f"plugin_opt_config_file {data_dir / SUBSCRIBE_RULES_FILE}\n"
         )
     else:
         auth_block = (

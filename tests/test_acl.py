@@ -23,9 +23,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker.config import BrokerConfig, render_config, write_config
-from broker.roles import RoleError, read_roles, render_acl, set_role
+from broker.roles import RoleError, ha_object_prefix, read_roles, render_acl, set_role
 from broker.users import add_user
-from harness import WAIT_S, Collector, Mosquitto, start_mosquitto
+from harness import WAIT_S, Collector, Mosquitto, start_mosquitto, wait_until
 
 USERS = {
     "node1": "node",
@@ -36,6 +36,8 @@ USERS = {
     "north": "site",
     "root": "admin",
 }
+# The share group each node user is registered with (`broker users add --share-group`).
+GROUPS = {"node1": "workers", "node2": "pool"}
 
 
 def password(name: str) -> str:
@@ -48,7 +50,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
     config = BrokerConfig(data_dir=data_dir, auth=True)
     for name, role in USERS.items():
         add_user(config.password_file, name, password(name))
-        set_role(data_dir, config.acl_file, name, role)
+        set_role(data_dir, config.acl_file, name, role, GROUPS.get(name))
     broker = start_mosquitto(data_dir, auth=True)
     yield broker
     broker.stop()
@@ -102,10 +104,12 @@ class Client:
     def refused(self) -> bool:
         return self.reason is None or self.reason.is_failure
 
-    def subscribe(self, topic: str) -> None:
+    def subscribe(self, topic: str) -> bool:
+        """Subscribe; True if the broker granted it."""
         _, mid = self.client.subscribe(topic, options=SubscribeOptions(qos=1))
         with self._suback:
             assert self._suback.wait_for(lambda: mid in self.granted, WAIT_S), "no SUBACK"
+        return not self.granted[mid][0].is_failure
 
     def publish(self, topic: str, payload: str, retain: bool = False) -> None:
         # wait_for_publish returns on the PUBACK whether or not the acl let it through.
@@ -149,14 +153,21 @@ def writes_through(
             admin.close()
 
 
-def reads_through(broker: Mosquitto, user: str, attempts: list[tuple[str, bool]]) -> None:
-    """The admin publishes to each topic; ``user``, subscribed to everything, must get
-    exactly the allowed ones."""
+# A node may subscribe only to the filters a node uses (broker/roles.py): it reads through those.
+NODE_FILTERS = ("#", "repedge/#", "repedge/tweets", "homeassistant/status")
+
+
+def reads_through(
+    broker: Mosquitto, user: str, attempts: list[tuple[str, bool]], filters=("#",)
+) -> None:
+    """The admin publishes to each topic; ``user``, subscribed to everything it may
+    subscribe to of ``filters``, must get exactly the allowed ones."""
     received: list[mqtt.MQTTMessage] = []
     reader = Client(broker, user, on_message=lambda c, u, msg: received.append(msg))
     admin = Client(broker, "root")
     try:
-        reader.subscribe("#")
+        for topic_filter in filters:
+            reader.subscribe(topic_filter)
         tag = uuid.uuid4().hex[:8]
         for topic, _ in attempts:
             admin.publish(topic, f"{tag} {topic}")
@@ -245,6 +256,12 @@ def test_node_reads_tweets_and_its_own_topics_only(broker: Mosquitto) -> None:
             ("homeassistant/sensor/kitchen/state", False),
             ("elsewhere", False),
         ],
+        filters=(
+            *NODE_FILTERS,
+            "$share/workers/repedge/tweets",
+            "repedge/nodes/node1/#",
+            "repedge/nodes/+/status",
+        ),
     )
 
 
@@ -372,3 +389,121 @@ def test_takeover_of_a_node_session_is_refused(broker: Mosquitto, attacker: str)
         assert received == [f"{tag}-{i}".encode() for i in range(5)]
     finally:
         node.close()
+
+
+def share_dealt(broker: Mosquitto, member: str, intruder: str, group: str, n: int = 20) -> int:
+    """``member`` and ``intruder`` subscribe to ``$share/<group>/repedge/tweets``; the admin
+    sends ``n`` tweets (not a feeder: a user has one connection, its session is named after
+    it). Returns how many of them reached ``member``."""
+    tag = uuid.uuid4().hex[:8]
+    received: list[bytes] = []
+    all_in = threading.Event()
+
+    def on_message(client, userdata, msg):
+        if msg.payload.startswith(tag.encode()):
+            received.append(msg.payload)
+            if len(received) == n:
+                all_in.set()
+
+    real = Client(broker, member, on_message=on_message)
+    rogue = Client(broker, intruder)
+    feeder = Client(broker, "root")
+    try:
+        assert real.subscribe(f"$share/{group}/repedge/tweets"), f"{member} refused ${group}"
+        rogue.subscribe(f"$share/{group}/repedge/tweets")
+        for i in range(n):
+            feeder.publish("repedge/tweets", f"{tag}-{i}")
+        all_in.wait(WAIT_S)
+        barrier(real.client)
+        return len(received)
+    finally:
+        feeder.close()
+        rogue.close()
+        real.close()
+
+
+@pytest.mark.parametrize(
+    ("member", "intruder", "group"),
+    [
+        ("node1", "north", "workers"),  # a site's bridge in the nodes' group
+        ("node1", "dash", "workers"),  # a dashboard (it reads repedge/#)
+        ("node1", "feeder1", "workers"),  # a feeder: dealt tweets it may not read
+        ("north", "node1", "repedge-sites"),  # a node in the sites' group
+    ],
+)
+def test_nobody_takes_tweets_from_another_role_s_share_group(
+    broker: Mosquitto, member: str, intruder: str, group: str
+) -> None:
+    got = share_dealt(broker, member, intruder, group)
+    assert got == 20, f"{intruder} joined ${group} and took {20 - got} of 20 tweets from {member}"
+
+
+@pytest.mark.parametrize(
+    ("node", "node_filter", "tool_filter"),
+    [
+        ("node2", "$share/pool/repedge/tweets", "repedge/tweets"),
+        ("node2", "$share/pool/repedge/tweets", "$share/other/repedge/tweets"),
+        ("victim", "repedge/tweets", "#"),
+        ("victim", "repedge/tweets", "repedge/+"),
+        ("victim", "repedge/tweets", "$share/workers/repedge/tweets"),
+    ],
+)
+def test_a_tool_with_a_node_s_credentials_cannot_double_its_tweets(
+    broker: Mosquitto, node: str, node_filter: str, tool_filter: str
+) -> None:
+    """A tool logged in as the node, with a persistent session, shares the node's session
+    (sessions are named after users): a filter it leaves there that also matches the tweets
+    would deliver each tweet twice, and the node would label it twice."""
+    tool = Client(broker, node, clean_start=False)
+    assert tool.subscribe(node_filter)  # the node's own filter: the same subscription
+    assert not tool.subscribe(tool_filter), f"{node} may subscribe {tool_filter}"
+    tool.close()
+
+    tag = uuid.uuid4().hex[:8]
+    received: list[bytes] = []
+    node_client = Client(
+        broker,
+        node,
+        clean_start=False,
+        on_message=lambda c, u, msg: received.append(msg.payload),
+    )
+    admin = Client(broker, "root")
+    try:
+        assert node_client.session_present
+        assert node_client.subscribe(node_filter)
+        for i in range(10):
+            admin.publish("repedge/tweets", f"{tag}-{i}")
+        wait_until(lambda: len(received) >= 10, what="10 tweets")
+        barrier(node_client.client)
+        assert sorted(received) == sorted(f"{tag}-{i}".encode() for i in range(10))
+    finally:
+        admin.close()
+        node_client.client.unsubscribe(node_filter)
+        node_client.close()
+
+
+def test_colliding_node_ids_own_distinct_discovery_topics(tmp_path: Path) -> None:
+    """Issue 20: node ``pi_1_4e59eb52`` wrote node ``pi.1``'s discovery config."""
+    assert ha_object_prefix("pi.1") != ha_object_prefix("pi_1_4e59eb52")
+    acl = render_acl({"pi.1": "node", "pi_1_4e59eb52": "node"})
+    own = [line for line in acl.splitlines() if line.startswith("topic readwrite homeassistant/")]
+    assert len(own) == 2 and len(set(own)) == 2
+    # A node named like the alert sensors' object id would own their discovery topics.
+    with pytest.raises(RoleError, match="alert sensors"):
+        set_role(tmp_path, tmp_path / "acl", "alerts", "node")
+
+
+def test_a_node_cannot_write_a_colliding_node_s_discovery_topic(broker: Mosquitto) -> None:
+    """The real broker: node1 writes only its own object id's discovery topics, and the
+    object id of a look-alike user name (``node1`` with a suffix) is a different one."""
+    other = ha_object_prefix("node.1")
+    writes_through(
+        broker,
+        "node1",
+        [
+            (f"homeassistant/sensor/{ha_object_prefix('node1')}/cpu/config", True),
+            (f"homeassistant/sensor/{other}/cpu/config", False),
+            ("homeassistant/binary_sensor/repedge_alerts/BMW_spike/config", False),
+        ],
+        retain=True,
+    )
