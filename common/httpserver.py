@@ -65,15 +65,20 @@ class Limits:
     max_headers: int = 64
     max_body_bytes: int = 65536
     stream_backlog: int = 64
-    # Kernel send buffer of an event stream, fixed (no autotuning to megabytes): a client
-    # that stops reading then stalls its stream quickly and is dropped.
-    stream_send_buffer: int = 65536
+    # Kernel send buffer of every connection, fixed (no autotuning to megabytes): a client
+    # that stops reading stalls its answer quickly, so what it holds is counted by
+    # max_pending_bytes (or the stream backlog) instead of hiding in kernel memory.
+    send_buffer: int = 65536
     heartbeat_s: float = 15.0
     handler_threads: int = 2
+    # Response bytes being sent at once, bodies shared between responses counted once; a
+    # response that would go over it gets 503 (many slow readers of a large answer).
+    max_pending_bytes: int = 8 * 2**20
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_streams", "max_head_bytes", "max_headers",
-                     "stream_backlog", "stream_send_buffer", "handler_threads"):  # fmt: skip
+                     "stream_backlog", "send_buffer", "handler_threads",
+                     "max_pending_bytes"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         for name in ("request_timeout_s", "write_timeout_s", "heartbeat_s"):
@@ -216,6 +221,10 @@ class HttpServer:
         self.refused = 0  # connections closed at once (limit reached, nothing to evict)
         self._connections: dict[int, _Connection] = {}  # insertion order = age
         self._streams = 0
+        self.overloaded = 0  # responses refused (503) by max_pending_bytes
+        # id(body) -> [body, responses sending it]: the body is kept alive while counted.
+        self._pending: dict[int, list] = {}
+        self._pending_bytes = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._stopped: asyncio.Event | None = None
@@ -310,6 +319,7 @@ class HttpServer:
                 await asyncio.sleep(_ACCEPT_PAUSE_S)
                 continue
             sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.send_buffer)
             # sock_accept does not suspend while connections are waiting: yield once per
             # accept so that evicted connections really close before the next one comes in.
             await asyncio.sleep(0)
@@ -354,13 +364,39 @@ class HttpServer:
                     conn.phase = "stream"
                 await self._stream(sock, request, result)
             else:
-                body = b"" if request.method == "HEAD" else result.body
-                await self._send(sock, self._response_bytes(result), body)
+                await self._respond(sock, request, result)
             await self._linger(sock, conn)
         except (OSError, TimeoutError, asyncio.CancelledError):
             pass  # the client went away, was too slow, was evicted, or we are stopping
         finally:
             sock.close()
+
+    async def _respond(self, sock: socket.socket, request: Request, response: Response) -> None:
+        """Send ``response``, counting its body against ``max_pending_bytes`` while it is
+        being sent. A body shared by many responses (a static file, the shared snapshot)
+        counts once: slow readers cannot make the server hold more than the budget."""
+        body = b"" if request.method == "HEAD" else response.body
+        key = id(body)
+        held = self._pending.get(key)
+        if (
+            held is None
+            and body
+            and self._pending_bytes + len(body) > self.limits.max_pending_bytes
+        ):
+            self.overloaded += 1
+            await self._send(sock, self._error_bytes(HTTPStatus.SERVICE_UNAVAILABLE, "busy"))
+            return
+        if held is None:
+            held = self._pending[key] = [body, 0]
+            self._pending_bytes += len(body)
+        held[1] += 1
+        try:
+            await self._send(sock, self._response_bytes(response), body)
+        finally:
+            held[1] -= 1
+            if held[1] == 0:
+                del self._pending[key]
+                self._pending_bytes -= len(body)
 
     async def _linger(self, sock: socket.socket, conn: _Connection | None) -> None:
         """Half-close, then read and discard what the client still sends, briefly: closing
@@ -428,7 +464,6 @@ class HttpServer:
 
     async def _stream(self, sock: socket.socket, request: Request, stream: EventStream) -> None:
         self._streams += 1
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.stream_send_buffer)
         try:
             head = self._head_bytes(HTTPStatus.OK, "text/event-stream", None, {})
             await self._send(sock, head)

@@ -55,6 +55,7 @@ LIMITS = Limits(
     write_timeout_s=10.0,
     max_body_bytes=65536,
     handler_threads=4,
+    max_pending_bytes=64 * 2**20,
 )
 
 

@@ -283,3 +283,28 @@ def test_api_state_is_encoded_once_for_many_readers_that_never_read(dashboard):
     finally:
         for sock in readers:
             sock.close()
+
+
+def test_unshared_answers_to_readers_that_never_read_stay_within_the_byte_budget():
+    shared_body = b"s" * 400_000
+
+    routes = {
+        "/fresh": lambda _r: Response(200, b"f" * 400_000),  # a new body per request
+        "/shared": lambda _r: Response(200, shared_body),
+        "/healthz": Route(lambda _r: Response(200, b"ok\n"), inline=True),
+    }
+    limits = Limits(max_connections=100, max_pending_bytes=2**20, write_timeout_s=30)
+    server = HttpServer(("127.0.0.1", 0), routes, limits=limits)
+    server.start()
+    readers = []
+    try:
+        readers += [open_stream_at(server.port, "/shared") for _ in range(10)]
+        assert exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n").endswith(b"ok\n")
+        assert server.overloaded == 0  # ten slow readers of one body: counted once
+        readers += [open_stream_at(server.port, "/fresh") for _ in range(10)]
+        wait_until(lambda: server.overloaded >= 8, WAIT_S, what="fresh bodies over budget")
+        assert exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n").endswith(b"ok\n")
+    finally:
+        for sock in readers:
+            sock.close()
+        server.close()
