@@ -15,9 +15,9 @@ Debian 12's, speaks no MQTT 5):
   fills) and online (connected and acking), medians of --trials.
 
 RabbitMQ runs unprivileged in a temporary folder on free ports (its own RABBITMQ_* settings,
-its own epmd port). ``--queue-type quorum`` sets ``mqtt.durable_queue_type`` (quorum queues; the default
-is classic durable queues). Without rabbitmq-server (``apt-get install rabbitmq-server``)
-the script says so and exits 0.
+its own epmd port). ``--queue-type quorum`` sets ``mqtt.durable_queue_type`` (quorum
+queues; the default is classic durable queues). Without rabbitmq-server (``apt-get install
+rabbitmq-server``) the script says so and exits 0.
 
 Run:  python benchmarks/broker_durability_rabbitmq.py [--burst 5000] [--trials 3]
 """
