@@ -88,6 +88,11 @@ class BridgeConfig:
                 raise BridgeError(f"bridge {name} must be one non-empty line")
         if self.password is not None and self.username is None:
             raise BridgeError("a bridge password needs a bridge user")
+        if self.cafile is not None and re.search(r"[\s\x00-\x1f\x7f]", str(self.cafile)):
+            # It becomes a mosquitto.conf line: no newline may add options to the file.
+            raise BridgeError(
+                f"--bridge-cafile {str(self.cafile)!r}: no spaces or control characters"
+            )
         parse_bridge_url(self.url)  # refuse a bad URL now, not when Mosquitto reads it
 
     @property
@@ -120,8 +125,8 @@ def parse_bridge_url(url: str) -> tuple[bool, str, int]:
     except ValueError as exc:
         raise BridgeError(f"--bridge-to {url!r}: {exc}") from None
     host = unquote(parts.hostname or "")
-    if not host or any(c.isspace() for c in host):
-        raise BridgeError(f"--bridge-to {url!r}: no host")
+    if not host or re.search(r"[\s\x00-\x1f\x7f]", host):
+        raise BridgeError(f"--bridge-to {url!r}: no host, or one with spaces or control characters")
     tls = parts.scheme == "mqtts"
     return tls, host, port or (8883 if tls else 1883)
 

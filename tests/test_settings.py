@@ -197,6 +197,18 @@ def test_node_start_refuses_an_unknown_log_level() -> None:
         (["--host", "127.0.0.1\nlistener 1884 0.0.0.0"], "--host"),
         (["--host", "my host"], "no spaces"),
         (["--websockets-port", "0"], "--websockets-port"),
+        (
+            [
+                "--bridge-to",
+                "mqtts://centre:8883",
+                "--site",
+                "s1",
+                "--bridge-cafile",
+                "ca\nlistener 1",
+            ],
+            "--bridge-cafile",
+        ),
+        (["--bridge-to", "mqtt://cen\x1btre:1883", "--site", "s1"], "control characters"),
     ],
 )
 def test_broker_settings_never_reach_mosquitto_conf_unchecked(
