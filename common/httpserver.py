@@ -15,6 +15,9 @@ idle and slow clients rather than to be fast:
 * an event stream holds references to shared, already-encoded messages (sent with
   ``sock_sendall`` on a memoryview, never copied per client) and at most ``stream_backlog``
   of them: a client further behind is dropped and reconnects from a fresh snapshot;
+* answers being sent count against ``max_pending_bytes`` (a body shared by many responses
+  counts once; over it: 503), and every socket has a fixed ``send_buffer``, so clients
+  that never read hold bounded memory in the process and in the kernel;
 * every response, error pages included, carries the server's default headers (the
   dashboard's Content-Security-Policy);
 * running out of file descriptors (EMFILE) pauses accepting instead of killing anything,
