@@ -13,6 +13,7 @@ import logging
 import socket
 import ssl
 import sys
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -64,10 +65,18 @@ def describe_disconnect(reason: ReasonCode | int | None, client_id: str) -> str:
 
 class _FailedConnects:
     """paho's ``on_connect_fail``: logs the reason (the OSError paho is handling) and when
-    paho tries again."""
+    paho tries again, and tells ``report`` (a view that shows the connection) why."""
 
-    def __init__(self, endpoint: BrokerEndpoint, logger: logging.Logger, min_s: int, max_s: int):
+    def __init__(
+        self,
+        endpoint: BrokerEndpoint,
+        logger: logging.Logger,
+        min_s: int,
+        max_s: int,
+        report: Callable[[str], None] | None,
+    ):
         self.endpoint, self.log, self.min_s, self.max_s = endpoint, logger, min_s, max_s
+        self.report = report
         self.attempts = 0
 
     def __call__(self, client: mqtt.Client, userdata: object) -> None:
@@ -78,13 +87,16 @@ class _FailedConnects:
         # last delay in _reconnect_delay (None: none yet). Read, never written.
         last = getattr(client, "_reconnect_delay", None)
         retry = self.min_s if last is None else min(last * 2, self.max_s)
+        why = describe_connect_error(exc, self.endpoint)
         self.log.warning(
             "connection attempt %d to %s failed: %s; retrying in %g s",
             self.attempts,
             self.endpoint.url,
-            describe_connect_error(exc, self.endpoint),
+            why,
             retry,
         )
+        if self.report is not None:
+            self.report(why)
 
 
 def _no_delay(client: mqtt.Client, userdata: object, sock: object) -> None:
@@ -101,11 +113,13 @@ def new_client(
     logger: logging.Logger = log,
     min_reconnect_s: int = MIN_RECONNECT_S,
     max_reconnect_s: int = MAX_RECONNECT_S,
+    on_failed_attempt: Callable[[str], None] | None = None,
 ) -> mqtt.Client:
     """A paho MQTT 5 client for ``endpoint``, ready for ``connect(*endpoint.address)``.
 
     Credentials and TLS come from the endpoint and nowhere else. The caller sets its own
     message callbacks; ``on_connect_fail`` and ``on_socket_open`` are set here.
+    ``on_failed_attempt(reason)`` is called after each failed attempt is logged.
     """
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
@@ -115,7 +129,9 @@ def new_client(
     )
     endpoint.configure(client)
     client.reconnect_delay_set(min_delay=min_reconnect_s, max_delay=max_reconnect_s)
-    client.on_connect_fail = _FailedConnects(endpoint, logger, min_reconnect_s, max_reconnect_s)
+    client.on_connect_fail = _FailedConnects(
+        endpoint, logger, min_reconnect_s, max_reconnect_s, on_failed_attempt
+    )
     client.on_socket_open = _no_delay
     return client
 

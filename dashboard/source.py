@@ -56,7 +56,13 @@ class Subscriber:
         self.last_error: str | None = None
         # Credentials, TLS, reconnect and failed-connect logging, as the node's client.
         self.client_id = session or f"repedge-dashboard-{uuid.uuid4().hex[:8]}"
-        self.client = new_client(broker, self.client_id, logger=log, max_reconnect_s=15)
+        self.client = new_client(
+            broker,
+            self.client_id,
+            logger=log,
+            max_reconnect_s=15,
+            on_failed_attempt=self._on_failed_attempt,
+        )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
@@ -88,6 +94,11 @@ class Subscriber:
         client.subscribe([(t, SubscribeOptions(qos=1)) for t in self.topics])
         self.connected.set()
         log.info("subscribed to %s on %s", ", ".join(self.topics), self.broker)
+
+    def _on_failed_attempt(self, why: str) -> None:
+        # The page and `top` show why there is no data, not an endless "connecting".
+        self.last_error = why
+        self.state.set_broker(str(self.broker), False, why)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()

@@ -209,3 +209,21 @@ def test_a_taken_over_session_names_the_likely_cause(
         second.stop()
         first.stop()
     assert "--node-id" in line and first.config.client_id in line
+
+
+def test_the_dashboard_shows_why_it_cannot_connect() -> None:
+    from dashboard.source import Subscriber
+    from dashboard.state import DashboardState
+    from harness import wait_until
+
+    state = DashboardState()
+    source = Subscriber(state, BrokerEndpoint("127.0.0.1", _closed_port()), [topics.LABELS])
+    source.start()
+    try:
+        wait_until(
+            lambda: "refused the connection" in (state.snapshot()["broker_error"] or ""),
+            what="the refusal shown as the broker's state",
+        )
+    finally:
+        source.stop()
+    assert not state.snapshot()["broker_connected"]
