@@ -1,6 +1,7 @@
 """Every role against every lane, through a real Mosquitto with --auth (issue 20 item 2).
 
-One broker for the module, one connection per user (sessions are named after users). For
+One broker per listener kind (plain MQTT, and TLS: the rules must not depend on the
+listener), one connection per user (sessions are named after users). For
 each role and lane: may the role publish there (the observer, an admin subscribed to ``#``,
 sees it or not), may it receive from there (it subscribes to every filter it may, the
 observer publishes), and may it join each share group of the tweets (the SUBACK). A
@@ -13,12 +14,14 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from broker.certs import CA_CERT, make_certs
 from broker.config import BrokerConfig
 from broker.roles import ROLES, ha_object_prefix, set_role
 from broker.users import add_user
@@ -79,13 +82,15 @@ NODE_SHARE = "$share/workers/repedge/tweets"
 class User:
     """One connected MQTT 5 client of one user, collecting what it receives."""
 
-    def __init__(self, broker: Mosquitto, name: str) -> None:
+    def __init__(self, broker: Mosquitto, name: str, cafile: Path | None) -> None:
         self.name = name
         self.received: list[bytes] = []
         self.granted: dict[int, bool] = {}
         self._cond = threading.Condition()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
         self.client.username_pw_set(name, f"pw-{name}")
+        if cafile is not None:
+            self.client.tls_set(ca_certs=str(cafile))
         connected = threading.Event()
         self.client.on_connect = lambda *a: connected.set()
         self.client.on_message = lambda c, u, msg: self.received.append(msg.payload)
@@ -124,18 +129,26 @@ class User:
         self.client.loop_stop()
 
 
-@pytest.fixture(scope="module")
-def users(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, User]]:
+@pytest.fixture(scope="module", params=["plain", "tls"])
+def users(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, User]]:
     data_dir = tmp_path_factory.mktemp("lanes-broker")
+    tls: dict[str, Path] = {}
+    cafile = None
+    if request.param == "tls":
+        certs = tmp_path_factory.mktemp("lanes-certs")
+        make_certs(certs)
+        tls, cafile = {"tls_dir": certs}, certs / CA_CERT
     config = BrokerConfig(data_dir=data_dir, auth=True)
     accounts = {name: (label, group) for label, (name, group) in USERS.items()}
     accounts[OBSERVER] = ("admin", None)
     for name, (label, group) in accounts.items():
         add_user(config.password_file, name, f"pw-{name}")
         set_role(data_dir, config.acl_file, name, label.removesuffix("-no-group"), group)
-    broker = start_mosquitto(data_dir, auth=True)
-    clients = {label: User(broker, name) for label, (name, _) in USERS.items()}
-    observer = User(broker, OBSERVER)
+    broker = start_mosquitto(data_dir, auth=True, **tls)
+    clients = {label: User(broker, name, cafile) for label, (name, _) in USERS.items()}
+    observer = User(broker, OBSERVER, cafile)
     assert observer.subscribe("#")
     for client in clients.values():
         for topic_filter in READ_FILTERS:
