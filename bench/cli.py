@@ -43,9 +43,14 @@ def run_from_cli(a: dict[str, Any]) -> None:
     except SettingsError as exc:
         typer.echo(f"node bench: error: {exc}", err=True)
         raise typer.Exit(2) from None
-    model = a["model"] or default_bundle_path()
-    if model is None:
+    models = a["model"] or [default_bundle_path()]
+    if models[0] is None:
         raise typer.BadParameter("no default model here: give --model", param_hint="--model")
+    if len(models) > 1 and not a["baseline"]:
+        raise typer.BadParameter(
+            "several --model bundles are compared with a --baseline: give one",
+            param_hint="--baseline",
+        )
     if a["split"] != "all" and not a["data"]:
         raise typer.BadParameter("--split needs --data", param_hint="--split")
     if a["data"] and a["tweets"]:
@@ -92,9 +97,12 @@ def run_from_cli(a: dict[str, Any]) -> None:
         print(line, file=sys.stderr, flush=True)
 
     try:
-        run_bench(Path(model), tweets, options, Path(a["out"]), broker=broker, progress=progress)
+        run_bench(
+            [Path(m) for m in models], tweets, options, Path(a["out"]), broker=broker,
+            progress=progress, baseline=a["baseline"],
+        )  # fmt: skip
     except BundleError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--model") from None
+        raise typer.BadParameter(str(exc), param_hint="--model/--baseline") from None
     except (BenchError, ValueError, RuntimeError) as exc:  # e.g. no tweet readable, no ORT
         typer.echo(f"node bench: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -104,10 +112,21 @@ def run_from_cli(a: dict[str, Any]) -> None:
 def bench(
     out: Annotated[Path, typer.Option(help="Folder for report.md, report.json and the plots.")],
     model: Annotated[
-        Path | None,
+        list[Path] | None,
         typer.Option(
             help="Bundle folder (every variant in it, plus *.onnx peers), or one .tflite/.onnx "
-            "file of a bundle. Default: the shipped models/default.",
+            "file of a bundle. Default: the shipped models/default. Repeatable with "
+            "--baseline.",
+            show_default=False,
+            metavar="PATH",
+        ),
+    ] = None,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            help="A bundle (folder or file) to compare --model with, side by side in the same "
+            "run: every file of both measured in alternating rounds; the report adds each "
+            "--model file's ratio to the baseline's matching file.",
             show_default=False,
         ),
     ] = None,
@@ -198,5 +217,6 @@ def bench(
         int, typer.Option(help="With --broker: repeats (bare, saturation, rate), medians.")
     ] = BenchSettings.broker_repeats,
 ) -> None:
-    """Measure a model on this device: size, load time, RSS, latency, throughput, accuracy."""
+    """Measure a model on this device: size, load time, RSS, latency, throughput, accuracy;
+    with --baseline, side by side with an older bundle."""
     run_from_cli(locals())

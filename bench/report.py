@@ -102,7 +102,7 @@ def _peer_lines(report: dict[str, Any]) -> list[str]:
     ]
 
 
-def _broker_lines(b: dict[str, Any]) -> list[str]:
+def _broker_lines(b: dict[str, Any], label: str = "") -> list[str]:
     s, ok = b["settings"], b["meets_targets"]
 
     def mark(key: str, target: str) -> str:
@@ -124,7 +124,7 @@ def _broker_lines(b: dict[str, Any]) -> list[str]:
     m = b["model"]
     return [
         "",
-        "## End to end through the broker",
+        f"## End to end through the broker{label}",
         "",
         f"`node start` serving {m['name']} {m['version']} {m['variant']} through "
         f"{b['broker']}; {s['threads']} interpreter thread(s), max batch {s['max_batch']}, "
@@ -136,13 +136,84 @@ def _broker_lines(b: dict[str, Any]) -> list[str]:
     ]
 
 
+def _value(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.4f}" if abs(x) < 1 else f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
+
+
+def _pairs_table(pairs: list[dict[str, Any]]) -> list[str]:
+    """Rows: metrics; columns: each pair's "new / old = ratio"."""
+    header = ["metric", "better", *[f"{p['target']} vs {p['baseline']}" for p in pairs]]
+    keys: dict[str, tuple[str, str]] = {}
+    for p in pairs:
+        for m in p["metrics"]:
+            keys.setdefault(m["metric"], (m["label"], m["better"]))
+    rows = []
+    for key, (label, better) in keys.items():
+        cells = []
+        for p in pairs:
+            m = next((m for m in p["metrics"] if m["metric"] == key), None)
+            cells.append(
+                "n/a" if m is None else f"{_value(m['value'])} vs {_value(m['baseline'])}: "
+                + ("n/a" if m["ratio"] is None else f"**{m['ratio']:.3f}x**")
+            )  # fmt: skip
+        rows.append([label, f"ratio {'< 1' if better == 'lower' else '> 1'}", *cells])
+    return _table(header, rows)
+
+
+def _comparison_lines(report: dict[str, Any]) -> list[str]:
+    c, s = report["comparison"], report["settings"]
+    rounds = s["rounds"]
+    lines = [
+        "",
+        f"## Side by side: against the baseline {c['baseline']}",
+        "",
+        "Each cell: this file's figure vs the baseline's matching file's (the same variant, "
+        "else the file the baseline's node serves): **ratio new / old**; \"better\" says which "
+        "side of 1 is the improvement. "
+        + (f"Timed figures: medians over {rounds} alternating rounds; ratio: the median of the "
+           "rounds' own ratios (a round measures every file close together in time, so load "
+           "that drifts over the run cancels out). "
+           if rounds > 1 else "One round (--rounds N alternates N passes over all files). ")
+        + "Size and accuracy do not vary between rounds.",
+        "",
+    ]  # fmt: skip
+    if not c["pairs"]:
+        return [*lines, "No file of the --model bundles has a match in the baseline."]
+    lines += _pairs_table(c["pairs"])
+    if report.get("broker_comparison"):
+        lines += [
+            "",
+            "End to end through the broker (each bundle's served file; one bundle after the "
+            "other, not alternating: ratios of medians):",
+            "",
+            *_pairs_table(report["broker_comparison"]),
+        ]
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     m, s, t = report["model"], report["settings"], report["tweets"]
-    lines = [
-        f"# node bench: {m['name']} {m['version']}",
-        "",
-        f"- date: {report['date']}; model: `{m['path']}` (base {m['base_model']}, "
-        f"built {m['created']})",
+    if "models" in report:  # side by side: every bundle, its role and label
+        lines = [
+            f"# node bench: {m['name']} {m['version']} against {report['models'][0]['label']}",
+            "",
+            f"- date: {report['date']}",
+            *[
+                f"- {x['role']} {x['label']}: {x['name']} {x['version']}, `{x['path']}` "
+                f"(base {x['base_model']}, built {x['created']})"
+                for x in report["models"]
+            ],
+        ]
+    else:
+        lines = [
+            f"# node bench: {m['name']} {m['version']}",
+            "",
+            f"- date: {report['date']}; model: `{m['path']}` (base {m['base_model']}, "
+            f"built {m['created']})",
+        ]
+    lines += [
         f"- tweets: {t['count']} from {t['source']}"
         + ("; accuracy on all of them" if t["labelled"] else "; no labels: no accuracy"),
         *_device_lines(report["device"]),
@@ -166,8 +237,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         )
     header, rows = _variant_rows(report)
     lines += ["", "## Model files", "", *_table(header, rows)]
+    if "comparison" in report:
+        lines += _comparison_lines(report)
     lines += _peer_lines(report)
-    if "broker" in report:
+    if "brokers" in report:
+        for label, row in report["brokers"].items():
+            lines += _broker_lines(row, f" ({label})")
+    elif "broker" in report:
         lines += _broker_lines(report["broker"])
     if report["plots"]:
         lines += ["", "## Plots", ""]

@@ -16,7 +16,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ from bench.device import device_info
 from bench.measure import MeasureSpec, measure, spec_json
 from bench.runners import LITERT, ONNXRUNTIME
 from bench.settings import BenchSettings
+from bench.sidebyside import bundle_labels
 from bench.tweets import BenchTweets
 from edgemodel.bundle import VARIANT_FILES, BundleError, ModelBundle, write_json_atomic
 
@@ -42,9 +43,12 @@ class BenchError(RuntimeError):
 
 @dataclass(frozen=True)
 class Target:
-    name: str
+    name: str  # unique in the report: "int8"; side by side "3.0.0/int8"
     runtime: str
     file: str
+    root: Path  # the bundle folder the file is in
+    variant: str = ""  # the name within its bundle ("int8", "onnx-int8")
+    bundle: str | None = None  # side by side: the bundle's label (bench/sidebyside.py)
 
 
 @dataclass
@@ -70,7 +74,8 @@ def discover(model: Path, only: list[str] | None = None) -> tuple[ModelBundle, l
     model = Path(model)
     if model.suffix == ".onnx":
         bundle = ModelBundle.load(model.parent, verify=False)
-        targets = [Target(_onnx_name(model), ONNXRUNTIME, model.name)]
+        name = _onnx_name(model)
+        targets = [Target(name, ONNXRUNTIME, model.name, bundle.root, name)]
     else:
         bundle = ModelBundle.load(model, verify=False)
         if model.is_file():
@@ -81,10 +86,13 @@ def discover(model: Path, only: list[str] | None = None) -> tuple[ModelBundle, l
             ]
             rank = {v: i for i, v in enumerate(VARIANT_ORDER)}
             variants = sorted(present, key=lambda v: rank.get(v, len(rank)))
-        targets = [Target(v, LITERT, bundle.manifest.variants[v].file) for v in variants]
+        targets = [
+            Target(v, LITERT, bundle.manifest.variants[v].file, bundle.root, v) for v in variants
+        ]
         if model.is_dir():
             targets += [
-                Target(_onnx_name(p), ONNXRUNTIME, p.name) for p in sorted(model.glob("*.onnx"))
+                Target(_onnx_name(p), ONNXRUNTIME, p.name, bundle.root, _onnx_name(p))
+                for p in sorted(model.glob("*.onnx"))
             ]
     if only:
         unknown = sorted(set(only) - {t.name for t in targets})
@@ -113,7 +121,8 @@ def peer_of(name: str) -> str | None:
 
 def _run_worker(spec: MeasureSpec, work: Path, progress: Progress) -> dict[str, Any]:
     """Measure in a fresh interpreter process; its progress lines are passed on."""
-    spec_path, result_path = work / f"{spec.name}.spec.json", work / f"{spec.name}.result.json"
+    stem = spec.name.replace("/", "__")  # side by side names hold a slash: "2.0.0/int8"
+    spec_path, result_path = work / f"{stem}.spec.json", work / f"{stem}.result.json"
     spec_path.write_text(spec_json(spec), encoding="utf-8")
     cmd = [sys.executable, "-m", "bench.measure", str(spec_path), str(result_path)]
     repo = str(Path(__file__).resolve().parents[1])
@@ -187,31 +196,133 @@ def peer_ratios(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def discover_all(
+    paths: Sequence[Path], only: list[str] | None
+) -> list[tuple[ModelBundle, list[Target]]]:
+    """Each bundle and its targets; with several bundles a --variants name needs to be in one
+    of them only (2.0.0 may hold int8 alone, 3.0.0 int4), but every bundle keeps a file."""
+    if len(paths) == 1:
+        return [discover(paths[0], only)]
+    found = [discover(p) for p in paths]
+    if not only:
+        return found
+    unknown = sorted(set(only) - {t.variant for _, ts in found for t in ts})
+    if unknown:
+        raise BundleError(f"no model file for {unknown} in any of {[str(p) for p in paths]}")
+    kept = [(b, [t for t in ts if t.variant in only]) for b, ts in found]
+    for path, (_, ts) in zip(paths, kept, strict=True):
+        if not ts:
+            raise BundleError(f"{path}: none of {only} is there")
+    return kept
+
+
+def _model_info(path: Path, bundle: ModelBundle) -> dict[str, Any]:
+    return {
+        "path": str(path),
+        "name": bundle.manifest.name,
+        "version": bundle.manifest.version,
+        "base_model": bundle.manifest.base_model,
+        "created": bundle.manifest.created,
+        "labels": bundle.labels,
+    }
+
+
+def _side_by_side(
+    found: list[tuple[ModelBundle, list[Target]]],
+    rows: dict[str, list[dict[str, Any]]],
+    options: BenchOptions,
+    labelled: bool,
+) -> dict[str, Any]:
+    """Each target of a --model bundle against its match in the baseline (found[0])."""
+    from bench.sidebyside import compare_pair, match_in_baseline
+
+    base_bundle, base_targets = found[0]
+    by_variant = {t.variant: t for t in base_targets}
+    pairs = []
+    for _, targets in found[1:]:
+        for t in targets:
+            match = match_in_baseline(
+                t.variant, t.runtime, [(b.variant, b.runtime) for b in base_targets],
+                base_bundle.variant,
+            )  # fmt: skip
+            if match is None:
+                continue
+            old = by_variant[match].name
+            metrics = compare_pair(
+                rows[t.name], rows[old], options.threads, not options.accuracy_only, labelled
+            )
+            pairs.append({"target": t.name, "baseline": old, "metrics": metrics})
+    return {"baseline": base_targets[0].bundle, "pairs": pairs}
+
+
+def _broker_side_by_side(brokers: dict[str, dict[str, Any]], baseline: str) -> list[dict]:
+    """The end-to-end row of each --model bundle against the baseline's (one after the other,
+    not alternating: ratios of medians)."""
+    old = brokers[baseline]
+    figures = (
+        ("e2e_saturation_tweets_per_s", "end-to-end at saturation (tweets/s)", "higher",
+         lambda b: b["e2e_saturation_tweets_per_s"]["median"]),
+        ("fixed_rate_p99_ms", "publish-to-label p99 at the fixed rate (ms)", "lower",
+         lambda b: b["fixed_rate"]["p99_ms"]),
+        ("node_peak_rss_mib", "node RSS peak (MiB)", "lower", lambda b: b["node_peak_rss_mib"]),
+    )  # fmt: skip
+    out = []
+    for label, new in brokers.items():
+        if label == baseline:
+            continue
+        metrics = []
+        for key, text, better, figure in figures:
+            value, base = figure(new), figure(old)
+            ratio = value / base if base else None
+            metrics.append({"metric": key, "label": text, "better": better, "value": value,
+                            "baseline": base, "ratio": ratio})  # fmt: skip
+        out.append({"target": label, "baseline": baseline, "metrics": metrics})
+    return out
+
+
 def run_bench(
-    model: Path,
+    model: Path | Sequence[Path],
     tweets: BenchTweets,
     options: BenchOptions,
     out_dir: Path,
     broker: dict[str, Any] | None = None,
     progress: Progress = lambda _: None,
+    baseline: Path | None = None,
 ) -> dict[str, Any]:
-    """Measure, write report.json / report.md / plots into ``out_dir``; the report."""
+    """Measure, write report.json / report.md / plots into ``out_dir``; the report.
+
+    ``model`` may be several bundles; with ``baseline`` every file of every bundle is
+    measured in the same run and each --model file is compared with its match in the
+    baseline (bench/sidebyside.py)."""
     from bench.plots import write_plots
     from bench.report import render_markdown
 
-    bundle, targets = discover(model, options.variants)
+    models = [Path(model)] if isinstance(model, str | Path) else [Path(m) for m in model]
+    if len(models) > 1 and baseline is None:
+        raise BenchError("several --model bundles need a --baseline to be compared with")
+    paths = ([Path(baseline)] if baseline is not None else []) + models
+    found = discover_all(paths, options.variants)
+    side = baseline is not None
+    labels = bundle_labels([b.manifest.version for b, _ in found]) if side else [None]
+    if side:
+        found = [
+            (b, [replace(t, name=f"{label}/{t.variant}", bundle=label) for t in ts])
+            for label, (b, ts) in zip(labels, found, strict=True)
+        ]
+    targets = [t for _, ts in found for t in ts]
     out_dir.mkdir(parents=True, exist_ok=True)
-    progress(
-        f"{bundle.manifest.name} {bundle.manifest.version}: {', '.join(t.name for t in targets)}"
-        f"; {len(tweets)} tweets ({tweets.source})"
-    )
+    for b, ts in found:
+        progress(
+            f"{b.manifest.name} {b.manifest.version}: {', '.join(t.name for t in ts)}"
+            f"; {len(tweets)} tweets ({tweets.source})"
+        )
     rows: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
     with tempfile.TemporaryDirectory(prefix="repedge-bench-") as tmp:
         work = Path(tmp)
         tweets_file = work / "tweets.json"
         tweets_file.write_text(json.dumps(tweets.to_json()), encoding="utf-8")
         base = MeasureSpec(
-            name="", runtime=LITERT, bundle_root=str(bundle.root), model_file="",
+            name="", runtime=LITERT, bundle_root="", model_file="",
             tweets_file=str(tweets_file), latency_threads=options.latency_threads,
             threads=options.threads, eval_threads=options.eval_threads,
             latency_samples=options.latency_samples,
@@ -220,11 +331,14 @@ def run_bench(
             max_batch_tokens=options.max_batch_tokens, accuracy_only=options.accuracy_only,
         )  # fmt: skip
         for r in range(options.rounds):
-            # Rounds alternate over the files, so drifting load on the device hits all alike;
-            # accuracy does not change between rounds and is measured in the first only.
+            # Rounds alternate over the files, of every bundle, so drifting load on the device
+            # hits all alike; accuracy does not change between rounds: first round only.
             for k, t in enumerate(targets, 1):
                 progress(f"[{r + 1}/{options.rounds}] {k}/{len(targets)} {t.name} ({t.runtime})")
-                spec = replace(base, name=t.name, runtime=t.runtime, model_file=t.file)
+                spec = replace(
+                    base, name=t.name, runtime=t.runtime, bundle_root=str(t.root),
+                    model_file=t.file,
+                )  # fmt: skip
                 if r > 0:
                     tweets_plain = work / "tweets_unlabelled.json"
                     if not tweets_plain.exists():
@@ -239,18 +353,19 @@ def run_bench(
     for name, r in variants.items():
         if len(rows[name]) > 1 and "accuracy" in rows[name][0]:
             r["accuracy"] = rows[name][0]["accuracy"]
+    peers = []
+    for _, ts in found:  # LiteRT vs ONNX Runtime within each bundle
+        names = {t.variant: t.name for t in ts}
+        for p in peer_ratios({t.variant: variants[t.name] for t in ts}):
+            peers.append(
+                {**p, "litert": names[p["litert"]], "onnxruntime": names[p["onnxruntime"]]}
+            )
 
+    first_model = found[1] if side else found[0]
     report: dict[str, Any] = {
         "format": REPORT_FORMAT,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "model": {
-            "path": str(model),
-            "name": bundle.manifest.name,
-            "version": bundle.manifest.version,
-            "base_model": bundle.manifest.base_model,
-            "created": bundle.manifest.created,
-            "labels": bundle.labels,
-        },
+        "model": _model_info(models[0], first_model[0]),
         "device": device_info(),
         "tweets": {
             "source": tweets.source,
@@ -272,9 +387,17 @@ def run_bench(
             **options.settings,
         },
         "variants": variants,
-        "peers": peer_ratios(variants),
+        "peers": peers,
         "notes": [],
     }
+    if side:
+        for t in targets:
+            variants[t.name].update(bundle=t.bundle, variant=t.variant)
+        report["models"] = [
+            {"label": label, "role": "baseline" if i == 0 else "model", **_model_info(p, b)}
+            for i, (label, p, (b, _)) in enumerate(zip(labels, paths, found, strict=True))
+        ]
+        report["comparison"] = _side_by_side(found, rows, options, tweets.labels is not None)
     for row in variants.values():
         # Per-tweet labels served the peer comparison; the report keeps the scores only.
         (row.get("accuracy") or {}).pop("predictions", None)
@@ -285,11 +408,18 @@ def run_bench(
     if broker is not None:
         from bench.mqtt import BrokerBenchConfig, run_broker_bench
 
-        cfg = BrokerBenchConfig(
-            model=Path(model) if Path(model).suffix != ".onnx" else bundle.root, **broker
-        )
-        progress(f"broker: end-to-end through {cfg.broker}")
-        report["broker"] = run_broker_bench(cfg, tweets, progress)
+        brokers = {}
+        # The --model bundle first, so that a single-bundle report's "broker" stays its own.
+        order = [*range(1, len(paths)), 0] if side else [0]
+        for i in order:
+            path = paths[i] if paths[i].suffix != ".onnx" else found[i][0].root
+            cfg = BrokerBenchConfig(model=path, **broker)
+            progress(f"broker: {labels[i] or 'end-to-end'} through {cfg.broker}")
+            brokers[labels[i]] = run_broker_bench(cfg, tweets, progress)
+        report["broker"] = brokers[labels[order[0]]]
+        if side:
+            report["brokers"] = brokers
+            report["broker_comparison"] = _broker_side_by_side(brokers, labels[0])
     plots, note = write_plots(report, out_dir)
     report["plots"] = plots
     if note:

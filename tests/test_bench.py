@@ -110,6 +110,105 @@ def test_report_files_and_sane_numbers(report) -> None:
     assert device["cores"] >= 1 and device["python"] and device["runtimes"]["ai-edge-litert"]
     markdown = (out / "report.md").read_text()
     assert "| int8 |" in markdown and "LiteRT vs ONNX Runtime" in markdown
+    # One bundle: the report as before side by side existed (plain names, no comparison).
+    assert data["format"] == "repedge-bench/1"
+    assert not {"models", "comparison", "brokers"} & set(data)
+    assert not {"bundle", "variant"} & set(data["variants"]["int8"])
+    assert markdown.startswith(f"# node bench: tiny-random {data['model']['version']}\n")
+    assert "Side by side" not in markdown
+
+
+@pytest.fixture(scope="module")
+def newer_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second bundle, another version with other weights: int8 only (like 2.0.0)."""
+    from trainer.tiny import build_tiny_bundle, tiny_classifier
+
+    root = tmp_path_factory.mktemp("newer") / "bundle"
+    build_tiny_bundle(root, variants=("int8",), version="9.9.9", model=tiny_classifier(seed=4))
+    return root
+
+
+def test_side_by_side_two_bundles_in_one_run(
+    bench_bundle: Path, newer_bundle: Path, labelled_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    done = run_cli("bench", "--model", newer_bundle, "--baseline", bench_bundle,
+                   "--variants", "fp32,int8,onnx-int8", "--data", labelled_file,
+                   "--threads", "1", "--out", out, *QUICK)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    data = json.loads((out / "report.json").read_text())
+    old = data["models"][0]["label"]
+    assert old == "0.0.1" and [m["role"] for m in data["models"]] == ["baseline", "model"]
+    # Unique names; the baseline's files first; every file measured.
+    assert list(data["variants"]) == [f"{old}/fp32", f"{old}/int8", f"{old}/onnx-int8",
+                                      "9.9.9/int8"]  # fmt: skip
+    assert data["model"]["version"] == "9.9.9"  # "model": the first --model, as before
+    assert data["variants"]["9.9.9/int8"]["bundle"] == "9.9.9"
+    assert data["peers"][0]["litert"] == f"{old}/int8"
+    (pair,) = data["comparison"]["pairs"]  # int8 matches int8; fp32 and ONNX stay unpaired
+    assert (pair["target"], pair["baseline"]) == ("9.9.9/int8", f"{old}/int8")
+    metrics = {m["metric"]: m for m in pair["metrics"]}
+    assert {"size_mb", "latency_p50_ms", "latency_p95_ms", "throughput_1", "rss_peak_mib",
+            "load_s", "accuracy", "macro_recall"} <= set(metrics)  # fmt: skip
+    new_row, old_row = data["variants"]["9.9.9/int8"], data["variants"][f"{old}/int8"]
+    size = metrics["size_mb"]
+    assert size["ratio"] == pytest.approx(new_row["size_bytes"] / old_row["size_bytes"])
+    acc = metrics["accuracy"]
+    assert acc["value"] == new_row["accuracy"]["accuracy"]
+    assert acc["baseline"] == old_row["accuracy"]["accuracy"]
+    assert all(m["ratio"] > 0 for m in pair["metrics"] if m["metric"] != "accuracy")
+    assert metrics["throughput_1"]["better"] == "higher"
+    assert metrics["latency_p50_ms"]["better"] == "lower"
+    markdown = (out / "report.md").read_text()
+    assert markdown.startswith(f"# node bench: tiny-random 9.9.9 against {old}\n")
+    assert f"| 9.9.9/int8 vs {old}/int8 |" in markdown.split("## Side by side")[1]
+
+
+def test_side_by_side_bundle_with_itself(bench_bundle: Path, tmp_path: Path) -> None:
+    """The same bundle twice: names stay unique, and the ratios are near 1 (the tails, p95
+    and load time, are left out: on a shared machine one preemption moves them); a ratio is
+    the median over rounds of each round's own ratio."""
+    done = run_cli("bench", "--model", bench_bundle, "--baseline", bench_bundle,
+                   "--variants", "int8", "--threads", "1", "--rounds", 3, "--out", tmp_path,
+                   "--latency-samples", 60, "--saturation-tweets", 128, "--repeats", 1,
+                   )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert list(data["variants"]) == ["0.0.1#1/int8", "0.0.1#2/int8"]
+    (pair,) = data["comparison"]["pairs"]
+    metrics = {m["metric"]: m for m in pair["metrics"]}
+    assert metrics["size_mb"]["ratio"] == 1.0
+    ratios = {m["metric"]: m["ratio"] for m in pair["metrics"]}
+    assert all(r > 0 for r in ratios.values()), ratios
+    for key in ("size_mb", "latency_p50_ms", "throughput_1", "rss_idle_mib", "rss_peak_mib"):
+        assert 0.5 <= ratios[key] <= 2, ratios
+    old, new = (data["variants"][n]["latency"]["rounds_p50_ms"] for n in data["variants"])
+    expected = float(np.median([a / b for a, b in zip(new, old, strict=True)]))
+    assert metrics["latency_p50_ms"]["ratio"] == pytest.approx(expected)
+    assert metrics["latency_p50_ms"]["value"] == pytest.approx(float(np.median(new)))
+
+
+def test_side_by_side_bad_input(bench_bundle: Path, newer_bundle: Path, tmp_path: Path) -> None:
+    two = run_cli("bench", "--model", bench_bundle, "--model", newer_bundle, "--out", tmp_path)
+    assert two.returncode == 2 and "--baseline" in two.stderr
+    unknown = run_cli("bench", "--model", newer_bundle, "--baseline", bench_bundle,
+                      "--variants", "fp64", "--out", tmp_path)  # fmt: skip
+    assert unknown.returncode == 2 and "no model file for ['fp64'] in any of" in " ".join(
+        unknown.stderr.replace("│", " ").split()
+    )
+    assert "Traceback" not in two.stderr + unknown.stderr
+
+
+def test_baseline_match_and_labels() -> None:
+    from bench.sidebyside import bundle_labels, match_in_baseline
+
+    assert bundle_labels(["2.0.0", "3.0.0"]) == ["2.0.0", "3.0.0"]
+    assert bundle_labels(["2.0.0", "2.0.0", "3.0.0"]) == ["2.0.0#1", "2.0.0#2", "3.0.0"]
+    old = [("int8", "litert"), ("fp32", "litert"), ("onnx-int8", "onnxruntime")]
+    assert match_in_baseline("fp32", "litert", old, "int8") == "fp32"
+    assert match_in_baseline("int4", "litert", old, "int8") == "int8"  # the served file
+    assert match_in_baseline("onnx-fp32", "onnxruntime", old, "int8") == "onnx-int8"
+    assert match_in_baseline("onnx-fp32", "onnxruntime", old[:2], "int8") is None
 
 
 def test_plots_are_valid_pngs(report) -> None:
