@@ -220,7 +220,9 @@ def drain_sink(port: int, run: str, idle_s: float = 5.0) -> set[int]:
     return got
 
 
-def crash_trial(broker, run: str, count: int, kill_after: int) -> dict[str, int]:
+def crash_trial(
+    broker, run: str, count: int, kill_after: int, drain_idle_s: float
+) -> dict[str, int]:
     make_sink_session(broker.port)
     publisher = Publisher(broker.port)
     sender = threading.Thread(target=publisher.send, args=(run, count), daemon=True)
@@ -232,7 +234,7 @@ def crash_trial(broker, run: str, count: int, kill_after: int) -> dict[str, int]
     publisher.client.loop_stop()
     acked = publisher.acked()
     broker.start()
-    received = drain_sink(broker.port, run)
+    received = drain_sink(broker.port, run, drain_idle_s)
     return {"acked": len(acked), "lost": len(acked - received), "received": len(received)}
 
 
@@ -251,7 +253,7 @@ def measure(key: str, name: str, make: Callable[[Path], object], args, root: Pat
         broker = make(root / f"{key}-crash{r}")
         try:
             kill_after = rng.randrange(args.burst // 4, args.burst * 3 // 4)
-            trials.append(crash_trial(broker, f"c{r}", args.burst, kill_after))
+            trials.append(crash_trial(broker, f"c{r}", args.burst, kill_after, args.drain_idle))
         finally:
             getattr(broker, "close", broker.stop)()
     row = {
@@ -272,6 +274,9 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=5000)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--seed", type=int, default=20)
+    # After the restart the sink takes what arrives until nothing came for this long (a
+    # quorum queue may need a while to elect its leader again).
+    parser.add_argument("--drain-idle", type=float, default=5.0)
     parser.add_argument("--queue-type", default="classic", choices=["classic", "quorum"])
     parser.add_argument(
         "--out", type=Path, default=REPO / "docs" / "broker_durability_rabbitmq.json"
@@ -309,6 +314,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared with other jobs",
         "burst": args.burst,
         "trials": args.trials,
+        "drain_idle_s": args.drain_idle,
         "rows": rows,
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
