@@ -332,6 +332,28 @@ def test_broker_row_through_mosquitto(bench_bundle, mosquitto, tmp_path) -> None
     assert "End to end through the broker" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.slow
+def test_broker_rows_side_by_side(bench_bundle, newer_bundle, mosquitto, tmp_path) -> None:
+    """--broker with --baseline: the end-to-end row for each bundle, and their ratios."""
+    done = run_cli(
+        "bench", "--model", newer_bundle, "--baseline", bench_bundle, "--variants", "int8",
+        "--out", tmp_path, "--threads", "1", *QUICK, "--broker", mosquitto.url,
+        "--broker-tweets", 40, "--rate", 20, "--seconds", 2, "--broker-repeats", 1,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert list(data["brokers"]) == ["9.9.9", "0.0.1"]  # the --model's first
+    assert data["broker"]["model"]["version"] == "9.9.9"
+    assert data["brokers"]["0.0.1"]["model"]["version"] == "0.0.1"
+    (pair,) = data["broker_comparison"]
+    assert (pair["target"], pair["baseline"]) == ("9.9.9", "0.0.1")
+    for m in pair["metrics"]:
+        assert m["ratio"] == pytest.approx(m["value"] / m["baseline"]) and m["ratio"] > 0
+    markdown = (tmp_path / "report.md").read_text()
+    assert "## End to end through the broker (9.9.9)" in markdown
+    assert "## End to end through the broker (0.0.1)" in markdown
+
+
 def test_compare_labels_across_devices(bench_bundle, labelled_file, tmp_path) -> None:
     """bench_compare, as scripts/arm64_check.sh uses it: the same dump twice is identical;
     a changed label is reported with its index, and the summary holds no tweet text."""
