@@ -157,6 +157,7 @@ def _pairs_table(pairs: list[dict[str, Any]]) -> list[str]:
             cells.append(
                 "n/a" if m is None else f"{_value(m['value'])} vs {_value(m['baseline'])}: "
                 + ("n/a" if m["ratio"] is None else f"**{m['ratio']:.3f}x**")
+                + (f" ({m['difference_points']:+.2f} pt)" if "difference_points" in m else "")
             )  # fmt: skip
         rows.append([label, f"ratio {'< 1' if better == 'lower' else '> 1'}", *cells])
     return _table(header, rows)

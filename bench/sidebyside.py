@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 LOWER, HIGHER = "lower", "higher"  # which direction of new / old is the better one
+ACCURACY_KEYS = ("accuracy", "macro_f1", "macro_recall")
 
 
 def bundle_labels(versions: Sequence[str]) -> list[str]:
@@ -102,8 +103,9 @@ def compare_pair(
             if value is None or base is None:
                 continue
             ratio = _ratio(value, base)
-        rows.append(
-            {"metric": key, "label": label, "better": better, "value": value,
-             "baseline": base, "ratio": ratio}
-        )  # fmt: skip
+        row = {"metric": key, "label": label, "better": better, "value": value,
+               "baseline": base, "ratio": ratio}  # fmt: skip
+        if key in ACCURACY_KEYS:  # targets are written in points (issue 18: "within 1 pt")
+            row["difference_points"] = (value - base) * 100
+        rows.append(row)
     return rows

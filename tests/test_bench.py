@@ -156,6 +156,7 @@ def test_side_by_side_two_bundles_in_one_run(
     acc = metrics["accuracy"]
     assert acc["value"] == new_row["accuracy"]["accuracy"]
     assert acc["baseline"] == old_row["accuracy"]["accuracy"]
+    assert acc["difference_points"] == pytest.approx(100 * (acc["value"] - acc["baseline"]))
     assert all(m["ratio"] > 0 for m in pair["metrics"] if m["metric"] != "accuracy")
     assert metrics["throughput_1"]["better"] == "higher"
     assert metrics["latency_p50_ms"]["better"] == "lower"
