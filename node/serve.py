@@ -41,6 +41,12 @@ def exec_serve(settings: NodeStart) -> NoReturn:
     """Replace this process (same pid, so signals and supervisors still reach it)."""
     # The environment, not argv: argv (with a broker password) is visible to every user.
     env = {**os.environ, SPEC_ENV: json.dumps(to_json(settings))}
+    # numpy's BLAS on one thread: the node's matrices are tiny (head fitting in `node
+    # adapt`: 384 x 3), and OpenBLAS's thread pool on a busy 2-core board made that fit
+    # 14x slower (50.8 s against 3.6 s for 200 labels, benchmarks/teach_node.py). The
+    # model's own threads are the interpreter's, unaffected.
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(name, "1")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", "node.serve"], env)

@@ -38,14 +38,14 @@ from common.timestamps import utc_now
 from edgemodel.adaptation import AdaptationError, fit_entity_head, write_adapted_bundle
 from edgemodel.bundle import EMBEDDING_OUTPUT, OUTPUT_NAME, RELATED_OUTPUT, ModelBundle
 from edgemodel.canaries import DEFAULT_CANARIES, Canary, check_canaries, compute_canaries
+from edgemodel.defaults import MAX_BATCH_TOKENS
 from edgemodel.entity_heads import Correction, EntityHead, entity_key
 from edgemodel.inference import Classifier, EmptyTextError, Encoded
+from node.batcher import bucket_by_length
 from node.memory import release_file_pages
 from node.teachstore import POLARITIES, Answer, TeachStore
 
 log = logging.getLogger("repedge.node")
-
-BATCH = 32
 
 
 class ModelSlots(Protocol):
@@ -91,11 +91,15 @@ class AdaptOutcome:
 
 
 def raw_outputs(classifier: Classifier, encoded: Sequence[Encoded]) -> dict[str, np.ndarray]:
-    """The FlatBuffer's outputs for ``encoded`` in their order, run in length-sorted batches."""
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    """The FlatBuffer's outputs for ``encoded`` in their order. Batched as the node batches
+    (node/batcher.py: rows x padded length <= MAX_BATCH_TOKENS), so adapting needs no more
+    interpreter working memory than serving: 32 rows of long tweets took 90 MiB more."""
+    groups = bucket_by_length(list(range(len(encoded))), lambda i: len(encoded[i]),
+                              MAX_BATCH_TOKENS)  # fmt: skip
+    order: list[int] = []
     parts: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(order), BATCH):
-        rows = order[start : start + BATCH]
+    for rows in groups:
+        order.extend(rows)
         for name, value in classifier.run([encoded[i] for i in rows]).items():
             parts.setdefault(name, []).append(value)
     inverse = np.argsort(np.asarray(order))
