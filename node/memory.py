@@ -59,3 +59,11 @@ def release_file_pages(path: Path) -> int:
             advised += end - start
     log.debug("released %d bytes of %s", advised, target)
     return advised
+
+
+def trim_heap() -> None:
+    """Give the heap's free memory back to the OS now (glibc ``malloc_trim``): after a
+    model swap the old interpreter's freed buffers would otherwise stay in RSS."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)

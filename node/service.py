@@ -42,6 +42,7 @@ constructor is started and stopped with the service and calls it.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -57,7 +58,7 @@ from edgemodel.inference import Classifier
 from node.batcher import Batcher
 from node.core import BatchResult, BatchStep, Inbound
 from node.dedup import ResilientStore
-from node.memory import release_file_pages
+from node.memory import release_file_pages, trim_heap
 from node.mqtt_shell import Delivery, Handler, MqttShell, Publish
 from node.settings import NodeConfig
 from node.teach import TeachServer
@@ -357,6 +358,7 @@ class NodeService:
 
     def _work(self) -> None:
         trimmed: Classifier | None = None
+        swapped = False  # a model was served before the current one
         while not (self._stop_worker.is_set() and self._batcher.depth() == 0):
             _call_all(self.hooks.heartbeat)
             if not self._classifier_ready.wait(0.2):
@@ -394,6 +396,13 @@ class NodeService:
                 # The first inference has packed the weights; the mapped file is dead weight.
                 release_file_pages(classifier.bundle.model_path)
                 trimmed = classifier
+                if swapped:
+                    # The previous model is unreferenced only now (this loop held it);
+                    # its interpreter may sit in a reference cycle, so collect it and give
+                    # the freed heap back (otherwise RSS keeps both models after a swap).
+                    gc.collect()
+                    trim_heap()
+                swapped = True
 
     def _check_flow_control(self) -> None:
         # Tweets held unacknowledged: those in the queue and those whose record waits for
