@@ -169,6 +169,8 @@ class Classifier:
         self.encoder = TweetEncoder.from_bundle(bundle)
         self.max_length = self.encoder.max_length
 
+        # The file the interpreter maps; adopt() may change the bundle, never this.
+        self.model_file = bundle.model_path
         interpreter_cls, self.runtime = load_interpreter_class()
         threads = num_threads or evaluation_threads()
         self._interpreter = interpreter_cls(model_path=str(bundle.model_path), num_threads=threads)

@@ -394,7 +394,7 @@ class NodeService:
                 _call_all(self.hooks.on_batch, report)
             if result.ran_inference and classifier is not trimmed:
                 # The first inference has packed the weights; the mapped file is dead weight.
-                release_file_pages(classifier.bundle.model_path)
+                release_file_pages(classifier.model_file)
                 trimmed = classifier
                 if swapped:
                     # The previous model is unreferenced only now (this loop held it);

@@ -42,7 +42,6 @@ from edgemodel.defaults import MAX_BATCH_TOKENS
 from edgemodel.entity_heads import Correction, EntityHead, entity_key
 from edgemodel.inference import Classifier, EmptyTextError, Encoded
 from node.batcher import bucket_by_length
-from node.memory import release_file_pages
 from node.teachstore import POLARITIES, Answer, TeachStore
 
 log = logging.getLogger("repedge.node")
@@ -252,9 +251,8 @@ class NodeAdapter:
             shutil.rmtree(folder, ignore_errors=True)
         worker.adopt(ModelBundle.load(root, variant=parent.variant))  # the installed copy
         self.node.swap_classifier(worker)
-        # The worker maps the parent's FlatBuffer, whose weights XNNPACK has packed by now.
-        release_file_pages(parent.model_path)
-        gc.collect()  # the old interpreter, now unreferenced, gives its memory back
+        # (The inference loop releases the worker's mapped FlatBuffer pages after its
+        # first batch, and the old interpreter's memory once it is unreferenced.)
         return AdaptOutcome(
             True,
             f"serving the adapted model (slot {version}): cross-validation on the labels "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import weakref
 from pathlib import Path
 
 from common.endpoint import BrokerEndpoint
@@ -107,6 +108,7 @@ def test_adapt_swaps_under_load_and_rolls_back(mosquitto, tiny_bundle, tmp_path:
         feeder.start()
         try:
             watcher.wait_count(topics.labels, 25)  # the stream is flowing
+            before = weakref.ref(service.current_classifier())
             adapted = teacher.request(node, "adapt", entity="Kia")
             assert adapted["swapped"], adapted
             new_sha = adapted["model"]
@@ -117,6 +119,7 @@ def test_adapt_swaps_under_load_and_rolls_back(mosquitto, tiny_bundle, tmp_path:
                         and m.json()["model"]["version"] == new_sha["version"]]  # fmt: skip
 
             watcher.wait_for(lambda msgs: len(after_swap(msgs)) >= 25, what="labels after swap")
+            assert before() is None, "the model served before the swap is released"
         finally:
             stop.set()
             feeder.join()
