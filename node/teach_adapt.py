@@ -38,7 +38,7 @@ from common.timestamps import utc_now
 from edgemodel.adaptation import AdaptationError, fit_entity_head, write_adapted_bundle
 from edgemodel.bundle import EMBEDDING_OUTPUT, OUTPUT_NAME, RELATED_OUTPUT, ModelBundle
 from edgemodel.canaries import DEFAULT_CANARIES, Canary, check_canaries, compute_canaries
-from edgemodel.defaults import MAX_BATCH_TOKENS
+from edgemodel.defaults import MAX_BATCH_TOKENS, serving_threads
 from edgemodel.entity_heads import Correction, EntityHead, entity_key
 from edgemodel.inference import Classifier, EmptyTextError, Encoded
 from node.batcher import bucket_by_length
@@ -127,7 +127,9 @@ class NodeAdapter:
         self.store = store
         self.slots = slots
         self.work_dir = Path(work_dir)
-        self.threads = threads
+        # The serving rule when not given: a worker with more interpreter threads than
+        # the served model would hold more working memory once it serves.
+        self.threads = threads or serving_threads()
         self._clock = clock
         self._lock = threading.Lock()
 
