@@ -57,8 +57,14 @@ def main() -> int:
     )  # fmt: skip
     driver = None
     try:
-        watcher = Collector(broker, ["repedge/labels"])
-        time.sleep(3)
+        watcher = Collector(broker, ["repedge/labels", "repedge/nodes/pi-showroom/status"])
+        watcher.wait_for(
+            lambda msgs: any(
+                m.topic.endswith("/status") and b'"online"' in m.payload for m in msgs
+            ),
+            timeout=120,
+            what="the node online",
+        )
         payloads = [json.dumps({"id": f"r{i}", "text": t, "entity": args.brand})
                     for i, t in enumerate(texts)]  # fmt: skip
         publish(broker, "repedge/tweets", payloads)
