@@ -10,6 +10,7 @@ when everything that was going to arrive has arrived.
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -23,7 +24,15 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker.config import BrokerConfig, render_config, write_config
-from broker.roles import RoleError, ha_object_prefix, read_roles, render_acl, set_role
+from broker.roles import (
+    SUBSCRIBE_RULES_FILE,
+    RoleError,
+    ha_object_prefix,
+    read_roles,
+    read_share_groups,
+    render_acl,
+    set_role,
+)
 from broker.users import add_user
 from harness import WAIT_S, Collector, Mosquitto, start_mosquitto, wait_until
 
@@ -511,3 +520,26 @@ def test_a_node_cannot_write_a_colliding_node_s_discovery_topic(broker: Mosquitt
         ],
         retain=True,
     )
+
+
+def test_share_groups_are_checked_and_remembered_per_node_user(tmp_path: Path) -> None:
+    acl = tmp_path / "acl"
+    with pytest.raises(RoleError, match="for node users"):
+        set_role(tmp_path, acl, "north", "site", "workers")
+    with pytest.raises(RoleError, match="sites' share group"):
+        set_role(tmp_path, acl, "pi-1", "node", "repedge-sites")
+    with pytest.raises(RoleError, match="invalid share group"):
+        set_role(tmp_path, acl, "pi-1", "node", "a/#")
+    set_role(tmp_path, acl, "pi-1", "node", "pis")
+    set_role(tmp_path, acl, "pi-2", "node")
+    assert read_roles(tmp_path) == {"pi-1": "node", "pi-2": "node"}
+    assert read_share_groups(tmp_path) == {"pi-1": "pis"}
+    rules = json.loads((tmp_path / SUBSCRIBE_RULES_FILE).read_text())
+    filters = {
+        role["rolename"]: [a["topic"] for a in role["acls"] if a["allow"]]
+        for role in rules["roles"]
+    }
+    assert filters["subscribe-pi-1"][0] == "$share/pis/repedge/tweets"
+    assert filters["subscribe-pi-2"][0] == "repedge/tweets"
+    set_role(tmp_path, acl, "pi-1", "node")  # re-added without a group: the group is gone
+    assert read_share_groups(tmp_path) == {}
