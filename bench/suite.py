@@ -6,6 +6,8 @@ throughput per thread count and, with labelled data, accuracy / macro-F1 / AvgRe
 each file in a subprocess of its own (:mod:`bench.measure`). With ``broker`` it adds
 the end-to-end row through a real MQTT broker (:mod:`bench.mqtt`). It writes
 report.json, report.md and PNG plots into the output folder. No TensorFlow is imported.
+With a ``baseline`` bundle, every file of it and of each ``model`` bundle is measured in
+the same alternating rounds and compared side by side (:mod:`bench.sidebyside`).
 """
 
 from __future__ import annotations
@@ -332,8 +334,10 @@ def run_bench(
         )  # fmt: skip
         for r in range(options.rounds):
             # Rounds alternate over the files, of every bundle, so drifting load on the device
-            # hits all alike; accuracy does not change between rounds: first round only.
-            for k, t in enumerate(targets, 1):
+            # hits all alike; every other round runs them in reverse (A B, B A, ...), so that
+            # being first or last in a round favours none. Accuracy does not change between
+            # rounds: first round only.
+            for k, t in enumerate(targets if r % 2 == 0 else targets[::-1], 1):
                 progress(f"[{r + 1}/{options.rounds}] {k}/{len(targets)} {t.name} ({t.runtime})")
                 spec = replace(
                     base, name=t.name, runtime=t.runtime, bundle_root=str(t.root),
