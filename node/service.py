@@ -47,6 +47,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -357,7 +358,10 @@ class NodeService:
     # -- inference --------------------------------------------------------------------
 
     def _work(self) -> None:
-        trimmed: Classifier | None = None
+        # A weak reference: a strong one (like any local left holding a model while the
+        # loop idles) would keep a replaced model's interpreter, ~20 MB of packed weights
+        # for a 20 MB int8 model, alive until the next batch or forever.
+        trimmed: weakref.ref[Classifier] | None = None
         swapped = False  # a model was served before the current one
         while not (self._stop_worker.is_set() and self._batcher.depth() == 0):
             _call_all(self.hooks.heartbeat)
@@ -392,17 +396,18 @@ class NodeService:
             if self.hooks.on_batch:
                 report = BatchReport(result, seconds, self._batcher.depth(), self.store.status)
                 _call_all(self.hooks.on_batch, report)
-            if result.ran_inference and classifier is not trimmed:
+            if result.ran_inference and (trimmed is None or trimmed() is not classifier):
                 # The first inference has packed the weights; the mapped file is dead weight.
                 release_file_pages(classifier.model_file)
-                trimmed = classifier
+                trimmed = weakref.ref(classifier)
                 if swapped:
-                    # The previous model is unreferenced only now (this loop held it);
-                    # its interpreter may sit in a reference cycle, so collect it and give
-                    # the freed heap back (otherwise RSS keeps both models after a swap).
+                    # A new model serves: the previous one was freed when the swap dropped
+                    # its last reference; collect any cycle and give the freed heap back.
                     gc.collect()
                     trim_heap()
                 swapped = True
+            # Hold no model between batches: after a swap the old one must go at once.
+            classifier = None
 
     def _check_flow_control(self) -> None:
         # Tweets held unacknowledged: those in the queue and those whose record waits for

@@ -14,7 +14,7 @@ from common.endpoint import BrokerEndpoint
 from common.mqttclient import new_client
 from edgemodel.bundle import ModelBundle
 from edgemodel.inference import Classifier
-from harness import WAIT_S, Collector, embedded_node
+from harness import WAIT_S, Collector, embedded_node, publish, wait_until
 from node.serve import adapted_slot_for
 from node.teach_client import TeachClient
 from provisioning.install import installed_slot, read_state
@@ -157,6 +157,46 @@ def test_adapt_swaps_under_load_and_rolls_back(mosquitto, tiny_bundle, tmp_path:
         ours = Classifier(ModelBundle.load(adapted_dir)).classify(texts, ["Kia", "Kia"])
         assert other.bundle.identity()["version"] == new_sha["version"]
         assert other.classify(texts, ["Kia", "Kia"]) == ours
+    finally:
+        teacher.close()
+        service.stop()
+        watcher.close()
+
+
+def test_an_idle_node_releases_the_replaced_model(mosquitto, tiny_bundle, tmp_path: Path) -> None:
+    """A swap while no tweet arrives frees the replaced model at once: nothing in the node
+    (the inference loop between batches included) keeps its interpreter and packed weights,
+    so the node does not hold two models until the next tweet, or for good."""
+    service, topics = embedded_node(mosquitto, tmp_path, Classifier(tiny_bundle, num_threads=1))
+    service.model_slots = LocalSlots(tmp_path / "provisioning")
+    watcher = Collector(mosquitto, [topics.labels])
+    service.start()
+    teacher = TeachClient(BrokerEndpoint.parse(mosquitto.url))
+    node = service.config.node_id
+
+    def label(n: int, prefix: str) -> None:
+        tweets = [json.dumps({"id": f"{prefix}{i}", "text": f"my kia {i}", "entity": "Kia"})
+                  for i in range(n)]  # fmt: skip
+        publish(mosquitto, topics.tweets, tweets)
+        watcher.wait_for(
+            lambda msgs: sum(m.json()["id"].startswith(prefix) for m in msgs) == n,
+            what=f"labels of the {prefix} tweets",
+        )
+
+    try:
+        assert service.wait_connected(WAIT_S)
+        teacher.request(node, "import", tsv=label_file(60), timeout=WAIT_S)
+        label(5, "first-")  # the inference loop has served the first model
+        served = weakref.ref(service.current_classifier())
+        adapted = teacher.request(node, "adapt", entity="Kia", timeout=WAIT_S)
+        assert adapted["swapped"], adapted
+        wait_until(lambda: served() is None, what="the model served before adapt released")
+        label(5, "adapted-")  # now the loop has run the adapted model
+        replaced = weakref.ref(service.current_classifier())
+        back = teacher.request(node, "rollback", timeout=WAIT_S)
+        assert back["swapped"], back
+        wait_until(lambda: replaced() is None, what="the adapted model released on rollback")
+        label(3, "after-")  # and the node serves on
     finally:
         teacher.close()
         service.stop()
