@@ -309,7 +309,10 @@ def serve(
 
 
 def _teach(endpoint: BrokerEndpoint, state: DashboardState):
-    """The Teach view's MQTT client (dashboard/teach_web.py) and its routes."""
+    """The Teach view's MQTT client (dashboard/teach_web.py) and its routes, with the
+    history chart's click-through to the nodes' texts (dashboard/history_tweets.py)."""
+    from dashboard.history_tweets import NodeTexts
+    from dashboard.history_web import tweets_route
     from dashboard.teach_web import teach_routes
     from node.teach_client import TeachClient
 
@@ -318,7 +321,12 @@ def _teach(endpoint: BrokerEndpoint, state: DashboardState):
     def node_ids() -> list[str]:
         return sorted(n["node_id"] for n in state.snapshot()["nodes"])
 
-    return client, teach_routes(client, node_ids)
+    def online() -> list[str]:
+        return sorted(n["node_id"] for n in state.snapshot()["nodes"] if n["state"] == "online")
+
+    routes = teach_routes(client, node_ids)
+    routes["/api/history/tweets"] = tweets_route(NodeTexts(client, online))
+    return client, routes
 
 
 def _interrupt(*_: object) -> None:

@@ -4,9 +4,10 @@
   range; ``step=60|3600|86400`` to force the bucket): the series per entity on a dense
   time axis, each entity's totals over the range, and every entity the store knows.
 * ``GET /api/history.csv?...``: the same series as CSV, one row per bucket and entity.
-* ``GET /api/history/tweets?entity=BMW&from=..&to=..``: the tweets behind a point. Label
-  records carry no text, so this answers 404 until a text store is wired in
-  (:data:`TWEETS_HOOK`); the page shows the reason.
+* ``GET /api/history/tweets?entity=BMW&from=..&to=..[&label=negative][&related=1]``: the
+  tweets behind a point. Label records carry no text: `dashboard serve` asks the nodes'
+  text stores over the teach protocol (dashboard/history_tweets.py); without a source, or
+  when the broker user may not read texts, it answers an error the page shows.
 
 A preset range ends now, unless everything recorded is older than the range: then it
 ends at the newest minute recorded (``"anchor": "latest"``), so a replayed old feed shows.
@@ -27,16 +28,13 @@ from common.httpserver import Request, Response, Route
 from common.text import inert_json
 from dashboard.history import FIELDS, HistoryStore
 from dashboard.history_sql import HistoryDatabaseError
+from dashboard.history_tweets import TweetsSource, TweetsUnavailable
 
 PRESETS = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 DEFAULT_ENTITIES = 10  # busiest shown when the page names none
 MAX_ENTITIES = 50
 MAX_SPAN_S = 20 * 366 * 86400
 MAX_POINTS = 50_000  # per entity, with a forced step (30 days per minute is 43,200)
-
-# Set by whatever keeps tweet texts (the node's text store): (entity, start, end) -> list
-# of {"id", "text", "label", ...}. None: this dashboard has no texts to show.
-TWEETS_HOOK: Callable[[str, float, float], list[dict[str, Any]]] | None = None
 
 
 class BadQuery(ValueError):
@@ -165,27 +163,40 @@ def history_routes(
             return Response(HTTPStatus.OK, history_csv(view), "text/csv; charset=utf-8")
         return json_response(view)
 
-    def tweets(request: Request) -> Response:
-        try:
-            return _tweets(request.query)
-        except BadQuery as exc:
-            return json_response({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
-
     return {
         "/api/history": Route(answer),
         "/api/history.csv": Route(lambda request: answer(request, csv_out=True)),
-        "/api/history/tweets": Route(tweets),
+        "/api/history/tweets": tweets_route(None),
     }
 
 
-def _tweets(params: dict[str, list[str]]) -> Response:
+def tweets_route(source: TweetsSource | None) -> Route:
+    """``/api/history/tweets`` answered from ``source`` (None: this dashboard has none)."""
+
+    def handle(request: Request) -> Response:
+        try:
+            return json_response(_tweets(source, request.query))
+        except BadQuery as exc:
+            return json_response({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
+        except TweetsUnavailable as exc:
+            return json_response({"error": str(exc)}, exc.status)
+
+    return Route(handle)
+
+
+def _tweets(source: TweetsSource | None, params: dict[str, list[str]]) -> dict[str, Any]:
     entity = params.get("entity", [""])[0]
     start, end = _number(params, "from"), _number(params, "to")
-    if not entity or start is None or end is None:
-        raise BadQuery("tweets need entity=, from= and to=")
-    if TWEETS_HOOK is None:
-        return json_response(
-            {"error": "this dashboard keeps no tweet texts (label records carry none)"},
-            HTTPStatus.NOT_FOUND,
+    if not entity or start is None or end is None or not start < end:
+        raise BadQuery("tweets need entity=, from= and to= (from < to, epoch seconds)")
+    label = params.get("label", [""])[0] or None
+    related_arg = params.get("related", [""])[0]
+    if related_arg not in ("", "0", "1"):
+        raise BadQuery("related must be 1 or 0")
+    related = None if related_arg == "" else related_arg == "1"
+    if source is None:
+        raise TweetsUnavailable(
+            "this dashboard has no broker user to ask the nodes for texts with "
+            "(label records carry none; the nodes keep them)"
         )
-    return json_response({"entity": entity, "tweets": TWEETS_HOOK(entity, start, end)})
+    return source(entity, start, end, label, related)

@@ -16,7 +16,9 @@ Operations (``op``): ``entities``; ``next`` (entity, optional ``exclude`` digest
 tweet to label next, chosen by the active-learning selector (edgemodel/selection.py) among
 the kept texts nobody answered; ``answer`` (entity, digest, answer); ``undo`` (entity);
 ``stats`` (entity); ``export`` (optional entity): the labels as TSV; ``import`` (tsv);
-``adapt`` (entity); ``rollback``.
+``adapt`` (entity); ``rollback``; ``texts`` (entity, ``from`` and ``to`` in epoch seconds,
+optional ``label``, ``related`` and ``limit``): the kept texts whose time (``created_at``,
+else when labelled) is in [from, to), the tweets behind a point of the dashboard's history.
 
 Requests are handled one at a time on a worker thread with a bounded queue (MQTT's
 network thread only enqueues), so teaching never slows labelling down.
@@ -43,6 +45,8 @@ log = logging.getLogger("repedge.node")
 
 REPLY_TO = re.compile(r"[A-Za-z0-9_-]{1,64}")
 QUEUE = 32
+TEXTS_LIMIT = 50  # tweets per `texts` answer unless asked otherwise
+TEXTS_MAX = 500
 # The running estimate of an adapted head refits on every answer: a lighter grid than
 # `node adapt` (which decides a swap) keeps it well under a second on 2 cores.
 ESTIMATE_CONFIG = AdaptConfig(l2_grid=(1e-2, 1e-1), folds=5, steps=120)
@@ -228,6 +232,8 @@ class TeachServer:
             return self.stats(entity)
         if op == "adapt":
             return self._adapter().adapt(entity).to_json()
+        if op == "texts":
+            return self.texts(entity, request)
         raise TeachError(f"unknown op {op!r}")
 
     def _adapter(self) -> NodeAdapter:
@@ -267,6 +273,33 @@ class TeachServer:
         ]
         (pick,) = select(outputs, 1, "active", np.stack(done) if done else None)
         return usable[pick].to_json()
+
+    def texts(self, entity: str, request: dict[str, Any]) -> dict[str, Any]:
+        """The kept texts of ``entity`` in [from, to), with how many this node keeps for it
+        and since when, so an empty answer says whether the range is older than the store."""
+        start, end = request.get("from"), request.get("to")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (start, end)):
+            raise TeachError("texts needs 'from' and 'to' (epoch seconds)")
+        if not start < end:
+            raise TeachError("texts needs 'from' before 'to'")
+        label, related = request.get("label"), request.get("related")
+        if label is not None and label not in self.labels:
+            raise TeachError(f"'label' must be one of {', '.join(self.labels)}")
+        if related is not None and not isinstance(related, bool):
+            raise TeachError("'related' must be true or false")
+        limit = request.get("limit", TEXTS_LIMIT)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 0 < limit <= TEXTS_MAX:
+            raise TeachError(f"'limit' must be a whole number from 1 to {TEXTS_MAX}")
+        found, total = self.store.texts_between(entity, start, end, label, related, limit)
+        kept, oldest = self.store.span(entity)
+        return {
+            "entity": entity,
+            "tweets": [t.to_json() for t in found],
+            "total": total,
+            "kept": kept,
+            "oldest": oldest,
+            "keeps_texts": self.store.max_per_entity > 0,
+        }
 
     def stats(self, entity: str) -> dict[str, Any]:
         answers = self.store.answers(entity, with_skips=True)

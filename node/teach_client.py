@@ -28,6 +28,16 @@ class TeachClientError(RuntimeError):
     """No connection, no answer in time, or the node refused the request."""
 
 
+class TeachNotAllowed(TeachClientError):
+    """The broker refused the request itself: this user's role may not teach."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the broker refused the request: this broker user may not teach or read tweet "
+            "texts (it needs the teach or admin role: `broker users add NAME --role teach`)"
+        )
+
+
 class TeachClient:
     def __init__(self, endpoint: BrokerEndpoint, client_id: str | None = None) -> None:
         self.reply_to = uuid.uuid4().hex[:16]
@@ -35,6 +45,7 @@ class TeachClient:
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
         self._refused: str | None = None
+        self._denied: set[int] = set()  # message ids the broker's ACL refused (PUBACK 0x87)
         self.client = new_client(
             endpoint, client_id or f"repedge-teach-{self.reply_to}", max_reconnect_s=10
         )
@@ -42,6 +53,7 @@ class TeachClient:
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
         self.client.connect_async(host, port)
         self.client.loop_start()
 
@@ -56,6 +68,14 @@ class TeachClient:
             return
         topic = f"repedge/nodes/+/teach/response/{self.reply_to}"
         client.subscribe(topic, options=SubscribeOptions(qos=1))
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        # Mosquitto answers an MQTT 5 publish its ACL denies with "not authorized": say so
+        # at once instead of waiting out the timeout for an answer that cannot come.
+        if reason_code.is_failure:
+            with self._cond:
+                self._denied.add(mid)
+                self._cond.notify_all()
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
         try:
@@ -78,10 +98,15 @@ class TeachClient:
         with self._cond:
             self._pending[request_id] = None
         payload = {"op": op, "reply_to": self.reply_to, "request_id": request_id, **fields}
-        self.client.publish(request_topic(node_id), json.dumps(payload), qos=1)
+        mid = self.client.publish(request_topic(node_id), json.dumps(payload), qos=1).mid
         with self._cond:
-            got = self._cond.wait_for(lambda: self._pending[request_id] is not None, timeout)
+            got = self._cond.wait_for(
+                lambda: self._pending[request_id] is not None or mid in self._denied, timeout
+            )
             response = self._pending.pop(request_id)
+            if mid in self._denied:
+                self._denied.discard(mid)
+                raise TeachNotAllowed()
         if not got or response is None:
             raise TeachClientError(
                 f"node {node_id!r} did not answer {op!r} in {timeout:g} s (is it running, and "

@@ -3,9 +3,12 @@
 One SQLite file in the node's state folder (``STATE_DIR/teach.sqlite``), two tables:
 
 * ``texts``: the most recent ``max_per_entity`` tweets the node labelled per entity, with
-  the model's answer (label, scores, related score) and the pooled ``embedding`` (float16)
-  that the active-learning selector measures diversity on. Older ones are deleted as new
-  ones arrive; tweets without an entity are not kept (teaching is per brand).
+  the model's answer (label, scores, related score), the pooled ``embedding`` (float16)
+  that the active-learning selector measures diversity on, and the tweet's time ``at``
+  (epoch seconds): its own ``created_at`` when it carried a valid one, else when the node
+  labelled it, the time the dashboard's history buckets it by, so a click on a point
+  lists the texts behind it (:meth:`TeachStore.texts_between`). Older ones are deleted as
+  new ones arrive; tweets without an entity are not kept (teaching is per brand).
 * ``answers``: what a user answered for a tweet (negative / neutral / positive /
   unrelated, or skip), with the tweet's text and the model's guess at the time. Kept until
   purged: they are the user's work, and the data a head is fitted on.
@@ -35,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from common.timestamps import utc_now
+from common.timestamps import parse_wire, utc_now
 from edgemodel.entity_heads import entity_key
 
 log = logging.getLogger("repedge.node")
@@ -64,6 +67,7 @@ CREATE TABLE IF NOT EXISTS texts (
     embedding BLOB,
     model_sha256 TEXT,
     kept_at TEXT NOT NULL,
+    at REAL,
     UNIQUE (entity_key, digest)
 );
 CREATE INDEX IF NOT EXISTS texts_by_entity ON texts (entity_key, seq);
@@ -106,6 +110,7 @@ class KeptText:
     related_score: float | None
     embedding: np.ndarray | None
     digest: str
+    at: float | None = None  # event time, epoch seconds (None: kept before times were)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -116,6 +121,7 @@ class KeptText:
             "scores": self.scores,
             "related_score": self.related_score,
             "digest": self.digest,
+            "at": self.at,
         }
 
 
@@ -154,6 +160,10 @@ class TeachStore:
         # and a per-entity scan of 2,000 rows is fast from the OS's page cache anyway.
         self._db.execute("PRAGMA cache_size=-256")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(texts)")}
+        if "at" not in columns:  # a store from before texts had a time: they list as none
+            self._db.execute("ALTER TABLE texts ADD COLUMN at REAL")
+        self._db.execute("CREATE INDEX IF NOT EXISTS texts_by_time ON texts (entity_key, at)")
         self.path.chmod(0o600)  # tweet texts: readable by the node's user only
 
     @classmethod
@@ -166,15 +176,21 @@ class TeachStore:
 
     # -- texts --------------------------------------------------------------------------
 
-    def keep(self, rows: Sequence[tuple[Any, Any, str | None]]) -> int:
-        """Keep ``(tweet, prediction, model_sha256)`` rows, newest last; trim per entity."""
+    def keep(
+        self, rows: Sequence[tuple[Any, Any, str | None]], labelled_at: float | None = None
+    ) -> int:
+        """Keep ``(tweet, prediction, model_sha256)`` rows, newest last; trim per entity.
+        ``labelled_at`` (epoch seconds, default now): the time of tweets without their own."""
         if self.max_per_entity <= 0:
             return 0
         now = utc_now()
+        labelled_at = time.time() if labelled_at is None else labelled_at
         values = []
         for tweet, prediction, sha in rows:
             if not tweet.entity:
                 continue
+            created_at = getattr(tweet, "created_at", None)
+            at = parse_wire(created_at).timestamp() if created_at else labelled_at
             blob = _blob(prediction.embedding)
             values.append(
                 (
@@ -189,6 +205,7 @@ class TeachStore:
                     blob,
                     sha,
                     now,
+                    at,
                 )
             )
         if not values:
@@ -196,8 +213,8 @@ class TeachStore:
         with self._lock, self._db:
             self._db.executemany(
                 "INSERT OR REPLACE INTO texts (entity_key, entity, digest, tweet_id, text, label,"
-                " scores, related_score, embedding, model_sha256, kept_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " scores, related_score, embedding, model_sha256, kept_at, at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 values,
             )
             for key in {v[0] for v in values}:
@@ -214,18 +231,55 @@ class TeachStore:
         with self._lock:
             rows = self._db.execute(
                 "SELECT t.entity, t.tweet_id, t.text, t.label, t.scores, t.related_score,"
-                " t.embedding, t.digest FROM texts t LEFT JOIN answers a"
+                " t.embedding, t.digest, t.at FROM texts t LEFT JOIN answers a"
                 " ON a.entity_key = t.entity_key AND a.digest = t.digest"
                 " WHERE t.entity_key = ? AND a.seq IS NULL ORDER BY t.seq",
                 (entity_key(entity),),
             ).fetchall()
         return [_kept(row) for row in rows if row[7] not in skip]
 
+    def texts_between(
+        self,
+        entity: str,
+        start: float,
+        end: float,
+        label: str | None = None,
+        related: bool | None = None,
+        limit: int = 100,
+    ) -> tuple[list[KeptText], int]:
+        """The kept texts of ``entity`` whose time is in [start, end), oldest first, at most
+        ``limit``; with ``label``, only that polarity; with ``related``, only tweets the
+        model marked (un)related. Returns them and how many matched in all."""
+        where = ["entity_key = ?", "at >= ?", "at < ?"]
+        args: list[Any] = [entity_key(entity), start, end]
+        if label is not None:
+            where.append("label = ?")
+            args.append(label)
+        if related is not None:  # the node's threshold (Prediction.related)
+            where.append("related_score >= 0.5" if related else "related_score < 0.5")
+        clause = " AND ".join(where)
+        with self._lock:
+            (total,) = self._db.execute(
+                f"SELECT COUNT(*) FROM texts WHERE {clause}", args
+            ).fetchone()
+            rows = self._db.execute(
+                f"SELECT {_TEXT_COLUMNS} FROM texts WHERE {clause} ORDER BY at, seq LIMIT ?",
+                [*args, max(0, limit)],
+            ).fetchall()
+        return [_kept(row) for row in rows], total
+
+    def span(self, entity: str) -> tuple[int, float | None]:
+        """How many texts are kept for ``entity``, and the time of the oldest."""
+        with self._lock:
+            count, oldest = self._db.execute(
+                "SELECT COUNT(*), MIN(at) FROM texts WHERE entity_key = ?", (entity_key(entity),)
+            ).fetchone()
+        return count, oldest
+
     def text(self, entity: str, digest: str) -> KeptText | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT entity, tweet_id, text, label, scores, related_score, embedding, digest"
-                " FROM texts WHERE entity_key = ? AND digest = ?",
+                f"SELECT {_TEXT_COLUMNS} FROM texts WHERE entity_key = ? AND digest = ?",
                 (entity_key(entity), digest),
             ).fetchone()
         return _kept(row) if row else None
@@ -396,6 +450,7 @@ def parse_label_tsv(text: str) -> Iterator[Answer]:
     return iter(parsed)
 
 
+_TEXT_COLUMNS = "entity, tweet_id, text, label, scores, related_score, embedding, digest, at"
 _ANSWER_COLUMNS = (
     "entity, tweet_id, text, answer, guess, guess_related_score, digest, guess_scores, embedding"
 )
@@ -410,9 +465,9 @@ def _vector(blob: bytes | None) -> np.ndarray | None:
 
 
 def _kept(row: tuple[Any, ...]) -> KeptText:
-    entity, tweet_id, text, label, scores, related, blob, digest = row
+    entity, tweet_id, text, label, scores, related, blob, digest, at = row
     return KeptText(
-        entity, tweet_id, text, label, json.loads(scores), related, _vector(blob), digest
+        entity, tweet_id, text, label, json.loads(scores), related, _vector(blob), digest, at
     )
 
 
@@ -430,7 +485,10 @@ class TextKeeper:
 
     def __init__(self, store: TeachStore, queue_size: int = DEFAULT_QUEUE) -> None:
         self.store = store
-        self._queue: queue.Queue[list[tuple[Any, Any, str | None]] | None] = queue.Queue(queue_size)
+        # (rows, when they were labelled): the writer may run a while behind the stream.
+        self._queue: queue.Queue[tuple[list[tuple[Any, Any, str | None]], float] | None] = (
+            queue.Queue(queue_size)
+        )
         self.kept = 0
         self.dropped = 0
         self.failed = 0
@@ -444,7 +502,7 @@ class TextKeeper:
         if not rows:
             return
         try:
-            self._queue.put_nowait(rows)
+            self._queue.put_nowait((rows, time.time()))
         except queue.Full:
             self.dropped += len(rows)
             self._warn("teach text queue full: %d texts not kept so far", self.dropped)
@@ -467,13 +525,13 @@ class TextKeeper:
 
     def _run(self) -> None:
         while True:
-            rows = self._queue.get()
+            item = self._queue.get()
             try:
-                if rows is None:
+                if item is None:
                     return
-                self.kept += self.store.keep(rows)
+                self.kept += self.store.keep(*item)
             except Exception as exc:
-                self.failed += len(rows or [])
+                self.failed += len(item[0] if item else [])
                 self._warn("keeping teach texts failed (%s); labelling goes on", exc)
             finally:
                 self._queue.task_done()

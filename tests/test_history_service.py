@@ -15,12 +15,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from http import HTTPStatus
 from pathlib import Path
 
 import pytest
 
 from dashboard import history_web
 from dashboard.history import HistoryRecorder, HistoryStore
+from dashboard.history_tweets import TweetsUnavailable
 from dashboard.state import DashboardState
 from dashboard.web import DashboardServer, Hub
 from harness import REPO, WAIT_S, postgres, publish, wait_until
@@ -222,21 +224,39 @@ def test_history_api_answers_ranges_per_entity_and_exports_csv(served):
         status, kind, body = get(server, f"/api/history?{bad}")
         assert status == 400 and "error" in json.loads(body), bad
     status, _, body = get(server, "/api/history/tweets?entity=Kia&from=1&to=2")
-    assert status == 404 and "no tweet texts" in json.loads(body)["error"]
+    assert status == 404 and "no broker user to ask the nodes" in json.loads(body)["error"]
 
 
-def test_tweets_hook_lists_the_tweets_behind_a_point(served, monkeypatch):
-    _, server = served
+def test_the_tweets_route_lists_the_tweets_behind_a_point(tmp_path):
     calls = []
 
-    def texts(entity: str, start: float, end: float) -> list[dict]:
-        calls.append((entity, start, end))
-        return [{"id": "1", "text": "brakes failed again", "label": "negative"}]
+    def texts(entity, start, end, label, related) -> dict:
+        calls.append((entity, start, end, label, related))
+        if entity == "Locked":
+            raise TweetsUnavailable("may not read tweet texts", HTTPStatus.FORBIDDEN)
+        tweets = [{"id": "1", "text": "brakes \u202efailed\x1b[2J", "label": "negative"}]
+        return {"entity": entity, "tweets": tweets, "total": 1, "note": ""}
 
-    monkeypatch.setattr(history_web, "TWEETS_HOOK", texts)
-    status, _, body = get(server, "/api/history/tweets?entity=Kia&from=60&to=120")
-    assert status == 200 and json.loads(body)["tweets"][0]["text"] == "brakes failed again"
-    assert calls == [("Kia", 60.0, 120.0)]
+    state = DashboardState()
+    routes = {"/api/history/tweets": history_web.tweets_route(texts)}
+    server = DashboardServer(("127.0.0.1", 0), state, Hub(state), None, extra_routes=routes)
+    server.start()
+    try:
+        status, _, body = get(server, "/api/history/tweets?entity=Kia&from=60&to=120")
+        assert status == 200
+        # Texts are the feed's: control and bidi characters reach the page as escapes.
+        assert json.loads(body)["tweets"][0]["text"] == "brakes \\u202efailed\\x1b[2J"
+        get(server, "/api/history/tweets?entity=Kia&from=60&to=120&label=negative&related=0")
+        assert calls == [("Kia", 60.0, 120.0, None, None), ("Kia", 60.0, 120.0, "negative", False)]
+        status, _, body = get(server, "/api/history/tweets?entity=Locked&from=60&to=120")
+        assert status == 403 and "may not read" in json.loads(body)["error"]
+        for bad in ("entity=Kia&from=9&to=3", "entity=Kia&from=1", "from=1&to=2",
+                    "entity=Kia&from=1&to=2&related=maybe"):  # fmt: skip
+            status, _, body = get(server, f"/api/history/tweets?{bad}")
+            assert status == 400 and "error" in json.loads(body), bad
+        assert len(calls) == 3
+    finally:
+        server.close()
 
 
 def test_a_replayed_old_feed_shows_in_a_preset_range_ending_at_its_newest_minute(served):

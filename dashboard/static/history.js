@@ -59,7 +59,8 @@
         plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } } },
         scales: {
           x: { ticks: { maxTicksLimit: 10, autoSkip: true, maxRotation: 0 } },
-          y: { beginAtZero: true, max: percent ? 100 : undefined, title: { display: true, text: yTitle },
+          // grace: the busiest point sits below the top edge, where a click still counts
+          y: { beginAtZero: true, max: percent ? 100 : undefined, grace: percent ? 0 : "10%", title: { display: true, text: yTitle },
             ticks: { precision: percent ? undefined : 0 } },
         },
         elements: { point: { radius: 0, hitRadius: 6 }, line: { borderWidth: 2, tension: 0.15 } },
@@ -188,11 +189,25 @@
       const reply = await fetch("/api/history/tweets?" + params.toString());
       const data = await reply.json();
       if (!reply.ok) throw new Error(data.error || reply.statusText);
-      list.replaceChildren(...data.tweets.map((t) => {
+      // Texts come from the nodes (already made inert by the server) and only ever reach
+      // the page as textContent.
+      const items = data.tweets.map((t) => {
         const item = document.createElement("li");
-        text(item, `${t.label || ""}: ${t.text || ""}`);
+        item.className = "tweet";
+        const when = typeof t.at === "number" ? new Date(t.at * 1000).toLocaleTimeString([], { hour12: false }) : "";
+        text(item, `${when} ${t.label || ""}${t.related_score !== null && t.related_score < 0.5 ? " (unrelated)" : ""}: ${t.text || ""}`);
         return item;
-      }));
+      });
+      const summary = [];
+      if (data.total > data.tweets.length) summary.push(`${data.tweets.length} of ${data.total} shown`);
+      if (data.note) summary.push(data.note);
+      if (summary.length) {
+        const item = document.createElement("li");
+        item.className = "muted";
+        text(item, summary.join("; "));
+        items.push(item);
+      }
+      list.replaceChildren(...items);
     } catch (err) {
       const item = document.createElement("li");
       item.className = "muted";
