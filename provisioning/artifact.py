@@ -26,9 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import TYPE_CHECKING, Any
 
 from edgemodel.bundle import MANIFEST_FILE, ModelBundle, bundle_digest
 from edgemodel.canaries import Canary
@@ -43,6 +41,9 @@ from provisioning.fsutil import (
 )
 from provisioning.keys import SIGNATURE_BYTES, TrustedKey, find_signer, sign
 from provisioning.versions import VersionError, parse_version, runtime_version_at_least
+
+if TYPE_CHECKING:  # cryptography loads where a key is used (provisioning/keys.py)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 ARTIFACT_FORMAT = "repedge-artifact/1"
 MANIFEST_NAME = "artifact.json"

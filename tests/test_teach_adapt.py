@@ -5,6 +5,8 @@ the swap, provisioning events record it, and rollback restores the previous mode
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -14,7 +16,7 @@ from common.endpoint import BrokerEndpoint
 from common.mqttclient import new_client
 from edgemodel.bundle import ModelBundle
 from edgemodel.inference import Classifier
-from harness import WAIT_S, Collector, embedded_node, publish, wait_until
+from harness import REPO, WAIT_S, Collector, embedded_node, publish, wait_until
 from node.serve import adapted_slot_for
 from node.teach_client import TeachClient
 from provisioning.install import installed_slot, read_state
@@ -201,3 +203,24 @@ def test_an_idle_node_releases_the_replaced_model(mosquitto, tiny_bundle, tmp_pa
         teacher.close()
         service.stop()
         watcher.close()
+
+
+def test_local_slots_need_no_cryptography(tiny_bundle, tmp_path: Path) -> None:
+    """Installing and rolling back the node's own adaptations (local slots) loads no
+    cryptography: its native library would cost an adapting node ~6 MiB of RSS for
+    signatures it never checks. Signed USB installs import it where they need it."""
+    code = (
+        "import sys\n"
+        "import node.serve, node.service\n"
+        "from edgemodel.bundle import ModelBundle\n"
+        "from edgemodel.inference import Classifier\n"
+        "from provisioning.local import LocalSlots\n"
+        f"bundle = ModelBundle.load({str(tiny_bundle.root)!r})\n"
+        f"slots = LocalSlots({str(tmp_path / 'provisioning')!r})\n"
+        "for _ in range(2):\n"
+        "    slots.install(bundle, Classifier(bundle, num_threads=1), [], {'source': 'test'})\n"
+        "slots.rollback()\n"
+        "assert 'cryptography' not in sys.modules, 'cryptography was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
