@@ -71,6 +71,18 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
+def anon_mib(pid: int) -> float | None:
+    """The anonymous (heap, interpreter buffers, packed weights) part of RSS; the rest is
+    file-backed (libraries, the mapped model)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Anonymous:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def read_tweets() -> dict[str, list[dict[str, str]]]:
     by_entity: dict[str, list[dict[str, str]]] = {}
     with DATA.open(encoding="utf-8") as f:
@@ -263,6 +275,8 @@ def main() -> int:
             result["rss_mib"][str(kept)] = {
                 "median": round(statistics.median(samples), 1),
                 "peak": round(max(samples), 1),
+                "idle_after": round(samples[-1], 1),  # 5 s after the last label
+                "anon_idle_after": round(anon_mib(node.pid) or 0.0, 1),
                 "tweets": len(stream),
                 "labelled": records.count(),
                 "texts_kept": stored,
@@ -329,6 +343,7 @@ def main() -> int:
                 "labelled_twice": doubled,
                 "lost": sent - labelled,
                 "node_rss_after_mib": rss_mib(node.pid),
+                "node_anon_after_mib": anon_mib(node.pid),
             })  # fmt: skip
             print(json.dumps(runs[-1]), flush=True)
             records.close()
@@ -342,6 +357,7 @@ def main() -> int:
             "runs": runs,
         }
         result["rss_mib"]["full_after_adapt"] = rss_mib(node.pid)
+        result["anon_mib_full_after_adapt"] = anon_mib(node.pid)
     finally:
         if node is not None:
             node.terminate()
