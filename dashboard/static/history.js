@@ -1,7 +1,8 @@
 // repedge dashboard, "Reputation over time": the persisted history (GET /api/history),
 // brands side by side. A range picker (1 h, 24 h, 7 d, 30 d, custom), one line per chosen
 // brand for the negative share and for the volume, a table of the range's totals, and a
-// CSV export of exactly what is shown. Shares are of the tweets not marked unrelated; the
+// CSV export of exactly what is shown; a click on a point lists the tweets behind it (GET
+// /api/history/tweets, from the nodes' kept texts). Shares are of the tweets not marked unrelated; the
 // unrelated count is shown next to them. Strings from MQTT only ever reach the page
 // through textContent, attribute values and canvas text.
 "use strict";
