@@ -17,7 +17,7 @@ import pytest
 
 from dashboard.headless import missing_reason, open_browser
 from edgemodel.inference import Classifier
-from harness import REPO, WAIT_S, Collector, DashboardProcess, embedded_node, publish
+from harness import REPO, WAIT_S, Collector, DashboardProcess, embedded_node, publish, wait_until
 from provisioning.local import LocalSlots
 
 pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
@@ -86,7 +86,8 @@ def test_scripted_annotator_teaches_a_brand(mosquitto, tiny_bundle, tmp_path: Pa
                     for i, text in enumerate(gold)]  # fmt: skip
         publish(mosquitto, topics.tweets, payloads)
         watcher.wait_count(topics.labels, len(payloads))
-        assert service.text_keeper is not None and service.text_keeper.wait_idle(WAIT_S)
+        # Labels go out before their texts reach the store's writer: wait for the texts.
+        wait_until(lambda: service.teach_store.span(ENTITY)[0] >= len(payloads), what="texts")
 
         node = service.config.node_id
         driver.get(f"{board.url}teach?node={node}&entity={ENTITY}")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from edgemodel.inference import Classifier
-from harness import REPO, WAIT_S, Collector, embedded_node, publish
+from harness import REPO, WAIT_S, Collector, embedded_node, publish, wait_until
 from provisioning.local import LocalSlots
 
 
@@ -33,7 +33,8 @@ def test_terminal_teach_then_adapt_and_rollback(mosquitto, tiny_bundle, tmp_path
                 [json.dumps({"id": str(i), "text": t, "entity": "Volvo"})
                  for i, t in enumerate(texts)])  # fmt: skip
         watcher.wait_count(topics.labels, 6)
-        assert service.text_keeper is not None and service.text_keeper.wait_idle(WAIT_S)
+        # Labels go out before their texts reach the store's writer: wait for the texts.
+        wait_until(lambda: service.teach_store.span("Volvo")[0] >= 6, what="6 kept texts")
 
         broker = ["--broker", mosquitto.url]
         # negative, positive, undo (positive again), neutral, skip, quit

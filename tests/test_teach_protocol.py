@@ -106,7 +106,8 @@ def test_only_a_teach_user_reads_texts_and_gives_labels(secured, tiny_bundle, tm
             tweet = {"id": str(i), "text": f"my new kia number {i} is great", "entity": "Kia"}
             root.publish("repedge/tweets", json.dumps(tweet))
         root.wait_for(b'"id":"11"')
-        assert service.text_keeper is not None and service.text_keeper.wait_idle(WAIT_S)
+        # Labels go out before their texts reach the store's writer: wait for the texts.
+        wait_until(lambda: service.teach_store.span("Kia")[0] >= 12, what="12 kept texts")
 
         first = teacher.request("tn1", "next", entity="Kia", timeout=WAIT_S)["tweet"]
         assert first["text"].startswith("my new kia number")

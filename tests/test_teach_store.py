@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgemodel.inference import Classifier, Prediction
-from harness import WAIT_S, Collector, embedded_node, publish
+from harness import WAIT_S, Collector, embedded_node, publish, wait_until
 from node.messages import Tweet
 from node.teachstore import TeachStore, TeachStoreError, TextKeeper
 
@@ -118,7 +118,8 @@ def test_a_running_node_keeps_the_texts_it_labels(mosquitto, tiny_bundle, tmp_pa
                   for i in range(15)]  # fmt: skip
         publish(mosquitto, topics.tweets, [*tweets, "plain sentiment, no entity"])
         watcher.wait_count(topics.labels, 16)
-        assert service.text_keeper is not None and service.text_keeper.wait_idle(WAIT_S)
+        # Labels go out before their texts reach the store's writer: wait for the texts.
+        wait_until(lambda: service.telemetry()["teach_texts"]["kept"] == 15, what="15 texts")
         kept = service.teach_store.candidates("Kia")
         assert [k.tweet_id for k in kept] == [str(i) for i in range(5, 15)]
         assert kept[0].embedding is not None and kept[0].embedding.shape[0] > 0
