@@ -8,7 +8,7 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -26,6 +26,9 @@ from dashboard.history import (
 from dashboard.settings import DashboardSettings
 from dashboard.source import DEFAULT_TOPICS, Subscriber
 from dashboard.state import DashboardState
+
+if TYPE_CHECKING:
+    from dashboard.alert_monitor import AlertMonitor
 
 DEFAULT_RETENTION = "minute=7d,hour=90d,day=forever"
 
@@ -195,6 +198,19 @@ def _open_history(options: HistoryOptions) -> tuple[HistoryStore | None, History
     return store, HistoryRecorder(store, options.flush_interval)
 
 
+def _endpoint(
+    broker: str,
+    username: str | None,
+    password: str | None,
+    tls_files: tuple[Path | None, Path | None, Path | None],
+) -> BrokerEndpoint:
+    """The broker to connect to; a bad --broker (or TLS file) is a usage error."""
+    try:
+        return BrokerEndpoint.parse(broker, username, password, *tls_files)
+    except EndpointError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--broker") from None
+
+
 def _start(
     broker: str,
     username: str | None,
@@ -207,11 +223,7 @@ def _start(
     session: str | None = None,
     session_expiry_s: int = 0,
 ) -> tuple[DashboardState, Subscriber]:
-    cafile, certfile, keyfile = tls_files
-    try:
-        address = BrokerEndpoint.parse(broker, username, password, cafile, certfile, keyfile)
-    except EndpointError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--broker") from None
+    address = _endpoint(broker, username, password, tls_files)
     state = DashboardState(history_minutes=history, recent=recent, recorder=recorder)
     if recorder is not None:
         recorder.start()
@@ -226,6 +238,31 @@ def _stop_history(store: HistoryStore | None, recorder: HistoryRecorder | None) 
         recorder.stop()
     if store is not None:
         store.close()
+
+
+def _stop_reading(
+    monitor: AlertMonitor | None,
+    source: Subscriber,
+    store: HistoryStore | None,
+    recorder: HistoryRecorder | None,
+) -> None:
+    """Stop in dependency order: the monitor's last evaluation is published while the
+    connection is still up, and the history gets its last flush after the last label."""
+    if monitor is not None:
+        monitor.stop()
+    source.stop()
+    _stop_history(store, recorder)
+
+
+def _wait_until_stopped(poll_s: float) -> None:
+    """Block until Ctrl-C or SIGTERM (kill, systemd, the demo's cleanup): both stop cleanly."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(poll_s):
+            pass
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()
@@ -281,31 +318,19 @@ def serve(
         server = DashboardServer((host, port), state, hub, store, extra_routes=teach_routes)
     except OSError as exc:
         teacher.close()
-        if monitor is not None:
-            monitor.stop()
-        source.stop()
-        _stop_history(store, recorder)
+        _stop_reading(monitor, source, store, recorder)
         typer.echo(f"cannot listen on {host}:{port}: {exc}", err=True)
         raise typer.Exit(1) from None
     hub.start()
     server.start()
-    # SIGTERM (kill, systemd, the demo's cleanup) stops as cleanly as Ctrl-C.
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     typer.echo(f"dashboard: {server.url} (broker {source.broker})", err=True)
     try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
+        _wait_until_stopped(0.5)
     finally:
         hub.stop()
         server.close()
         teacher.close()
-        if monitor is not None:
-            monitor.stop()  # a last evaluation, published before the connection goes
-        source.stop()
-        _stop_history(store, recorder)
+        _stop_reading(monitor, source, store, recorder)
 
 
 def _teach(endpoint: BrokerEndpoint, state: DashboardState):
@@ -437,19 +462,11 @@ def collect(
     monitor = _start_alerts(
         AlertOptions(no_alerts, alert_entity, alert_max_entities), state, source
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     typer.echo(f"dashboard collect: {source.broker} -> {store.where}", err=True)
     try:
-        while not stop.wait(1.0):
-            pass
-    except KeyboardInterrupt:
-        pass
+        _wait_until_stopped(1.0)
     finally:
-        if monitor is not None:
-            monitor.stop()
-        source.stop()
-        _stop_history(store, recorder)
+        _stop_reading(monitor, source, store, recorder)
 
 
 @app.command()
@@ -471,11 +488,7 @@ def teach(
     from dashboard.teach_term import run
     from node.teach_client import TeachClient, TeachClientError
 
-    try:
-        endpoint = BrokerEndpoint.parse(broker, username, password, cafile, certfile, keyfile)
-    except EndpointError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--broker") from None
-    client = TeachClient(endpoint)
+    client = TeachClient(_endpoint(broker, username, password, (cafile, certfile, keyfile)))
     try:
         given = run(client, node, entity, sys.stdin.readline, sys.stdout)
     except TeachClientError as exc:
