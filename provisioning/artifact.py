@@ -300,6 +300,24 @@ def runtime_of(classifier: Classifier) -> RuntimeRequirement:
     )
 
 
+def stage_bundle(bundle: ModelBundle, staging: Path, **fields: Any) -> ArtifactManifest:
+    """Copy the bundle's files durably into ``staging/bundle/``: the manifest listing them
+    (sha256, size) under the bundle's name, version and variant, with ``fields`` (version,
+    created, runtime, canaries, ...). A signed artifact and a node-made slot share it."""
+    (staging / BUNDLE_DIR).mkdir()
+    files = {}
+    for name in bundle_files(bundle):
+        sha, size = copy_durable(bundle.root / name, staging / BUNDLE_DIR / name)
+        files[name] = FileEntry(sha256=sha, size=size)
+    return ArtifactManifest(
+        name=bundle.manifest.name,
+        bundle_version=bundle.manifest.version,
+        variant=bundle.variant,
+        files=files,
+        **fields,
+    )
+
+
 def build_artifact(
     bundle: ModelBundle,
     key: Ed25519PrivateKey,
@@ -316,19 +334,12 @@ def build_artifact(
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{final.name}."))
     try:
-        (staging / BUNDLE_DIR).mkdir()
-        files = {}
-        for name in bundle_files(bundle):
-            sha, size = copy_durable(bundle.root / name, staging / BUNDLE_DIR / name)
-            files[name] = FileEntry(sha256=sha, size=size)
-        manifest = ArtifactManifest(
-            name=bundle.manifest.name,
+        manifest = stage_bundle(
+            bundle,
+            staging,
             version=version,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             runtime=runtime,
-            bundle_version=bundle.manifest.version,
-            variant=bundle.variant,
-            files=files,
             canaries=list(canaries),
             bundle_sha256=bundle.bundle_sha256,
         )

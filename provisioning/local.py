@@ -33,11 +33,10 @@ from provisioning.artifact import (
     BUNDLE_DIR,
     MANIFEST_NAME,
     ArtifactManifest,
-    FileEntry,
-    bundle_files,
     runtime_of,
+    stage_bundle,
 )
-from provisioning.fsutil import copy_durable, fsync_dir
+from provisioning.fsutil import fsync_dir
 from provisioning.install import (
     HISTORY_LENGTH,
     LOCK_FILE,
@@ -145,19 +144,12 @@ class LocalSlots:
         version: str,
         staging: Path,
     ) -> ArtifactManifest:
-        (staging / BUNDLE_DIR).mkdir()
-        files = {}
-        for name in bundle_files(bundle):
-            sha, size = copy_durable(bundle.root / name, staging / BUNDLE_DIR / name)
-            files[name] = FileEntry(sha256=sha, size=size)
-        manifest = ArtifactManifest(
-            name=bundle.manifest.name,
+        manifest = stage_bundle(
+            bundle,
+            staging,
             version=version,
             created=_now(),
             runtime=runtime_of(classifier),
-            bundle_version=bundle.manifest.version,
-            variant=bundle.variant,
-            files=files,
             canaries=list(canaries),
         )
         (staging / MANIFEST_NAME).write_bytes(manifest.to_bytes())
