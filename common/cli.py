@@ -1,12 +1,15 @@
-"""What every repedge command line shares: ``--version`` and the log level option."""
+"""What every repedge command line shares: ``--version``, the log level option, and how a
+``--broker`` URL with its credentials and TLS files becomes an endpoint."""
 
 from __future__ import annotations
 
 from importlib import metadata
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from common.endpoint import BrokerEndpoint, EndpointError
 from common.settings import LOG_LEVELS
 
 
@@ -32,6 +35,21 @@ VersionOption = Annotated[
         help="Print repedge's version and exit.",
     ),
 ]
+
+
+def broker_endpoint(
+    broker: str,
+    username: str | None = None,
+    password: str | None = None,
+    cafile: Path | None = None,
+    certfile: Path | None = None,
+    keyfile: Path | None = None,
+) -> BrokerEndpoint:
+    """The broker to connect to; a bad --broker (or TLS file) is a usage error (exit 2)."""
+    try:
+        return BrokerEndpoint.parse(broker, username, password, cafile, certfile, keyfile)
+    except EndpointError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--broker") from None
 
 
 # Checked where the settings object is built (its field's choices), so a bad level is the

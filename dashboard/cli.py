@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from common.cli import VersionOption
-from common.endpoint import BrokerEndpoint, EndpointError
+from common.cli import VersionOption, broker_endpoint
+from common.endpoint import BrokerEndpoint
 from common.settings import SettingsError
 from common.text import inert_log_handlers
 from dashboard.history import (
@@ -198,19 +198,6 @@ def _open_history(options: HistoryOptions) -> tuple[HistoryStore | None, History
     return store, HistoryRecorder(store, options.flush_interval)
 
 
-def _endpoint(
-    broker: str,
-    username: str | None,
-    password: str | None,
-    tls_files: tuple[Path | None, Path | None, Path | None],
-) -> BrokerEndpoint:
-    """The broker to connect to; a bad --broker (or TLS file) is a usage error."""
-    try:
-        return BrokerEndpoint.parse(broker, username, password, *tls_files)
-    except EndpointError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--broker") from None
-
-
 def _start(
     broker: str,
     username: str | None,
@@ -223,7 +210,7 @@ def _start(
     session: str | None = None,
     session_expiry_s: int = 0,
 ) -> tuple[DashboardState, Subscriber]:
-    address = _endpoint(broker, username, password, tls_files)
+    address = broker_endpoint(broker, username, password, *tls_files)
     state = DashboardState(history_minutes=history, recent=recent, recorder=recorder)
     if recorder is not None:
         recorder.start()
@@ -488,7 +475,7 @@ def teach(
     from dashboard.teach_term import run
     from node.teach_client import TeachClient, TeachClientError
 
-    client = TeachClient(_endpoint(broker, username, password, (cafile, certfile, keyfile)))
+    client = TeachClient(broker_endpoint(broker, username, password, cafile, certfile, keyfile))
     try:
         given = run(client, node, entity, sys.stdin.readline, sys.stdout)
     except TeachClientError as exc:

@@ -119,14 +119,10 @@ def import_labels(
 
 
 def _teach_client(broker: str, username, password, cafile, certfile, keyfile):
-    from common.endpoint import BrokerEndpoint, EndpointError
+    from common.cli import broker_endpoint
     from node.teach_client import TeachClient
 
-    try:
-        endpoint = BrokerEndpoint.parse(broker, username, password, cafile, certfile, keyfile)
-    except EndpointError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--broker") from None
-    return TeachClient(endpoint)
+    return TeachClient(broker_endpoint(broker, username, password, cafile, certfile, keyfile))
 
 
 Broker = Annotated[
@@ -146,6 +142,7 @@ Target = Annotated[
 
 
 Timeout = Annotated[float, typer.Option(help="Seconds to wait for the node's answer.", min=0.1)]
+Cafile = Annotated[Path | None, typer.Option(help="CA of an mqtts:// broker.")]
 
 
 def _remote(op: str, node: str | None, client_args: tuple, timeout: float, **fields) -> None:
@@ -175,7 +172,7 @@ def adapt(
     broker: Broker = "mqtt://localhost:1883",
     username: Username = None,
     password: Password = None,
-    cafile: Annotated[Path | None, typer.Option(help="CA of an mqtts:// broker.")] = None,
+    cafile: Cafile = None,
     certfile: TlsFile = None,
     keyfile: TlsFile = None,
     timeout: Timeout = 60.0,
@@ -192,7 +189,7 @@ def rollback(
     broker: Broker = "mqtt://localhost:1883",
     username: Username = None,
     password: Password = None,
-    cafile: Annotated[Path | None, typer.Option(help="CA of an mqtts:// broker.")] = None,
+    cafile: Cafile = None,
     certfile: TlsFile = None,
     keyfile: TlsFile = None,
     timeout: Timeout = 60.0,
