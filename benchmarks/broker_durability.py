@@ -31,26 +31,27 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from durability_trial import (  # noqa: E402  (its neighbour in benchmarks/)
+    MQTT5,
+    SINK_ID,
+    Publisher,
+    close,
+    crash_trial,
+    make_sink_session,
+    sink,
+)
 
 from broker.config import find_program  # noqa: E402
 from broker.local import Mosquitto as Broker  # noqa: E402
 from harness import free_port  # noqa: E402
 
-TOPIC = "repedge/tweets"
-SINK_ID = "durability-sink"
 # (label, autosave_interval, autosave_on_changes)
 SETTINGS = [
     ("60 s (Mosquitto's default)", 60, False),
@@ -60,6 +61,7 @@ SETTINGS = [
     ("every 10 changes", 10, True),
     ("every change", 1, True),
 ]
+DRAIN_IDLE_S = 3.0  # after the restart, the sink takes what arrives until quiet this long
 
 
 def durable_broker(data_dir: Path, port: int, interval: int, on_changes: bool) -> Broker:
@@ -74,76 +76,8 @@ def durable_broker(data_dir: Path, port: int, interval: int, on_changes: bool) -
     return Broker("127.0.0.1", port, data_dir, config=config).start()
 
 
-def _client(client_id: str = "", clean_start: bool = True) -> tuple[mqtt.Client, Properties]:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 0 if clean_start else 3600
-    return client, props
-
-
-def make_sink_session(broker: Broker) -> None:
-    """An offline persistent subscriber: the broker queues every tweet for it."""
-    client, props = _client(SINK_ID, clean_start=False)
-    done = threading.Event()
-    client.on_subscribe = lambda *a: done.set()
-    client.on_connect = lambda c, *a: c.subscribe(TOPIC, options=SubscribeOptions(qos=1))
-    client.connect("127.0.0.1", broker.port, clean_start=False, properties=props)
-    client.loop_start()
-    assert done.wait(30), "sink could not subscribe"
-    client.disconnect()
-    client.loop_stop()
-
-
-def payload(run: str, i: int) -> bytes:
-    text = f"tweet {i} of run {run}: the new phone from that brand is honestly not bad at all"
-    return json.dumps({"id": f"{run}-{i}", "text": text, "entity": "Samsung"}).encode()
-
-
-class Publisher:
-    """Publishes a burst with 100 QoS 1 messages in flight; records which were PUBACKed."""
-
-    def __init__(self, broker: Broker) -> None:
-        self.client, props = _client()
-        self.client.max_inflight_messages_set(100)
-        self.client.max_queued_messages_set(0)
-        self.acked_count = 0
-        # For the crash trials (bursts under 65,535 messages, so mids do not wrap).
-        self.acked_mids: set[int] = set()
-        self.mids: dict[int, int] = {}
-        self.gone = threading.Event()
-        self.client.on_publish = self._on_publish
-        self.client.on_disconnect = lambda *a: self.gone.set()
-        self.client.connect("127.0.0.1", broker.port, properties=props)
-        self.client.loop_start()
-
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        if not reason_code.is_failure:
-            self.acked_count += 1
-            self.acked_mids.add(mid)
-
-    def send(self, run: str, count: int) -> None:
-        for i in range(count):
-            # paho keys unsent messages by their 16-bit mid: keep far fewer than 65,535
-            # outstanding, or a large backlog fill overwrites its own queue.
-            while i - self.acked_count >= 20_000 and not self.gone.is_set():
-                time.sleep(0.001)
-            self.mids[self.client.publish(TOPIC, payload(run, i), qos=1).mid] = i
-
-    def acked(self) -> set[int]:
-        return {self.mids[m] for m in list(self.acked_mids) if m in self.mids}
-
-    def wait_acked(self, count: int, timeout: float = 600) -> None:
-        deadline = time.monotonic() + timeout
-        while self.acked_count < count and time.monotonic() < deadline:
-            time.sleep(0.001)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 def throughput(broker: Broker, run: str, count: int) -> float:
-    publisher = Publisher(broker)
+    publisher = Publisher(MQTT5, broker.port)
     start = time.perf_counter()
     publisher.send(run, count)
     publisher.wait_acked(count)
@@ -156,18 +90,11 @@ def throughput(broker: Broker, run: str, count: int) -> float:
 
 def throughput_online(broker: Broker, run: str, count: int) -> float:
     """Tweets/s until the last PUBACK while the subscriber is connected and acking."""
-    client, props = _client(SINK_ID, clean_start=False)
-    got = threading.Event()
-    client.on_connect = lambda c, *a: c.subscribe(TOPIC, options=SubscribeOptions(qos=1))
-    client.on_subscribe = lambda *a: got.set()
-    client.connect("127.0.0.1", broker.port, clean_start=False, properties=props)
-    client.loop_start()
-    assert got.wait(30), "sink could not subscribe"
+    client = sink(MQTT5, broker.port)
     try:
         return throughput(broker, run, count)
     finally:
-        client.disconnect()
-        client.loop_stop()
+        close(client)
 
 
 def drain_rate(broker: Broker, count: int, idle_s: float = 5.0) -> float:
@@ -178,9 +105,9 @@ def drain_rate(broker: Broker, count: int, idle_s: float = 5.0) -> float:
     def on_message(client, userdata, msg):
         times.append(time.perf_counter())
 
-    client, props = _client(SINK_ID, clean_start=False)
+    client = MQTT5.client(SINK_ID, persistent=True)
     client.on_message = on_message
-    client.connect("127.0.0.1", broker.port, clean_start=False, properties=props)
+    MQTT5.connect(client, broker.port, persistent=True)
     client.loop_start()
     last = (0, time.monotonic())
     while len(times) < count:
@@ -189,49 +116,9 @@ def drain_rate(broker: Broker, count: int, idle_s: float = 5.0) -> float:
         elif time.monotonic() - last[1] > idle_s:
             break
         time.sleep(0.05)
-    client.disconnect()
-    client.loop_stop()
+    close(client)
     assert len(times) >= count, f"drained {len(times)} of {count}"
     return (len(times) - 1) / (times[-1] - times[0])
-
-
-def drain_sink(broker: Broker, run: str, idle_s: float = 3.0) -> set[int]:
-    """Reconnect the sink's session; the indexes of this run's tweets it receives."""
-    got: set[int] = set()
-    last = [time.monotonic()]
-    prefix = f'"id": "{run}-'.encode()
-
-    def on_message(client, userdata, msg):
-        last[0] = time.monotonic()
-        start = msg.payload.find(prefix)
-        if start >= 0:
-            rest = msg.payload[start + len(prefix) :]
-            got.add(int(rest[: rest.index(b'"')]))
-
-    client, props = _client(SINK_ID, clean_start=False)
-    client.on_message = on_message
-    client.connect("127.0.0.1", broker.port, clean_start=False, properties=props)
-    client.loop_start()
-    while time.monotonic() - last[0] < idle_s:
-        time.sleep(0.1)
-    client.disconnect()
-    client.loop_stop()
-    return got
-
-
-def crash_trial(broker: Broker, run: str, count: int, kill_after: int) -> dict[str, int]:
-    publisher = Publisher(broker)
-    sender = threading.Thread(target=publisher.send, args=(run, count), daemon=True)
-    sender.start()
-    publisher.wait_acked(kill_after)
-    broker.kill()
-    publisher.gone.wait(10)
-    sender.join(30)
-    publisher.client.loop_stop()
-    acked = publisher.acked()
-    broker.start()
-    received = drain_sink(broker, run)
-    return {"acked": len(acked), "lost": len(acked - received), "received": len(received)}
 
 
 def measure(label: str, interval: int, on_changes: bool, args: argparse.Namespace) -> dict:
@@ -241,13 +128,13 @@ def measure(label: str, interval: int, on_changes: bool, args: argparse.Namespac
         empty, online, backlog, drain = [], [], [], []
         for r in range(args.trials):
             broker = durable_broker(root / f"tp{r}", free_port(), interval, on_changes)
-            make_sink_session(broker)
+            make_sink_session(MQTT5, broker.port)
             online.append(throughput_online(broker, f"o{r}", args.burst))
             empty.append(throughput(broker, f"e{r}", args.burst))
             broker.stop()
             # The backlog goes in fast (default saving), then the setting is measured on it.
             filler = durable_broker(root / f"bl{r}", free_port(), 60, False)
-            make_sink_session(filler)
+            make_sink_session(MQTT5, filler.port)
             throughput(filler, "fill", args.backlog)
             filler.stop()
             broker = durable_broker(filler.data_dir, filler.port, interval, on_changes)
@@ -257,10 +144,10 @@ def measure(label: str, interval: int, on_changes: bool, args: argparse.Namespac
         trials = []
         for r in range(args.trials):
             broker = durable_broker(root / f"crash{r}", free_port(), interval, on_changes)
-            make_sink_session(broker)
+            make_sink_session(MQTT5, broker.port)
             # A random kill point: saves come every N changes, the kill must not align.
             kill_after = rng.randrange(args.burst // 4, args.burst * 3 // 4)
-            trials.append(crash_trial(broker, f"c{r}", args.burst, kill_after))
+            trials.append(crash_trial(MQTT5, broker, f"c{r}", args.burst, kill_after, DRAIN_IDLE_S))
             broker.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)

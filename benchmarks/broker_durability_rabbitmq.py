@@ -35,23 +35,26 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from durability_trial import (  # noqa: E402  (its neighbour in benchmarks/)
+    MQTT311,
+    Publisher,
+    close,
+    crash_trial,
+    make_sink_session,
+    sink,
+)
 
 from broker.local import Mosquitto  # noqa: E402
 from common.ports import free_port, wait_listening  # noqa: E402
 
-TOPIC = "repedge/tweets"
-SINK_ID = "durability-sink"
 RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 
 
@@ -115,127 +118,19 @@ class RabbitMQ:
         subprocess.run([epmd, "-kill"], env=self.env, capture_output=True, check=False)
 
 
-def client(client_id: str = "", clean: bool = True) -> mqtt.Client:
-    return mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean,
-        protocol=mqtt.MQTTv311,
-    )  # fmt: skip
-
-
-def make_sink_session(port: int) -> None:
-    sink = client(SINK_ID, clean=False)
-    done = threading.Event()
-    sink.on_subscribe = lambda *a: done.set()
-    sink.on_connect = lambda c, *a: c.subscribe(TOPIC, qos=1)
-    sink.connect("127.0.0.1", port)
-    sink.loop_start()
-    assert done.wait(30), "the sink could not subscribe"
-    sink.disconnect()
-    sink.loop_stop()
-
-
-def payload(run: str, i: int) -> bytes:
-    text = f"tweet {i} of run {run}: the new phone from that brand is honestly not bad at all"
-    return json.dumps({"id": f"{run}-{i}", "text": text, "entity": "Samsung"}).encode()
-
-
-class Publisher:
-    """A burst with 100 QoS 1 messages in flight; records which were PUBACKed."""
-
-    def __init__(self, port: int) -> None:
-        self.client = client()
-        self.client.max_inflight_messages_set(100)
-        self.client.max_queued_messages_set(0)
-        self.acked_mids: set[int] = set()
-        self.mids: dict[int, int] = {}
-        self.gone = threading.Event()
-        self.client.on_publish = lambda c, u, mid, rc, p: self.acked_mids.add(mid)
-        self.client.on_disconnect = lambda *a: self.gone.set()
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-
-    def send(self, run: str, count: int) -> None:  # bursts under 65,535: mids do not wrap
-        for i in range(count):
-            if self.gone.is_set():
-                return
-            self.mids[self.client.publish(TOPIC, payload(run, i), qos=1).mid] = i
-
-    def wait_acked(self, count: int, timeout: float = 600) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.acked_mids) < count and time.monotonic() < deadline:
-            time.sleep(0.001)
-
-    def acked(self) -> set[int]:
-        return {self.mids[m] for m in list(self.acked_mids) if m in self.mids}
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 def burst_rate(port: int, run: str, count: int, online: bool) -> float:
     """Tweets/s until the last PUBACK, the sink connected (``online``) or not."""
-    sink = None
-    if online:
-        sink = client(SINK_ID, clean=False)
-        ready = threading.Event()
-        sink.on_connect = lambda c, *a: c.subscribe(TOPIC, qos=1)
-        sink.on_subscribe = lambda *a: ready.set()
-        sink.connect("127.0.0.1", port)
-        sink.loop_start()
-        assert ready.wait(30), "the sink could not subscribe"
-    publisher = Publisher(port)
+    subscriber = sink(MQTT311, port) if online else None
+    publisher = Publisher(MQTT311, port)
     start = time.perf_counter()
     publisher.send(run, count)
     publisher.wait_acked(count)
     elapsed = time.perf_counter() - start
     publisher.close()
-    if sink is not None:
-        sink.disconnect()
-        sink.loop_stop()
+    if subscriber is not None:
+        close(subscriber)
     assert len(publisher.acked_mids) == count, f"{len(publisher.acked_mids)} of {count} acked"
     return count / elapsed
-
-
-def drain_sink(port: int, run: str, idle_s: float = 5.0) -> set[int]:
-    got: set[int] = set()
-    last = [time.monotonic()]
-    prefix = f'"id": "{run}-'.encode()
-
-    def on_message(c, u, msg):
-        last[0] = time.monotonic()
-        start = msg.payload.find(prefix)
-        if start >= 0:
-            rest = msg.payload[start + len(prefix) :]
-            got.add(int(rest[: rest.index(b'"')]))
-
-    sink = client(SINK_ID, clean=False)
-    sink.on_message = on_message
-    sink.connect("127.0.0.1", port)
-    sink.loop_start()
-    while time.monotonic() - last[0] < idle_s:
-        time.sleep(0.1)
-    sink.disconnect()
-    sink.loop_stop()
-    return got
-
-
-def crash_trial(
-    broker, run: str, count: int, kill_after: int, drain_idle_s: float
-) -> dict[str, int]:
-    make_sink_session(broker.port)
-    publisher = Publisher(broker.port)
-    sender = threading.Thread(target=publisher.send, args=(run, count), daemon=True)
-    sender.start()
-    publisher.wait_acked(kill_after)
-    broker.kill()
-    publisher.gone.wait(10)
-    sender.join(30)
-    publisher.client.loop_stop()
-    acked = publisher.acked()
-    broker.start()
-    received = drain_sink(broker.port, run, drain_idle_s)
-    return {"acked": len(acked), "lost": len(acked - received), "received": len(received)}
 
 
 def measure(key: str, name: str, make: Callable[[Path], object], args, root: Path) -> dict:
@@ -244,7 +139,7 @@ def measure(key: str, name: str, make: Callable[[Path], object], args, root: Pat
     for r in range(args.trials):
         broker = make(root / f"{key}-tp{r}")
         try:
-            make_sink_session(broker.port)
+            make_sink_session(MQTT311, broker.port)
             online.append(burst_rate(broker.port, f"o{r}", args.burst, online=True))
             offline.append(burst_rate(broker.port, f"e{r}", args.burst, online=False))
         finally:
@@ -253,7 +148,10 @@ def measure(key: str, name: str, make: Callable[[Path], object], args, root: Pat
         broker = make(root / f"{key}-crash{r}")
         try:
             kill_after = rng.randrange(args.burst // 4, args.burst * 3 // 4)
-            trials.append(crash_trial(broker, f"c{r}", args.burst, kill_after, args.drain_idle))
+            make_sink_session(MQTT311, broker.port)
+            trials.append(
+                crash_trial(MQTT311, broker, f"c{r}", args.burst, kill_after, args.drain_idle)
+            )
         finally:
             getattr(broker, "close", broker.stop)()
     row = {
