@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from bench.settings import BenchSettings
+from common.cli import PasswordOption, UsernameOption
 from common.settings import SettingsError
 from edgemodel.bundle import BundleError, default_bundle_path
 from edgemodel.defaults import evaluation_threads, serving_threads
@@ -193,10 +194,8 @@ def bench(
             show_default=False,
         ),
     ] = None,
-    username: Annotated[str | None, typer.Option(help="Broker user name.")] = None,
-    password: Annotated[
-        str | None, typer.Option(help="Broker password.", envvar="REPEDGE_MQTT_PASSWORD")
-    ] = None,
+    username: UsernameOption = None,
+    password: PasswordOption = None,
     cafile: Annotated[
         Path | None,
         typer.Option(

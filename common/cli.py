@@ -37,6 +37,13 @@ VersionOption = Annotated[
 ]
 
 
+# From the environment too, so the password need not show in `ps` or the shell's history.
+PasswordOption = Annotated[
+    str | None, typer.Option(help="Broker password.", envvar="REPEDGE_MQTT_PASSWORD")
+]
+UsernameOption = Annotated[str | None, typer.Option(help="Broker user name.")]
+
+
 def broker_endpoint(
     broker: str,
     username: str | None = None,

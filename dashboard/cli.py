@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from common.cli import VersionOption, broker_endpoint
+from common.cli import PasswordOption, UsernameOption, VersionOption, broker_endpoint
 from common.endpoint import BrokerEndpoint
 from common.settings import SettingsError
 from common.text import inert_log_handlers
@@ -53,10 +53,6 @@ def _main(version: VersionOption = False) -> None:
 
 Broker = Annotated[
     str, typer.Option(help="MQTT broker: mqtt://host:port, or mqtts://host:port for TLS.")
-]
-Username = Annotated[str | None, typer.Option(help="Broker user name.")]
-Password = Annotated[
-    str | None, typer.Option(help="Broker password.", envvar="REPEDGE_MQTT_PASSWORD")
 ]
 Cafile = Annotated[
     Path | None,
@@ -255,8 +251,8 @@ def _wait_until_stopped(poll_s: float) -> None:
 @app.command()
 def serve(
     broker: Broker = DashboardSettings.broker,
-    username: Username = None,
-    password: Password = None,
+    username: UsernameOption = None,
+    password: PasswordOption = None,
     cafile: Cafile = None,
     certfile: Certfile = None,
     keyfile: Keyfile = None,
@@ -348,8 +344,8 @@ def _interrupt(*_: object) -> None:
 @app.command()
 def top(
     broker: Broker = DashboardSettings.broker,
-    username: Username = None,
-    password: Password = None,
+    username: UsernameOption = None,
+    password: PasswordOption = None,
     cafile: Cafile = None,
     certfile: Certfile = None,
     keyfile: Keyfile = None,
@@ -395,8 +391,8 @@ def top(
 @app.command()
 def collect(
     broker: Broker = DashboardSettings.broker,
-    username: Username = None,
-    password: Password = None,
+    username: UsernameOption = None,
+    password: PasswordOption = None,
     cafile: Cafile = None,
     certfile: Certfile = None,
     keyfile: Keyfile = None,
@@ -461,8 +457,8 @@ def teach(
     node: Annotated[str, typer.Option(help="The node whose kept tweets to label.")],
     entity: Annotated[str, typer.Option(help="The entity (brand) to teach.")],
     broker: Broker = DashboardSettings.broker,
-    username: Username = None,
-    password: Password = None,
+    username: UsernameOption = None,
+    password: PasswordOption = None,
     cafile: Cafile = None,
     certfile: Certfile = None,
     keyfile: Keyfile = None,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from common.cli import LogLevel, VersionOption
+from common.cli import LogLevel, PasswordOption, VersionOption
 from common.cliconfig import ConfigFile, PrintConfig, configurable
 from common.endpoint import BrokerEndpoint, EndpointError
 from common.settings import SettingsError
@@ -94,9 +94,7 @@ def start(
             show_default=False,
         ),
     ] = None,
-    password: Annotated[
-        str | None, typer.Option(help="Broker password.", envvar="REPEDGE_MQTT_PASSWORD")
-    ] = None,
+    password: PasswordOption = None,
     cafile: Annotated[
         Path | None,
         typer.Option(

@@ -24,6 +24,7 @@ from typing import Annotated
 import paho.mqtt.client as mqtt
 import typer
 
+from common.cli import PasswordOption, UsernameOption
 from common.endpoint import BrokerEndpoint, EndpointError
 from common.mqttclient import new_client
 from edgemodel.data import DataError, Example, read_labeled
@@ -192,10 +193,8 @@ def replay(
             show_default=False,
         ),
     ] = None,
-    username: Annotated[str | None, typer.Option(help="Broker user name.")] = None,
-    password: Annotated[
-        str | None, typer.Option(help="Broker password.", envvar="REPEDGE_MQTT_PASSWORD")
-    ] = None,
+    username: UsernameOption = None,
+    password: PasswordOption = None,
     cafile: Annotated[
         Path | None, typer.Option(help="With mqtts://: the broker's CA certificate.")
     ] = None,

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from common.cli import PasswordOption, broker_endpoint
 from node.paths import default_state_dir
 
 texts_app = typer.Typer(
@@ -119,7 +120,6 @@ def import_labels(
 
 
 def _teach_client(broker: str, username, password, cafile, certfile, keyfile):
-    from common.cli import broker_endpoint
     from node.teach_client import TeachClient
 
     return TeachClient(broker_endpoint(broker, username, password, cafile, certfile, keyfile))
@@ -129,9 +129,6 @@ Broker = Annotated[
     str, typer.Option(help="MQTT broker: mqtt://host:port, or mqtts://host:port for TLS.")
 ]
 Username = Annotated[str | None, typer.Option(help="Broker user with the teach (or admin) role.")]
-Password = Annotated[
-    str | None, typer.Option(help="Broker password.", envvar="REPEDGE_MQTT_PASSWORD")
-]
 TlsFile = Annotated[Path | None, typer.Option(show_default=False)]
 Target = Annotated[
     str | None,
@@ -171,7 +168,7 @@ def adapt(
     node_id: Target = None,
     broker: Broker = "mqtt://localhost:1883",
     username: Username = None,
-    password: Password = None,
+    password: PasswordOption = None,
     cafile: Cafile = None,
     certfile: TlsFile = None,
     keyfile: TlsFile = None,
@@ -188,7 +185,7 @@ def rollback(
     node_id: Target = None,
     broker: Broker = "mqtt://localhost:1883",
     username: Username = None,
-    password: Password = None,
+    password: PasswordOption = None,
     cafile: Cafile = None,
     certfile: TlsFile = None,
     keyfile: TlsFile = None,
