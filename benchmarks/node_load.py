@@ -33,7 +33,6 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import psutil
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -41,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from broker.config import find_program  # noqa: E402
 from common.endpoint import BrokerEndpoint  # noqa: E402
 from common.mqttclient import new_client  # noqa: E402
-from harness import Collector, Mosquitto, start_mosquitto  # noqa: E402
+from harness import Collector, Mosquitto, start_mosquitto, subscriber  # noqa: E402
 
 TWEETS_TOPIC = "load/tweets"
 LABELS_TOPIC = "load/labels"
@@ -107,17 +106,8 @@ class Labels:
         self.errors = 0
         self.telemetry: dict = {}
         self.lock = threading.Lock()
-        ready = threading.Event()
-        self.client = new_client(BrokerEndpoint("127.0.0.1", port))
         topics = [LABELS_TOPIC, ERRORS_TOPIC, f"repedge/nodes/{NODE_ID}/telemetry"]
-        self.client.on_connect = lambda c, *a: c.subscribe(
-            [(t, SubscribeOptions(qos=1)) for t in topics]
-        )
-        self.client.on_subscribe = lambda *a: ready.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        ready.wait(30)
+        self.client = subscriber(BrokerEndpoint("127.0.0.1", port), topics, self._on_message)
 
     def _on_message(self, c, userdata, msg) -> None:
         record = json.loads(msg.payload)

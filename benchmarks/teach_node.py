@@ -29,7 +29,6 @@ import csv
 import json
 import os
 import platform
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -40,25 +39,18 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from paho.mqtt.subscribeoptions import SubscribeOptions
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from broker.config import BrokerConfig, find_program, write_config  # noqa: E402
 from common.endpoint import BrokerEndpoint  # noqa: E402
 from common.mqttclient import new_client  # noqa: E402
+from harness import free_port, subscriber  # noqa: E402
 from node.teach_client import TeachClient  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "replab2013" / "automotive_en.tsv"
 TWEETS, LABELS, ERRORS = "bench/tweets", "bench/labels", "bench/errors"
 RATE = 50.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mib(pid: int) -> float | None:
@@ -98,16 +90,9 @@ class Records:
         self.by_id: dict[str, int] = {}
         self.first_model_at: dict[str, float] = {}
         self.lock = threading.Lock()
-        ready = threading.Event()
-        self.client = new_client(BrokerEndpoint("127.0.0.1", port))
-        self.client.on_connect = lambda c, *a: c.subscribe(
-            [(LABELS, SubscribeOptions(qos=1)), (ERRORS, SubscribeOptions(qos=1))]
+        self.client = subscriber(
+            BrokerEndpoint("127.0.0.1", port), [LABELS, ERRORS], self._on_message
         )
-        self.client.on_subscribe = lambda *a: ready.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        ready.wait(30)
 
     def _on_message(self, c, userdata, msg) -> None:
         record = json.loads(msg.payload)

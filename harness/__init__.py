@@ -6,7 +6,8 @@
 - ``wait_until``: poll a condition instead of sleeping for a guess; ``holds_for``: a
   condition that must stay true (nothing more arrives); ``settled``: a value that stopped
   changing;
-- ``Collector`` / ``publish``: watch and feed MQTT topics;
+- ``Collector`` / ``publish``: watch and feed MQTT topics; ``subscriber``: a client
+  subscribed before it returns, for a benchmark's own message handler;
 - ``NodeProcess`` / ``embedded_node``: a node as `python -m node start`, or in process;
 - ``DashboardProcess``: `dashboard serve` on a free port, subscribed;
 - ``harness.postgres``: a throwaway PostgreSQL server.
@@ -20,7 +21,7 @@ benchmark puts the repository on sys.path first. It is not shipped in the wheel.
 from broker.local import Mosquitto, start_mosquitto
 from common.ports import free_port, wait_listening
 from harness.dashboard import DashboardProcess
-from harness.mqtt import Collector, Received, publish
+from harness.mqtt import Collector, Received, publish, subscriber
 from harness.node import REPO, NodeProcess, Topics, embedded_node
 from harness.waiting import WAIT_S, holds_for, settled, wait_until
 
@@ -39,6 +40,7 @@ __all__ = [
     "publish",
     "settled",
     "start_mosquitto",
+    "subscriber",
     "wait_listening",
     "wait_until",
 ]

@@ -38,18 +38,33 @@ def endpoint_of(broker: Mosquitto | BrokerEndpoint, **auth: str) -> BrokerEndpoi
     return broker.endpoint(auth.get("username"), auth.get("password"))
 
 
+def subscriber(
+    endpoint: BrokerEndpoint,
+    topics: list[str],
+    on_message: Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None],
+    client_id: str = "",
+) -> mqtt.Client:
+    """A running client subscribed (QoS 1) to ``topics`` before it is returned, so nothing
+    published afterwards is missed; TimeoutError where the broker does not grant it."""
+    subscribed = threading.Event()
+    client = new_client(endpoint, client_id)
+    client.on_connect = lambda c, *a: c.subscribe([(t, SubscribeOptions(qos=1)) for t in topics])
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.on_message = on_message
+    connect(client, endpoint)
+    client.loop_start()
+    if not subscribed.wait(WAIT_S):
+        client.loop_stop()
+        raise TimeoutError(f"could not subscribe to {topics}")
+    return client
+
+
 class Collector:
     """Subscribes (QoS 1) before returning and records every message it receives."""
 
     def __init__(self, broker: Mosquitto | BrokerEndpoint, topics: list[str], **auth: str) -> None:
         self.messages: list[Received] = []
         self._cond = threading.Condition()
-        subscribed = threading.Event()
-        endpoint = endpoint_of(broker, **auth)
-        self.client = new_client(endpoint, f"collector-{uuid.uuid4().hex[:8]}")
-
-        def on_connect(client, userdata, flags, reason_code, properties):
-            client.subscribe([(t, SubscribeOptions(qos=1)) for t in topics])
 
         def on_message(client, userdata, msg):
             with self._cond:
@@ -57,13 +72,9 @@ class Collector:
                 self.messages.append(received)
                 self._cond.notify_all()
 
-        self.client.on_connect = on_connect
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.on_message = on_message
-        connect(self.client, endpoint)
-        self.client.loop_start()
-        if not subscribed.wait(WAIT_S):
-            raise TimeoutError(f"could not subscribe to {topics}")
+        self.client = subscriber(
+            endpoint_of(broker, **auth), topics, on_message, f"collector-{uuid.uuid4().hex[:8]}"
+        )
 
     def on(self, topic: str) -> list[Received]:
         with self._cond:
