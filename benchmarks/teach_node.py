@@ -15,7 +15,8 @@ A real Mosquitto (repedge's config) and `node start` subprocesses serving ``--mo
    request is sent. Measured per repeat: request -> response (fit and swap), and request
    -> the first label record carrying the adapted model. After each repeat the node rolls
    back (so the next adapt starts from the same model). Every tweet of the stream must
-   get exactly one label record.
+   get exactly one label record. RSS (and its anonymous part, from smaps_rollup) is read
+   when the stream is drained and again 5 s later, idle.
 
 Run:  python benchmarks/teach_node.py [--model models/default] [--texts-per-entity 2000]
           [--entities 3] [--labels 200] [--repeats 3] [--out docs]
@@ -73,6 +74,12 @@ def anon_mib(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def idle_rss_after(pid: int, seconds: float) -> float | None:
+    """RSS once the node has had ``seconds`` with nothing to label."""
+    time.sleep(seconds)
+    return rss_mib(pid)
 
 
 def read_tweets() -> dict[str, list[dict[str, str]]]:
@@ -329,6 +336,7 @@ def main() -> int:
                 "lost": sent - labelled,
                 "node_rss_after_mib": rss_mib(node.pid),
                 "node_anon_after_mib": anon_mib(node.pid),
+                "node_rss_idle_5s_after_mib": idle_rss_after(node.pid, 5.0),
             })  # fmt: skip
             print(json.dumps(runs[-1]), flush=True)
             records.close()
