@@ -54,26 +54,25 @@ TWEETS, LABELS, ERRORS = "bench/tweets", "bench/labels", "bench/errors"
 RATE = 50.0
 
 
-def rss_mib(pid: int) -> float | None:
+def _proc_mib(pid: int, file: str, field: str) -> float | None:
+    """``field`` (a kB line) of /proc/PID/``file`` in MiB; None once the process is gone."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
+
+
+def rss_mib(pid: int) -> float | None:
+    return _proc_mib(pid, "status", "VmRSS:")
 
 
 def anon_mib(pid: int) -> float | None:
     """The anonymous (heap, interpreter buffers, packed weights) part of RSS; the rest is
     file-backed (libraries, the mapped model)."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Anonymous:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+    return _proc_mib(pid, "smaps_rollup", "Anonymous:")
 
 
 def idle_rss_after(pid: int, seconds: float) -> float | None:
