@@ -101,6 +101,24 @@ def read_state(state_dir: Path) -> dict[str, Any]:
     return state
 
 
+def write_state(state_dir: Path, state: dict[str, Any]) -> None:
+    """Replace active.json atomically."""
+    write_json_atomic(state_dir / STATE_FILE, state)
+    fsync_dir(state_dir)  # the rename itself must survive a power cut
+
+
+@contextmanager
+def state_lock(state_dir: Path) -> Iterator[None]:
+    """Held while the models switch: the mount watcher, a node-made install and the
+    rollbacks never switch at once."""
+    with open(state_dir / LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def installed_model(state_dir: Path) -> Path | None:
     """The active slot's bundle folder, or None before the first install.
 
@@ -188,19 +206,6 @@ class Installer:
         """The active slot with its signed variant and canaries (what the node serves)."""
         return installed_slot(self.state_dir)
 
-    def _write_state(self, state: dict[str, Any]) -> None:
-        write_json_atomic(self.state_dir / STATE_FILE, state)
-        fsync_dir(self.state_dir)  # the rename itself must survive a power cut
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        with open(self.state_dir / LOCK_FILE, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
     # -- install -------------------------------------------------------------------------
 
     def install_from(self, mount: Path, on_event: EventSink | None = None) -> InstallResult:
@@ -221,7 +226,7 @@ class Installer:
                     log.exception("event callback failed")
 
         try:
-            with self._locked():
+            with state_lock(self.state_dir):
                 result = self._install_from(Path(mount), emit)
         except Exception as exc:  # a stick pulled mid-read, a full disk: report, keep serving
             log.exception("install from %s failed", mount)
@@ -399,13 +404,14 @@ class Installer:
                 "signer": artifact.signer.fingerprint,
             }
         )
-        self._write_state(
+        write_state(
+            self.state_dir,
             {
                 "active": manifest.version,
                 "previous": state.get("active"),
                 "highest_accepted": manifest.version,
                 "history": history,
-            }
+            },
         )
 
     def _prune(self) -> None:
@@ -419,7 +425,7 @@ class Installer:
 
     def rollback(self) -> InstallResult:
         """Make the previous slot active again. The downgrade floor stays where it is."""
-        with self._locked():
+        with state_lock(self.state_dir):
             state = self.state()
             previous, active = state.get("previous"), state.get("active")
             if not previous or not (self.slots / previous / BUNDLE_DIR).is_dir():
@@ -436,7 +442,7 @@ class Installer:
                 return InstallResult(
                     ok=False, reason=f"previous model in slot {previous} does not load: {exc}"
                 )
-            self._write_state({**state, "active": previous, "previous": active})
+            write_state(self.state_dir, {**state, "active": previous, "previous": active})
         return InstallResult(
             ok=True,
             outcome="installed",

@@ -15,7 +15,6 @@ switch models at once.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -26,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edgemodel.bundle import ModelBundle, write_json_atomic
+from edgemodel.bundle import ModelBundle
 from edgemodel.canaries import Canary
 from edgemodel.inference import Classifier
 from provisioning.artifact import (
@@ -39,11 +38,11 @@ from provisioning.artifact import (
 from provisioning.fsutil import fsync_dir
 from provisioning.install import (
     HISTORY_LENGTH,
-    LOCK_FILE,
     SLOTS_DIR,
-    STATE_FILE,
     StateError,
     read_state,
+    state_lock,
+    write_state,
 )
 from provisioning.versions import parse_version
 
@@ -77,16 +76,8 @@ class LocalSlots:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         self.slots.mkdir(parents=True, exist_ok=True)
-        with open(self.state_dir / LOCK_FILE, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-    def _write_state(self, state: dict[str, Any]) -> None:
-        write_json_atomic(self.state_dir / STATE_FILE, state)
-        fsync_dir(self.state_dir)
+        with state_lock(self.state_dir):
+            yield
 
     def install(
         self,
@@ -122,14 +113,15 @@ class LocalSlots:
                         "signer": None,
                     }
                 )
-                self._write_state(
+                write_state(
+                    self.state_dir,
                     {
                         **state,
                         "active": version,
                         "previous": state.get("active"),
                         "highest_accepted": version,
                         "history": history,
-                    }
+                    },
                 )
                 self._prune()
         except StateError as exc:
@@ -180,7 +172,7 @@ class LocalSlots:
                     variant: str | None = ArtifactManifest.from_bytes(manifest).variant
                 except Exception:  # the bundle's own default variant then
                     variant = None
-                self._write_state({**state, "active": previous, "previous": active})
+                write_state(self.state_dir, {**state, "active": previous, "previous": active})
         except StateError as exc:
             raise LocalInstallError(str(exc)) from exc
         return active, previous, self.slots / previous / BUNDLE_DIR, variant
