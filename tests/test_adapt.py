@@ -41,6 +41,15 @@ def brand_tsv(path: Path, entity: str, n: int = 120, seed: int = 0) -> Path:
     return path
 
 
+def acme_and_bolt_tsv(tmp_path: Path, **bolt: int) -> Path:
+    """One TSV with two brands' tweets (``bolt``: brand_tsv's n/seed for Bolt's)."""
+    a = brand_tsv(tmp_path / "a.tsv", "Acme").read_text().splitlines()
+    b = brand_tsv(tmp_path / "b.tsv", "Bolt", **bolt).read_text().splitlines()[1:]
+    both = tmp_path / "both.tsv"
+    both.write_text("\n".join(a + b) + "\n")
+    return both
+
+
 @pytest.fixture(scope="module")
 def parent(tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
     model = tiny_classifier(seed=7, task_heads=True, related_head=True)
@@ -127,10 +136,7 @@ def test_adapted_bundle_signs_verifies_and_installs(adapted, tmp_path: Path) -> 
 
 
 def test_data_of_several_brands_needs_entity(parent, tmp_path: Path) -> None:
-    a = brand_tsv(tmp_path / "a.tsv", "Acme").read_text().splitlines()
-    b = brand_tsv(tmp_path / "b.tsv", "Bolt").read_text().splitlines()[1:]
-    both = tmp_path / "both.tsv"
-    both.write_text("\n".join(a + b) + "\n")
+    both = acme_and_bolt_tsv(tmp_path)
     result = CliRunner().invoke(
         trainer_app,
         ["adapt", "--model", str(parent.root), "--data", str(both), "--out", str(tmp_path / "o")],
@@ -140,10 +146,7 @@ def test_data_of_several_brands_needs_entity(parent, tmp_path: Path) -> None:
 
 
 def test_each_entity_fits_one_head_per_brand(parent, tmp_path: Path) -> None:
-    a = brand_tsv(tmp_path / "a.tsv", "Acme").read_text().splitlines()
-    b = brand_tsv(tmp_path / "b.tsv", "Bolt", seed=1).read_text().splitlines()[1:]
-    both = tmp_path / "both.tsv"
-    both.write_text("\n".join(a + b) + "\n")
+    both = acme_and_bolt_tsv(tmp_path, seed=1)
     out = tmp_path / "o"
     result = CliRunner().invoke(
         trainer_app,
@@ -157,10 +160,7 @@ def test_each_entity_fits_one_head_per_brand(parent, tmp_path: Path) -> None:
 def test_entity_the_data_does_not_name_is_an_error_listing_those_it_does(
     parent, tmp_path: Path
 ) -> None:
-    a = brand_tsv(tmp_path / "a.tsv", "Acme").read_text().splitlines()
-    b = brand_tsv(tmp_path / "b.tsv", "Bolt").read_text().splitlines()[1:]
-    both = tmp_path / "both.tsv"
-    both.write_text("\n".join(a + b) + "\n")
+    both = acme_and_bolt_tsv(tmp_path)
     out = tmp_path / "o"
     result = CliRunner().invoke(
         trainer_app,
@@ -173,10 +173,7 @@ def test_entity_the_data_does_not_name_is_an_error_listing_those_it_does(
 
 
 def test_entity_picks_its_tweets_name_version_words_and_curve(parent, tmp_path: Path) -> None:
-    a = brand_tsv(tmp_path / "a.tsv", "Acme").read_text().splitlines()
-    b = brand_tsv(tmp_path / "b.tsv", "Bolt", n=50).read_text().splitlines()[1:]
-    both = tmp_path / "both.tsv"
-    both.write_text("\n".join(a + b) + "\n")
+    both = acme_and_bolt_tsv(tmp_path, n=50)
     out, png = tmp_path / "o", tmp_path / "curve.png"
     result = CliRunner().invoke(
         trainer_app,
