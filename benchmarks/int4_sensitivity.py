@@ -24,6 +24,7 @@ import random
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -91,18 +92,33 @@ def compare(reference: dict[str, np.ndarray], other: dict[str, np.ndarray], has_
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser, dev_tweets: int) -> None:
+    """The options both int4 analyses take (bundle with fp32, the data, dev tweets)."""
     parser.add_argument("--bundle", type=Path, required=True, help="bundle with fp32")
     parser.add_argument("--semeval", type=Path, required=True)
     parser.add_argument("--replab-train", type=Path, required=True)
     parser.add_argument("--replab-test", type=Path, required=True)
-    parser.add_argument("--granularity", default="BLOCKWISE_128")
-    parser.add_argument("--dev-tweets", type=int, default=600)
-    parser.add_argument("--algorithms", default="gptq", help="comma-separated: octav,gptq")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "int4_sensitivity")
-    args = parser.parse_args()
+    parser.add_argument("--dev-tweets", type=int, default=dev_tweets)
 
+
+@dataclass
+class DevSetup:
+    """The pruned fp32 FlatBuffer, seeded dev tweets, its answers and GPTQ's calibration."""
+
+    bundle: ModelBundle
+    encoder: TweetEncoder
+    encoded: list
+    has_entity: np.ndarray
+    calibration: list
+    fp32: bytes
+    reference: dict[str, np.ndarray]
+
+    def answers(self, model: bytes) -> dict[str, float]:
+        return compare(self.reference, run_model(model, self.encoded, self.encoder.pad_id),
+                       self.has_entity)  # fmt: skip
+
+
+def load_dev_setup(args: argparse.Namespace) -> DevSetup:
     bundle = ModelBundle.load(args.bundle, variant="fp32", verify=False)
     encoder = TweetEncoder.from_bundle(bundle)
     splits = DataSources(
@@ -110,17 +126,35 @@ def main() -> int:
     ).load(seed=SPLIT_SEED)
     corpus = [e for split in splits.values() for e in split.train]
     dev = [e for split in splits.values() for e in split.dev]
-    dev = random.Random(SPLIT_SEED).sample(dev, min(args.dev_tweets, len(dev)))
     encoded = []
-    for e in dev:
+    for e in random.Random(SPLIT_SEED).sample(dev, min(args.dev_tweets, len(dev))):
         try:
             encoded.append(encoder.encode(e.text, e.entity))
         except EmptyTextError:
             continue
-    has_entity = np.array([e.entity is not None for e in encoded])
-    calibration = gptq_calibration(encoder, corpus, 512)
-    fp32_bytes = bundle.model_path.read_bytes()
-    reference = run_model(fp32_bytes, encoded, encoder.pad_id)
+    fp32 = bundle.model_path.read_bytes()
+    return DevSetup(
+        bundle=bundle,
+        encoder=encoder,
+        encoded=encoded,
+        has_entity=np.array([e.entity is not None for e in encoded]),
+        calibration=gptq_calibration(encoder, corpus, 512),
+        fp32=fp32,
+        reference=run_model(fp32, encoded, encoder.pad_id),
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser, dev_tweets=600)
+    parser.add_argument("--granularity", default="BLOCKWISE_128")
+    parser.add_argument("--algorithms", default="gptq", help="comma-separated: octav,gptq")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "int4_sensitivity")
+    args = parser.parse_args()
+    setup = load_dev_setup(args)
+    bundle, encoded, calibration, fp32_bytes = (
+        setup.bundle, setup.encoded, setup.calibration, setup.fp32
+    )  # fmt: skip
     num_layers = bundle.manifest.training.get("compression", {}).get("num_layers", 6)
 
     rows = []
@@ -139,7 +173,7 @@ def main() -> int:
                 "group": name,
                 "algorithm": algorithm,
                 "size_bytes": len(model),
-                **compare(reference, run_model(model, encoded, encoder.pad_id), has_entity),
+                **setup.answers(model),
                 "seconds": round(time.perf_counter() - started, 1),
             }
             rows.append(row)
@@ -147,7 +181,7 @@ def main() -> int:
 
     every = tuple(layer_scope(i, k) for i in range(num_layers) for k in KINDS)
     baseline = quantize_int4(fp32_bytes, Int4Recipe(int8_scopes=every, embedding_bits=8))
-    base = compare(reference, run_model(baseline, encoded, encoder.pad_id), has_entity)
+    base = setup.answers(baseline)
     result = {
         "bundle": str(args.bundle),
         "dev_tweets": len(encoded),

@@ -24,25 +24,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import shlex
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from int4_sensitivity import compare, run_model  # noqa: E402
+from int4_sensitivity import add_arguments, load_dev_setup  # noqa: E402
 
 import trainer.int4 as int4  # noqa: E402
-from edgemodel.bundle import ModelBundle  # noqa: E402
-from edgemodel.inference import EmptyTextError, TweetEncoder  # noqa: E402
-from edgemodel.splits import SPLIT_SEED, DataSources  # noqa: E402
-from trainer.compress import gptq_calibration  # noqa: E402
 from trainer.evaluate import machine_info  # noqa: E402
 from trainer.int4 import Int4Recipe, quantize_int4  # noqa: E402
 
@@ -59,31 +52,11 @@ STEPS = (
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", type=Path, required=True, help="bundle with fp32")
-    parser.add_argument("--semeval", type=Path, required=True)
-    parser.add_argument("--replab-train", type=Path, required=True)
-    parser.add_argument("--replab-test", type=Path, required=True)
-    parser.add_argument("--dev-tweets", type=int, default=800)
+    add_arguments(parser, dev_tweets=800)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "int4_steps")
     args = parser.parse_args()
-
-    bundle = ModelBundle.load(args.bundle, variant="fp32", verify=False)
-    encoder = TweetEncoder.from_bundle(bundle)
-    splits = DataSources(
-        semeval=args.semeval, replab_train=args.replab_train, replab_test=args.replab_test
-    ).load(seed=SPLIT_SEED)
-    corpus = [e for split in splits.values() for e in split.train]
-    dev = [e for split in splits.values() for e in split.dev]
-    encoded = []
-    for e in random.Random(SPLIT_SEED).sample(dev, min(args.dev_tweets, len(dev))):
-        try:
-            encoded.append(encoder.encode(e.text, e.entity))
-        except EmptyTextError:
-            continue
-    has_entity = np.array([e.entity is not None for e in encoded])
-    calibration = gptq_calibration(encoder, corpus, 512)
-    fp32 = bundle.model_path.read_bytes()
-    reference = run_model(fp32, encoded, encoder.pad_id)
+    setup = load_dev_setup(args)
+    encoded, fp32 = setup.encoded, setup.fp32
 
     rows = []
     for name, recipe, row_max in STEPS:
@@ -91,13 +64,13 @@ def main() -> int:
         saved = int4.TABLE_CLIP_RATIOS
         int4.TABLE_CLIP_RATIOS = (1.0,) if row_max else saved
         try:
-            model = quantize_int4(fp32, recipe, calibration)
+            model = quantize_int4(fp32, recipe, setup.calibration)
         finally:
             int4.TABLE_CLIP_RATIOS = saved
         row = {
             "step": name,
             "size_bytes": len(model),
-            **compare(reference, run_model(model, encoded, encoder.pad_id), has_entity),
+            **setup.answers(model),
             "seconds": round(time.perf_counter() - started, 1),
         }
         rows.append(row)
