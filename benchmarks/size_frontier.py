@@ -82,8 +82,9 @@ class Config:
 
     @property
     def requantized(self) -> bool:
-        """Made from a pruned fp32 FlatBuffer (no TensorFlow export per point)."""
-        return self.int4_algorithm != "octav" or bool(self.int8_scopes)
+        """int4 only: made from the vocabulary's pruned fp32 FlatBuffer, so every recipe of
+        one vocabulary starts from the same file (and needs no TensorFlow export)."""
+        return self.variants == ("int4",) and self.num_layers is None
 
 
 CONFIGS = (
@@ -103,15 +104,13 @@ CONFIGS = (
     Config("vocab-10-5layers", ("int4",), min_count=10, num_layers=5),
     # Issue 18: error-compensating int4 (GPTQ over corpus tweets), finer scale groups.
     Config("vocab-8-gptq", ("int4",), min_count=8, int4_algorithm="gptq"),
-    Config("vocab-5-gptq", ("int4",), min_count=5, int4_algorithm="gptq"),
     Config(
-        "vocab-12-gptq-b64",
+        "vocab-8-gptq-b64",
         ("int4",),
-        min_count=12,
+        min_count=8,
         int4_algorithm="gptq",
         int4_granularity="BLOCKWISE_64",
     ),
-)
 
 
 @dataclass
