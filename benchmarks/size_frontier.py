@@ -111,6 +111,7 @@ CONFIGS = (
         int4_algorithm="gptq",
         int4_granularity="BLOCKWISE_64",
     ),
+)
 
 
 @dataclass
