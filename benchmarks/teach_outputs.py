@@ -20,10 +20,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgemodel.batching import outputs_in_length_order  # noqa: E402
+from edgemodel.batching import encode_readable, outputs_in_length_order  # noqa: E402
 from edgemodel.bundle import EMBEDDING_OUTPUT, OUTPUT_NAME, RELATED_OUTPUT, ModelBundle  # noqa: E402
 from edgemodel.data import read_replab  # noqa: E402
-from edgemodel.inference import Classifier, EmptyTextError  # noqa: E402
+from edgemodel.inference import Classifier  # noqa: E402
 
 
 @dataclass
@@ -57,13 +57,8 @@ def corpus_outputs(model: Path, data: Path, cache_dir: Path) -> CorpusOutputs:
         started = time.monotonic()
         clf = Classifier(bundle)
         examples = read_replab(data)
-        encoded, kept = [], []
-        for e in examples:
-            try:
-                encoded.append(clf.encode(e.text, e.entity))
-                kept.append(e)
-            except EmptyTextError:
-                continue
+        encoded, readable = encode_readable(clf, [(e.text, e.entity) for e in examples])
+        kept = [examples[i] for i in readable]
         out = outputs_in_length_order(clf.run, encoded, 64)
         tmp = cached.with_suffix(".tmp.npz")
         np.savez_compressed(

@@ -6,11 +6,27 @@ a model this way, so a tweet gets the same padding (and score) wherever it is sc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from edgemodel.inference import Classifier, Encoded
+from edgemodel.inference import Classifier, EmptyTextError, Encoded
+
+
+def encode_readable(
+    clf: Classifier, items: Iterable[tuple[str, str | None]]
+) -> tuple[list[Encoded], list[int]]:
+    """Each (text, entity) encoded, passing over those with nothing left to read
+    (EmptyTextError): the encodings, and the indices of the items they came from."""
+    encoded: list[Encoded] = []
+    readable: list[int] = []
+    for i, (text, entity) in enumerate(items):
+        try:
+            encoded.append(clf.encode(text, entity))
+            readable.append(i)
+        except EmptyTextError:
+            continue
+    return encoded, readable
 
 
 def predict_sorted(clf: Classifier, inputs: Sequence[Encoded], batch_size: int) -> np.ndarray:

@@ -36,13 +36,14 @@ import numpy as np
 
 from common.timestamps import utc_now
 from edgemodel.adaptation import AdaptationError, fit_entity_head, write_adapted_bundle
+from edgemodel.batching import encode_readable
 from edgemodel.bundle import EMBEDDING_OUTPUT, OUTPUT_NAME, RELATED_OUTPUT, ModelBundle
 from edgemodel.canaries import DEFAULT_CANARIES, Canary, check_canaries, compute_canaries
 from edgemodel.defaults import MAX_BATCH_TOKENS, serving_threads
 from edgemodel.entity_heads import Correction, EntityHead, entity_key
-from edgemodel.inference import Classifier, EmptyTextError, Encoded
+from edgemodel.inference import Classifier, Encoded
 from node.batcher import bucket_by_length
-from node.teachstore import POLARITIES, Answer, TeachStore
+from node.teachstore import POLARITIES, TeachStore
 
 log = logging.getLogger("repedge.node")
 
@@ -172,14 +173,8 @@ class NodeAdapter:
         worker = Classifier(bundle, num_threads=self.threads)
         if not worker.has_embedding:
             raise ValueError(f"{bundle.root}: the model has no {EMBEDDING_OUTPUT!r} output")
-        kept: list[Answer] = []
-        encoded: list[Encoded] = []
-        for a in answers:
-            try:
-                encoded.append(worker.encode(a.text, a.entity))
-                kept.append(a)
-            except EmptyTextError:
-                continue
+        encoded, readable = encode_readable(worker, [(a.text, a.entity) for a in answers])
+        kept = [answers[i] for i in readable]
         if not encoded:
             raise ValueError(f"none of the {len(answers)} labelled texts is readable")
         raw = raw_outputs(worker, encoded)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgemodel.batching import predict_sorted
+from edgemodel.batching import encode_readable, predict_sorted
 from edgemodel.bundle import BundleError, ModelBundle, update_manifest
 from edgemodel.inference import Classifier
 from edgemodel.report_notes import NOTES_MARKER, write_markdown_keeping_notes
@@ -154,6 +154,15 @@ def test_sorted_batches_keep_input_order(bundle: ModelBundle) -> None:
     batched = predict_sorted(clf, encoded, batch_size=4)
     one_by_one = np.concatenate([clf.predict_logits([e]) for e in encoded])
     np.testing.assert_allclose(batched, one_by_one, atol=1e-4)
+
+
+def test_encode_readable_passes_over_unreadable_texts(bundle: ModelBundle) -> None:
+    clf = Classifier.from_path(bundle.root, variant="fp32", num_threads=1)
+    blank = TEXTS[-1]  # nothing the model can read
+    items = [(blank, None), (TEXTS[0], ENTITIES[0]), (blank, "x"), (TEXTS[1], ENTITIES[1])]
+    encoded, readable = encode_readable(clf, items)
+    assert readable == [1, 3]
+    assert encoded == [clf.encode(TEXTS[0], ENTITIES[0]), clf.encode(TEXTS[1], ENTITIES[1])]
 
 
 def test_without_fp32_there_is_no_agreement(bundle: ModelBundle) -> None:

@@ -26,11 +26,11 @@ from edgemodel.adaptation import (
     fit_entity_head,
     write_adapted_bundle,
 )
-from edgemodel.batching import outputs_in_length_order
+from edgemodel.batching import encode_readable, outputs_in_length_order
 from edgemodel.bundle import EMBEDDING_OUTPUT, OUTPUT_NAME, RELATED_OUTPUT, ModelBundle
 from edgemodel.data import Example
 from edgemodel.entity_heads import entity_key
-from edgemodel.inference import Classifier, EmptyTextError, Encoded
+from edgemodel.inference import Classifier
 
 __all__ = ["AdaptConfig", "AdaptError", "BrandData", "adapt_bundle", "brand_outputs"]
 
@@ -71,14 +71,8 @@ def brand_outputs(
             f"{classifier.bundle.root}: its FlatBuffer has no {EMBEDDING_OUTPUT!r} output "
             "(exported before per-entity heads existed); re-export it with this trainer"
         )
-    encoded: list[Encoded] = []
-    kept: list[Example] = []
-    for e in examples:
-        try:
-            encoded.append(classifier.encode(e.text, entity))
-            kept.append(e)
-        except EmptyTextError:
-            continue
+    encoded, readable = encode_readable(classifier, [(e.text, entity) for e in examples])
+    kept = [examples[i] for i in readable]
     if not encoded:
         raise AdaptError("no readable tweet in the data")
     merged = outputs_in_length_order(classifier.run, encoded, batch_size)

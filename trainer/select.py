@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from edgemodel.adaptation import AdaptationError, fit_entity_head
-from edgemodel.batching import outputs_in_length_order
+from edgemodel.batching import encode_readable, outputs_in_length_order
 from edgemodel.bundle import EMBEDDING_OUTPUT, OUTPUT_NAME, RELATED_OUTPUT, ModelBundle
 from edgemodel.entity_heads import entity_key
-from edgemodel.inference import Classifier, EmptyTextError, Encoded
+from edgemodel.inference import Classifier
 from edgemodel.selection import PoolOutputs, select
 
 POLARITY = ("negative", "neutral", "positive")
@@ -89,14 +89,7 @@ def raw_outputs(
     classifier: Classifier, texts: Sequence[str], entity: str, batch_size: int = 32
 ) -> tuple[dict[str, np.ndarray], list[int]]:
     """The FlatBuffer's outputs (heads not applied) and the indices of the readable texts."""
-    encoded: list[Encoded] = []
-    readable: list[int] = []
-    for i, text in enumerate(texts):
-        try:
-            encoded.append(classifier.encode(text, entity))
-            readable.append(i)
-        except EmptyTextError:
-            continue
+    encoded, readable = encode_readable(classifier, [(text, entity) for text in texts])
     if not encoded:
         return {}, []
     return outputs_in_length_order(classifier.run, encoded, batch_size), readable
