@@ -130,6 +130,11 @@ NoAlerts = Annotated[
 ]
 
 
+def _log_to_stderr() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    inert_log_handlers()  # topics and broker errors quote outside text
+
+
 def _checked(**values: object) -> DashboardSettings:
     """The run's settings, checked: a bad value is one line and exit status 2."""
     try:
@@ -287,8 +292,7 @@ def serve(
     )
     from dashboard.web import DashboardServer, Hub
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    inert_log_handlers()  # topics and broker errors quote outside text
+    _log_to_stderr()
     tls_files = (cafile, certfile, keyfile)
     store, recorder = _open_history(HistoryOptions(db, no_history, retention, flush_interval))
     state, source = _start(broker, username, password, tls_files, topic, history, recent, recorder)
@@ -384,8 +388,7 @@ def top(
     except KeyboardInterrupt:
         pass
     finally:
-        source.stop()
-        _stop_history(store, recorder)
+        _stop_reading(None, source, store, recorder)
 
 
 @app.command()
@@ -427,8 +430,7 @@ def collect(
         alert_max_entities=alert_max_entities,
         session_expiry=session_expiry,
     )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    inert_log_handlers()  # topics and broker errors quote outside text
+    _log_to_stderr()
     store, recorder = _open_history(HistoryOptions(db, False, retention, flush_interval))
     if recorder is None:
         typer.echo(f"dashboard collect: another process records into {store.where}", err=True)
