@@ -29,9 +29,11 @@ ALLOWED: dict[str, set[str]] = {
 ONLY_FROM = {
     # node/serve.py is the node's composition root; the rest sees node/updates.py's interface.
     ("node", "provisioning"): {"node/serve.py"},
-    # The dashboard's Teach view talks to a node through the node's teach client only.
+    # The dashboard's Teach view and the history's tweets behind a point talk to a node
+    # through the node's teach client only.
     ("dashboard", "node"): {
         "dashboard/cli.py",
+        "dashboard/history_tweets.py",
         "dashboard/teach_term.py",
         "dashboard/teach_web.py",
     },
