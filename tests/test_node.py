@@ -179,7 +179,7 @@ def test_default_model_is_the_shipped_bundle() -> None:
 
     assert default_bundle_path() == DEFAULT_BUNDLE_DIR
     clf = Classifier.from_path(DEFAULT_BUNDLE_DIR)
-    assert clf.bundle.variant == "int8"
+    assert clf.bundle.variant == clf.bundle.manifest.default_variant == "int4"
     negative, positive = clf.classify(
         ["worst car i ever owned, the engine died twice and the dealer laughed at me",
          "absolutely love my new car, best purchase ever"],
