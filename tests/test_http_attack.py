@@ -31,6 +31,9 @@ def test_idle_and_slow_clients_cannot_stop_labelling_or_the_servers(
     assert sum(figures["slow_requests_sent"].values()) > 0  # the attack did reach them
     for name, probes in figures["healthz"].items():
         assert probes["answered"] == probes["probes"] > 0, name
+        # A flood may evict a probe's connection before its request is read; one retry
+        # then answers, and that stays rare.
+        assert probes["retried"] <= probes["probes"] // 20, (name, probes)
     for name, proc in figures["processes"].items():
         # No thread per socket: at most the handler pool (started by the first request)
         # and a restarted supervisor beyond what the server had before the attack.
